@@ -1,0 +1,96 @@
+"""The MCP server: lifespan (AppContext), tool and resource registration. Wiring only; logic is in tools/."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+
+from server.settings import Settings
+from tools.images import ImageStore, resolve_image
+from tools.jobs import Worker
+from tools.models import ModelCache
+
+logger = logging.getLogger("limner")
+
+INSTRUCTIONS = """\
+limner runs local image models for you; you do the planning. The loop that closes the context gap:
+1. search / fetch_page for facts and reference images the model cannot know; remember what matters.
+2. recall preferences and facts before writing the prompt.
+3. generate several candidates (n=3..4), then judge them: judge ranks them and says what to fix.
+4. refine_region the failing region of the best candidate (bit-exact outside the region), judge again.
+5. remember the outcome. Long generations return a job handle: poll it with `jobs`.
+Results made with the tiny offline models say so: they are noise, useful only to test the plumbing."""
+
+
+@dataclass
+class AppContext:
+    """Everything a tool needs, built once per server process."""
+
+    settings: Settings
+    images: ImageStore
+    models: ModelCache
+    worker: Worker
+    extras: dict[str, Any] = field(default_factory=dict)  # lazily opened parts (memory store, fetcher)
+
+    def resolve(self, ref: str, field: str):
+        """Resolve an image reference (see tools.images.resolve_image) with this server's folders."""
+        return resolve_image(
+            ref,
+            field=field,
+            store=self.images,
+            readable_dirs=self.settings.readable_dirs(),
+            fetch=self.extras.get("fetch"),
+        )
+
+
+def app_context(ctx: Context) -> AppContext:
+    return ctx.request_context.lifespan_context
+
+
+def build_server(settings: Settings) -> MCPServer:
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        models = ModelCache(
+            settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline
+        )
+        for role, name in models.describe().items():
+            logger.info("role %s -> %s", role, name)
+        context = AppContext(
+            settings=settings,
+            images=ImageStore(settings.images_dir, settings.max_input_pixels),
+            models=models,
+            worker=Worker(),
+        )
+        try:
+            yield context
+        finally:
+            context.worker.shutdown()
+            for closer in context.extras.get("closers", []):
+                closer()
+
+    server = MCPServer("limner", instructions=INSTRUCTIONS, lifespan=lifespan, log_level=settings.log_level)
+
+    @server.resource(
+        "limner://images/{image_id}",
+        name="image",
+        description="The full PNG of a stored image (ids come from generate, search, refine_region).",
+        mime_type="image/png",
+    )
+    def image_resource(image_id: str, ctx: Context) -> bytes:
+        store = app_context(ctx).images
+        if not store.exists(image_id):
+            raise ResourceNotFoundError(f"no stored image {image_id!r}")
+        return store.png_bytes(image_id)
+
+    from server import generate_tools, jobs_tools
+
+    generate_tools.register(server)
+    jobs_tools.register(server)
+    return server

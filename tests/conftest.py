@@ -1,0 +1,64 @@
+"""Shared fixtures: a fresh LIMNER_HOME per test, tiny models built once per session, an in-process client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from server.app import build_server
+from server.settings import Settings, load_settings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def models_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models are built once per test session and shared (they are read-only after building)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_settings(home: Path, models_path: Path):
+    def make(**overrides: Any) -> Settings:
+        flags = {"home": home, "profile": "tiny", "models_path": models_path, **overrides}
+        return load_settings(flags=flags, environ={})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+@asynccontextmanager
+async def connect(settings: Settings, **client_kwargs: Any) -> AsyncIterator[Client]:
+    async with Client(build_server(settings), **client_kwargs) as client:
+        yield client
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """The structured content of a successful tool result (fails loudly on a tool error)."""
+    assert not result.is_error, result.content[0].text if result.content else result
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+def error_text(result: Any) -> str:
+    assert result.is_error, f"expected a tool error, got {result.structured_content}"
+    return " ".join(getattr(c, "text", "") for c in result.content)

@@ -1,0 +1,168 @@
+"""generate and jobs, through the MCP client, on the tiny offline model."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import anyio
+import pytest
+from PIL import Image
+
+from tests.conftest import connect, error_text, structured
+
+pytestmark = pytest.mark.anyio
+
+
+def stored_files(home: Path) -> list[str]:
+    images = home / "images"
+    return sorted(p.name for p in images.iterdir()) if images.exists() else []
+
+
+async def test_three_candidates_are_distinct_with_their_own_seeds_and_valid_previews(settings):
+    async with connect(settings) as client:
+        result = await client.call_tool("generate", {"prompt": "a red apple on a table", "n": 3, "seed": 11})
+        out = structured(result)
+        candidates = out["candidates"]
+        assert [c["seed"] for c in candidates] == [11, 12, 13]
+        assert len({c["id"] for c in candidates}) == 3
+        assert out["tiny"] is True and "tiny-random" in out["model"]
+        previews = [c for c in result.content if c.type == "image"]
+        assert len(previews) == 3
+        for content in previews:
+            raw = base64.b64decode(content.data)
+            assert len(raw) < 1024 * 1024
+            with Image.open(io.BytesIO(raw)) as img:
+                assert max(img.size) <= 512
+                assert content.mime_type == f"image/{img.format.lower()}"
+        pixels = [Image.open(c["path"]).tobytes() for c in candidates]
+        assert len(set(pixels)) == 3
+
+
+async def test_same_seed_and_parameters_give_bit_identical_pixels(settings):
+    async with connect(settings) as client:
+        args = {"prompt": "a lighthouse at dusk", "n": 2, "seed": 7, "width": 64, "height": 96, "steps": 3}
+        first = structured(await client.call_tool("generate", args))
+        second = structured(await client.call_tool("generate", args))
+    a = [Image.open(c["path"]).tobytes() for c in first["candidates"]]
+    b = [Image.open(c["path"]).tobytes() for c in second["candidates"]]
+    assert a == b
+    assert [c["id"] for c in first["candidates"]] == [c["id"] for c in second["candidates"]]
+    assert first["candidates"][0]["width"] == 64 and first["candidates"][0]["height"] == 96
+
+
+async def test_reading_the_image_resource_returns_the_stored_png(settings):
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("generate", {"prompt": "a blue cube", "seed": 1}))
+        candidate = out["candidates"][0]
+        resource = await client.read_resource(candidate["uri"])
+    content = resource.contents[0]
+    assert content.mime_type == "image/png"
+    assert base64.b64decode(content.blob) == Path(candidate["path"]).read_bytes()
+
+
+async def test_one_progress_notification_arrives_per_denoising_step(settings):
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with connect(settings) as client:
+        await client.call_tool(
+            "generate", {"prompt": "a tree", "steps": 5, "seed": 3}, progress_callback=on_progress
+        )
+    assert [p for p, _, _ in seen] == [1, 2, 3, 4, 5]
+    assert all(total == 5 and message for _, total, message in seen)
+
+
+async def test_a_cancelled_generation_stops_early_and_the_next_call_works(settings):
+    first_step = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        first_step.set()
+
+    async with connect(settings) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def long_call() -> None:
+                await client.call_tool(
+                    "generate",
+                    {"prompt": "a city", "steps": 60, "width": 128, "height": 128},
+                    None,
+                    on_progress,
+                )
+
+            tg.start_soon(long_call)
+            with anyio.fail_after(60):
+                await first_step.wait()
+            tg.cancel_scope.cancel()
+
+        after = structured(await client.call_tool("generate", {"prompt": "a dog", "seed": 2}))
+        assert after["status"] == "done" and len(after["candidates"]) == 1
+        listed = structured(await client.call_tool("jobs", {"action": "list"}))["jobs"]
+    cancelled = [j for j in listed if j["status"] == "cancelled"]
+    assert len(cancelled) == 1
+    assert cancelled[0]["step"] < 60
+
+
+async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_completes(make_settings):
+    args = {"prompt": "a mountain lake", "n": 2, "seed": 21, "steps": 20, "width": 128, "height": 128}
+    async with connect(make_settings(max_wait_s=0.05)) as client:
+        started = structured(await client.call_tool("generate", args))
+        assert started["status"] == "running" and started["candidates"] == []
+        job_id = started["job"]["job_id"]
+        waited = await client.call_tool("jobs", {"action": "wait", "job_id": job_id, "timeout_s": 120})
+        out = structured(waited)
+        assert out["jobs"][0]["status"] == "done"
+        assert sum(1 for c in waited.content if c.type == "image") == 2
+    async with connect(make_settings()) as client:
+        direct = structured(await client.call_tool("generate", args))
+    assert [c["id"] for c in out["result"]["candidates"]] == [c["id"] for c in direct["candidates"]]
+
+
+async def test_jobs_explains_missing_and_unknown_job_ids(settings):
+    async with connect(settings) as client:
+        assert "job_id" in error_text(await client.call_tool("jobs", {"action": "status"}))
+        assert "no job 'job_999'" in error_text(
+            await client.call_tool("jobs", {"action": "wait", "job_id": "job_999"})
+        )
+
+
+BAD_ARGUMENTS = [
+    ({"prompt": "x", "width": 100}, "width"),
+    ({"prompt": "x", "height": 72 + 4}, "height"),
+    ({"prompt": "x", "width": 4096, "height": 4096}, "width/height"),
+    ({"prompt": "x", "steps": 0}, "steps"),
+    ({"prompt": "x", "steps": 10_000}, "steps"),
+    ({"prompt": "x", "n": 99}, "n"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "guidance": -1.0}, "guidance"),
+    ({"prompt": "x", "model": "no-such-model"}, "model"),
+    ({"prompt": "x", "model": "tiny-inpaint"}, "model"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x" * 5000}, "prompt"),
+    ({"prompt": "x", "negative_prompt": "y" * 5000}, "negative_prompt"),
+    ({"prompt": "x", "seed": -5}, "seed"),
+]
+
+
+async def test_bad_arguments_get_a_tool_error_naming_the_field_and_nothing_is_stored(settings, home):
+    async with connect(settings) as client:
+        await client.call_tool("generate", {"prompt": "warm-up", "seed": 1})
+        before = stored_files(home)
+        for arguments, field in BAD_ARGUMENTS:
+            text = error_text(await client.call_tool("generate", arguments))
+            assert field in text, (arguments, text)
+        assert stored_files(home) == before
+        assert (
+            structured(await client.call_tool("generate", {"prompt": "still up", "seed": 4}))["status"]
+            == "done"
+        )
+
+
+async def test_missing_weights_for_a_configured_model_say_how_to_get_them(make_settings, tmp_path):
+    settings = make_settings(profile="real")
+    async with connect(settings) as client:
+        text = error_text(await client.call_tool("generate", {"prompt": "a cat"}))
+    assert "sdxl-turbo" in text and "hf download stabilityai/sdxl-turbo" in text

@@ -1,0 +1,123 @@
+"""The image store and the one resolver for image references (plain functions, real files)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcp.server.mcpserver.exceptions import ToolError
+from PIL import Image
+from skimage import data
+
+from tools.images import ImageStore, encode_png, preview, resolve_image
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "home" / "images")
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    return Image.fromarray(data.coffee())
+
+
+def resolve(ref: str, store: ImageStore, allowed: Path, fetch=None):
+    return resolve_image(ref, field="image", store=store, readable_dirs=(allowed.resolve(),), fetch=fetch)
+
+
+def test_every_reference_form_resolves_to_the_same_pixels(store, photo, tmp_path):
+    ref = store.put(photo, tool="test")
+    png = encode_png(photo)
+    path = tmp_path / "photo.png"
+    path.write_bytes(png)
+    b64 = base64.b64encode(png).decode()
+    for given in (ref.id, ref.uri, f"data:image/png;base64,{b64}", b64, str(path)):
+        resolved = resolve(given, store, tmp_path)
+        assert np.array_equal(np.asarray(resolved.image), np.asarray(photo)), given
+    assert resolve(ref.id, store, tmp_path).id == ref.id
+
+
+def test_the_store_is_content_addressed_and_keeps_mode_metadata_and_lineage(store, photo):
+    parent = store.put(photo, tool="generate", params={"seed": 1})
+    again = store.put(photo.copy(), tool="other")
+    assert again.id == parent.id and store.meta(parent.id)["tool"] == "generate"
+    gray = store.put(photo.convert("L"), tool="refine_region", parents=[parent.id])
+    assert store.ref(gray.id).mode == "L"
+    assert [m["id"] for m in store.lineage(gray.id)] == [gray.id, parent.id]
+    sixteen = Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    assert sixteen.mode == "I;16"
+    ref16 = store.put(sixteen, tool="test")
+    assert np.array_equal(np.asarray(store.open(ref16.id)), np.asarray(sixteen))
+
+
+def test_paths_outside_the_allowed_folders_are_refused(store, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(encode_png(Image.new("RGB", (8, 8))))
+    for ref in ("../../etc/passwd", "/etc/passwd", str(outside), str(allowed / ".." / "secret.png")):
+        with pytest.raises(ToolError, match="image: .*(outside the allowed folders|not a store id)"):
+            resolve(ref, store, allowed)
+
+
+def test_a_symlink_out_of_the_allowed_folder_is_refused(store, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    target = tmp_path / "outside.png"
+    target.write_bytes(encode_png(Image.new("RGB", (8, 8))))
+    (allowed / "link.png").symlink_to(target)
+    with pytest.raises(ToolError, match="outside the allowed folders"):
+        resolve(str(allowed / "link.png"), store, allowed)
+
+
+def test_corrupt_truncated_and_unknown_references_get_clear_errors(store, photo, tmp_path):
+    png = encode_png(photo)
+    (tmp_path / "truncated.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all" * 10)
+    cases = {
+        str(tmp_path / "truncated.png"): "corrupt or truncated",
+        str(tmp_path / "garbage.png"): "corrupt or truncated",
+        "img_0123456789abcdef": "no stored image",
+        "limner://images/img_nope": "no stored image",
+        "data:image/png;base64,@@@": "malformed",
+        "data:image/png,raw": "data URI must look like",
+        "https://example.com/cat.png": "safe fetcher",
+        "ftp://example.com/cat.png": "unsupported scheme 'ftp'",
+        "file:///etc/passwd": "unsupported scheme 'file'",
+        "just some words": "not a store id",
+        "": "empty image reference",
+    }
+    for ref, message in cases.items():
+        with pytest.raises(ToolError, match=message):
+            resolve(ref, store, tmp_path)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    small_store = ImageStore(tmp_path / "images", max_pixels=100 * 100)
+    big = base64.b64encode(encode_png(Image.new("RGB", (200, 200)))).decode()
+    with pytest.raises(ToolError, match="above the limit"):
+        resolve(big, small_store, tmp_path)
+
+
+def test_exif_rotated_photos_come_out_upright(store, tmp_path):
+    img = Image.fromarray(data.astronaut()[:64, :96])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(buf.getvalue())
+    assert resolve(str(path), store, tmp_path).image.size == (64, 96)
+
+
+def test_previews_are_small_and_keep_alpha_as_webp():
+    rgba = Image.new("RGBA", (2000, 1000), (255, 0, 0, 128))
+    content = preview(rgba)
+    raw = base64.b64decode(content.data)
+    with Image.open(io.BytesIO(raw)) as img:
+        assert img.size == (512, 256) and img.format == "WEBP" and content.mime_type == "image/webp"
+    assert len(raw) < 1024 * 1024

@@ -1,0 +1,180 @@
+"""The server as hosts see it: tool listing, stdio, streamable HTTP with a token, settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from server.settings import SettingsError, load_settings
+from tests.conftest import connect, structured
+
+pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parent.parent
+
+
+def server_env(home: Path, models_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
+    env.update(
+        LIMNER_HOME=str(home),
+        LIMNER_PROFILE="tiny",
+        LIMNER_MODELS_PATH=str(models_path),
+        HOME=str(home.parent),
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
+    return env
+
+
+def stdio_params(env: dict[str, str]) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(REPO)
+    )
+
+
+async def test_every_tool_is_listed_with_a_description_and_input_and_output_schemas(settings):
+    async with connect(settings) as client:
+        tools = (await client.list_tools()).tools
+    names = {t.name for t in tools}
+    assert {"generate", "jobs"} <= names
+    for tool in tools:
+        assert tool.description and len(tool.description) > 80, tool.name
+        assert tool.output_schema and tool.output_schema.get("properties"), tool.name
+        for prop, schema in tool.input_schema.get("properties", {}).items():
+            assert schema.get("description"), f"{tool.name}.{prop} has no description"
+
+
+async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_model(home, tmp_path):
+    fresh_models = tmp_path / "fresh-models"
+    async with Client(stdio_params(server_env(home, fresh_models))) as client:
+        with anyio.fail_after(30):
+            tools = (await client.list_tools()).tools
+        assert "generate" in {t.name for t in tools}
+        assert not fresh_models.exists(), "a model was built or loaded before any call needed it"
+
+
+async def test_generate_over_stdio_returns_candidates_and_progress(home, models_path):
+    steps: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        steps.append(progress)
+
+    async with Client(stdio_params(server_env(home, models_path))) as client:
+        result = await client.call_tool(
+            "generate", {"prompt": "a kite", "n": 2, "steps": 3}, None, on_progress
+        )
+    out = structured(result)
+    assert len(out["candidates"]) == 2 and all(Path(c["path"]).is_file() for c in out["candidates"])
+    assert steps == [1, 2, 3]
+
+
+def test_stdio_mode_writes_nothing_but_protocol_to_stdout(home, models_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        input=b"",
+        capture_output=True,
+        env=server_env(home, models_path),
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.stdout == b""
+    assert b"limner serving MCP over stdio" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    with anyio.fail_after(60):
+        while True:
+            assert proc.poll() is None, "server exited before listening"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                await anyio.sleep(0.1)
+
+
+async def test_http_transport_requires_the_bearer_token_and_checks_the_host_header(home, models_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", "s3cret"]
+    proc = subprocess.Popen(
+        cmd, env=server_env(home, models_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        await wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with httpx.AsyncClient() as http:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+            assert (await http.post(url, json=body)).status_code == 401
+            wrong = await http.post(url, json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            rebinding = await http.post(
+                url, json=body, headers={"Authorization": "Bearer s3cret", "Host": "evil.example:80"}
+            )
+            assert rebinding.status_code in (403, 421)
+        import httpx2
+
+        authed = httpx2.AsyncClient(
+            headers={"Authorization": "Bearer s3cret"}, timeout=httpx2.Timeout(30, read=300)
+        )
+        async with Client(streamable_http_client(url, http_client=authed)) as client:
+            tools = (await client.list_tools()).tools
+            assert "generate" in {t.name for t in tools}
+            out = structured(await client.call_tool("generate", {"prompt": "a boat", "steps": 2}))
+            assert out["status"] == "done"
+    finally:
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=30)
+    assert stdout == b"", "the HTTP server wrote to stdout; logs belong on stderr"
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--http",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        env=server_env(home, models_path),
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert b"bearer token" in proc.stderr
+
+
+def test_settings_come_from_flags_over_environment_over_the_toml_file(tmp_path):
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "limner.toml").write_text('max_wait_s = 5\nmax_batch = 3\nprofile = "real"\n')
+    settings = load_settings(
+        flags={"profile": "tiny"}, environ={"LIMNER_HOME": str(home), "LIMNER_MAX_BATCH": "6"}
+    )
+    assert (settings.max_wait_s, settings.max_batch, settings.profile) == (5, 6, "tiny")
+
+
+def test_a_settings_mistake_is_reported_with_its_source(tmp_path):
+    (tmp_path / "limner.toml").write_text("max_wiat_s = 5\n")
+    with pytest.raises(SettingsError, match="max_wiat_s"):
+        load_settings(environ={"LIMNER_HOME": str(tmp_path)})
+    with pytest.raises(SettingsError, match="unknown"):
+        load_settings(environ={"LIMNER_HOME": str(tmp_path / "x"), "LIMNER_GENERATOR_MODEL": "unknown"})

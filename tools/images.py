@@ -1,0 +1,299 @@
+"""Images: one store, one way in (`resolve_image`), one way out (`ImageStore.put` + `preview`).
+
+Every image a tool makes is a content-addressed PNG under `LIMNER_HOME/images` with a JSON sidecar
+(tool, parameters, seed, model, parents, timings, scores). Every image parameter accepts an image
+reference: a store id, a `limner://images/<id>` URI, a data URI or bare base64, a file path inside the
+allowed folders, or an http(s) URL fetched through the safe fetcher.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ImageContent
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+URI_PREFIX = "limner://images/"
+ID_PATTERN = re.compile(r"^img_[0-9a-f]{16}$")
+_BASE64_PATTERN = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+PREVIEW_MAX_SIDE = 512
+
+# A fetcher takes a URL and returns the body bytes, raising ToolError for anything it refuses.
+Fetcher = Callable[[str], bytes]
+
+
+class ImageRef(BaseModel):
+    """How a stored image comes back to the agent: pass `id` (or `uri`) to any other limner tool."""
+
+    id: str = Field(description="Store id; pass it as an image reference to other tools.")
+    uri: str = Field(description="MCP resource URI returning the full PNG.")
+    path: str = Field(description="File path of the full PNG on the server's disk.")
+    width: int
+    height: int
+    mode: str = Field(description="PIL mode of the stored pixels (RGB, RGBA, L, I;16 ...).")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An image reference turned into pixels."""
+
+    image: Image.Image
+    id: str | None  # the store id when the reference named a stored image
+    source: str  # "store", "data", "path", "url"
+
+
+class ImageStore:
+    """Content-addressed PNGs with JSON metadata. Writes are atomic: a PNG is either whole or absent."""
+
+    def __init__(self, root: Path, max_pixels: int = 8192 * 8192) -> None:
+        self.root = root
+        self.max_pixels = max_pixels
+        root.mkdir(parents=True, exist_ok=True)
+
+    # -- out -------------------------------------------------------------------------------------
+    def put(
+        self,
+        image: Image.Image,
+        *,
+        tool: str,
+        params: dict[str, Any] | None = None,
+        parents: Sequence[str] = (),
+        info: dict[str, Any] | None = None,
+    ) -> ImageRef:
+        """Store `image` losslessly; the same pixels always get the same id (first metadata kept)."""
+        data = encode_png(image)
+        image_id = "img_" + hashlib.sha256(data).hexdigest()[:16]
+        png = self.png_path(image_id)
+        if not png.exists():
+            meta = {
+                "id": image_id,
+                "tool": tool,
+                "params": params or {},
+                "parents": list(parents),
+                "created": time.time(),
+                "width": image.width,
+                "height": image.height,
+                "mode": image.mode,
+                **(info or {}),
+            }
+            _atomic_write(self.root / f"{image_id}.json", json.dumps(meta, default=str).encode())
+            _atomic_write(png, data)
+        return self.ref(image_id)
+
+    def ref(self, image_id: str) -> ImageRef:
+        meta = self.meta(image_id)
+        return ImageRef(
+            id=image_id,
+            uri=URI_PREFIX + image_id,
+            path=str(self.png_path(image_id)),
+            width=meta["width"],
+            height=meta["height"],
+            mode=meta["mode"],
+        )
+
+    def update_meta(self, image_id: str, **fields: Any) -> None:
+        """Add fields (scores, notes) to an image's metadata; the pixels never change."""
+        meta = self.meta(image_id)
+        meta.update(fields)
+        _atomic_write(self.root / f"{image_id}.json", json.dumps(meta, default=str).encode())
+
+    # -- in --------------------------------------------------------------------------------------
+    def exists(self, image_id: str) -> bool:
+        return bool(ID_PATTERN.match(image_id)) and self.png_path(image_id).is_file()
+
+    def png_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.png"
+
+    def png_bytes(self, image_id: str) -> bytes:
+        self._require(image_id)
+        return self.png_path(image_id).read_bytes()
+
+    def open(self, image_id: str) -> Image.Image:
+        self._require(image_id)
+        with Image.open(self.png_path(image_id)) as img:
+            img.load()
+            return img
+
+    def meta(self, image_id: str) -> dict[str, Any]:
+        self._require(image_id)
+        return json.loads((self.root / f"{image_id}.json").read_text())
+
+    def lineage(self, image_id: str) -> list[dict[str, Any]]:
+        """The image and every ancestor, nearest first, each once."""
+        seen: list[dict[str, Any]] = []
+        queue, visited = [image_id], set()
+        while queue:
+            current = queue.pop(0)
+            if current in visited or not self.exists(current):
+                continue
+            visited.add(current)
+            meta = self.meta(current)
+            seen.append(meta)
+            queue.extend(meta.get("parents", []))
+        return seen
+
+    def _require(self, image_id: str) -> None:
+        if not self.exists(image_id):
+            raise ToolError(
+                f"no stored image with id {image_id!r}; ids look like img_<16 hex> and come from the "
+                "results of generate, search or refine_region."
+            )
+
+
+# -- the one resolver ------------------------------------------------------------------------------
+def resolve_image(
+    ref: str,
+    *,
+    field: str,
+    store: ImageStore,
+    readable_dirs: Sequence[Path],
+    fetch: Fetcher | None = None,
+) -> Resolved:
+    """Turn any image reference into a loaded PIL image, or raise a ToolError naming `field`."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ToolError(
+            f"{field}: empty image reference; pass a store id, limner:// URI, data URI, path or URL."
+        )
+    ref = ref.strip()
+
+    # 1. the store: an id or a limner:// URI
+    if ref.startswith(URI_PREFIX) or ID_PATTERN.match(ref):
+        image_id = ref.removeprefix(URI_PREFIX)
+        if not store.exists(image_id):
+            raise ToolError(f"{field}: no stored image {image_id!r}; use an id returned by a limner tool.")
+        return Resolved(
+            _decode(store.png_path(image_id).read_bytes(), field, store.max_pixels), image_id, "store"
+        )
+
+    # 2. inline bytes: a data URI or bare base64
+    if ref.startswith("data:"):
+        header, _, payload = ref.partition(",")
+        if ";base64" not in header or not payload:
+            raise ToolError(f"{field}: data URI must look like data:image/png;base64,<bytes>.")
+        return Resolved(_decode(_b64(payload, field), field, store.max_pixels), None, "data")
+
+    # 3. the web, only through the safe fetcher
+    lowered = ref.lower()
+    if lowered.startswith(("http://", "https://")):
+        if fetch is None:
+            raise ToolError(
+                f"{field}: URL references need the safe fetcher, which is not configured in this server; "
+                "download the image and pass a file path or data URI instead."
+            )
+        return Resolved(_decode(fetch(ref), field, store.max_pixels), None, "url")
+    if re.match(r"^[a-z][a-z0-9+.\-]*://", lowered):
+        scheme = lowered.split(":", 1)[0]
+        raise ToolError(
+            f"{field}: unsupported scheme {scheme!r}; use http(s), limner://, data: or a file path."
+        )
+
+    if len(ref) >= 64 and _BASE64_PATTERN.match(ref) and not os.path.exists(ref):
+        data = _b64(ref, field)
+        if data.startswith(_IMAGE_MAGIC):
+            return Resolved(_decode(data, field, store.max_pixels), None, "data")
+
+    # 4. a file inside the allowed folders
+    path = Path(ref).expanduser()
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ToolError(
+            f"{field}: {ref!r} is not a store id, limner:// URI, data URI, URL or existing file path."
+        ) from None
+    if not any(real.is_relative_to(d) for d in readable_dirs):
+        allowed = ", ".join(str(d) for d in readable_dirs)
+        raise ToolError(
+            f"{field}: path {ref!r} is outside the allowed folders ({allowed}); "
+            "copy the file into one of them or add its folder to LIMNER_ALLOWED_DIRS."
+        )
+    if not real.is_file():
+        raise ToolError(f"{field}: {ref!r} is not a file.")
+    return Resolved(_decode(real.read_bytes(), field, store.max_pixels), None, "path")
+
+
+def _b64(payload: str, field: str) -> bytes:
+    cleaned = re.sub(r"\s+", "", payload)
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ToolError(f"{field}: the base64 payload is malformed.") from None
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode untrusted image bytes (e.g. from the safe fetcher) with the pixel and truncation guards."""
+    return _decode(data, field, max_pixels)
+
+
+def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode and fully load image bytes; EXIF orientation is applied so pixels are upright."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > max_pixels:
+            raise ToolError(
+                f"{field}: image is {img.width}x{img.height}, above the limit of {max_pixels} pixels; "
+                "downscale it first."
+            )
+        img.load()
+    except ToolError:
+        raise
+    except Image.DecompressionBombError:
+        raise ToolError(f"{field}: image is too large to decode safely (decompression bomb guard).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ToolError(f"{field}: the image data is corrupt or truncated or not an image ({exc}).") from None
+    transposed = ImageOps.exif_transpose(img)
+    return transposed if transposed is not None else img
+
+
+# -- encoding ---------------------------------------------------------------------------------------
+def encode_png(image: Image.Image) -> bytes:
+    """Lossless, deterministic PNG bytes (no timestamps), so equal pixels hash equal."""
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def preview(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> ImageContent:
+    """A small preview as MCP image content: longest side <= 512 px, JPEG (WebP when it has alpha)."""
+    img = image
+    if img.mode in ("I;16", "I;16B", "I", "F"):
+        img = ImageOps.autocontrast(img.convert("F").point(lambda v: v / 256).convert("L"))
+    img = img.copy()
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img.convert("RGBA").save(buf, "WEBP", quality=80)
+        mime = "image/webp"
+    else:
+        img.convert("RGB").save(buf, "JPEG", quality=85)
+        mime = "image/jpeg"
+    return ImageContent(type="image", data=base64.b64encode(buf.getvalue()).decode(), mime_type=mime)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

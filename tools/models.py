@@ -1,0 +1,360 @@
+"""Models: the only place that loads weights.
+
+A model is a role (`generator`, `inpainter`, `editor`, `clip`, `vlm`) bound to a `ModelSpec`: a hub id or
+local folder, dtype, device and optional LoRA adapters. `ModelCache.get` resolves a role (or a named
+spec) to a loaded model once and keeps it warm. The `tiny` profile builds tiny random-weight models from
+configs, saves them under `LIMNER_HOME/models`, and loads them through the same `from_pretrained` path
+as real weights; every result made with them says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger("limner.models")
+
+Role = Literal["generator", "inpainter", "editor", "clip", "vlm"]
+TINY_LABEL = "tiny-random"
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str = Field(description="Hub id or local folder/file of the LoRA weights.")
+    weight_name: str | None = None
+    scale: float = 1.0
+
+
+class ModelSpec(BaseModel):
+    """One model: where its weights are and how to run it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    role: Role
+    source: str = Field(description="Hub id or local folder; `tiny:<kind>` for a built tiny model.")
+    pipeline: str | None = Field(
+        default=None, description="diffusers/transformers class name; default: the Auto class for the role."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    lora: tuple[LoraSpec, ...] = ()
+    focus_size: int = Field(default=1024, description="Native resolution (pixels per side) of the model.")
+    size_factor: int = Field(default=8, description="Width and height must be multiples of this.")
+    default_steps: int = 4
+    default_guidance: float = 0.0
+    vram_gb: float | None = Field(default=None, description="Approximate GPU memory need (documentation).")
+
+    @property
+    def tiny_kind(self) -> str | None:
+        return self.source.removeprefix("tiny:") if self.source.startswith("tiny:") else None
+
+
+PRESETS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="sdxl-turbo",
+            role="generator",
+            source="stabilityai/sdxl-turbo",
+            dtype="float16",
+            focus_size=512,
+            default_steps=4,
+            default_guidance=0.0,
+            vram_gb=8,
+        ),
+        ModelSpec(
+            name="flux-schnell",
+            role="generator",
+            source="black-forest-labs/FLUX.1-schnell",
+            pipeline="FluxPipeline",
+            dtype="bfloat16",
+            focus_size=1024,
+            size_factor=16,
+            default_steps=4,
+            default_guidance=0.0,
+            vram_gb=33,
+        ),
+        ModelSpec(
+            name="sdxl-inpaint",
+            role="inpainter",
+            source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+            dtype="float16",
+            focus_size=1024,
+            default_steps=25,
+            default_guidance=7.5,
+            vram_gb=10,
+        ),
+        # refine_region's editor backend (RefineAnything's base model; images = [crop, reference]). The
+        # RefineAnything LoRA is added in limner.toml by redefining this model with
+        # `lora = [{ source = "/path/to/refineanything-lora" }]` (loaded through peft).
+        ModelSpec(
+            name="qwen-image-edit",
+            role="editor",
+            source="Qwen/Qwen-Image-Edit-2509",
+            pipeline="QwenImageEditPlusPipeline",
+            dtype="bfloat16",
+            focus_size=1024,
+            size_factor=16,
+            default_steps=28,
+            default_guidance=4.0,
+            vram_gb=60,
+        ),
+        ModelSpec(name="clip-vit-l14", role="clip", source="openai/clip-vit-large-patch14", focus_size=224),
+        ModelSpec(
+            name="qwen2.5-vl-3b",
+            role="vlm",
+            source="Qwen/Qwen2.5-VL-3B-Instruct",
+            dtype="bfloat16",
+            focus_size=448,
+            vram_gb=8,
+        ),
+        ModelSpec(
+            name="tiny",
+            role="generator",
+            source="tiny:text2image",
+            focus_size=64,
+            default_steps=4,
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-inpaint",
+            role="inpainter",
+            source="tiny:inpaint",
+            focus_size=64,
+            default_steps=4,
+            dtype="float32",
+        ),
+        ModelSpec(name="tiny-clip", role="clip", source="tiny:clip", focus_size=32, dtype="float32"),
+        ModelSpec(name="tiny-vlm", role="vlm", source="tiny:vlm", focus_size=56, dtype="float32"),
+    )
+}
+TINY_FOR_ROLE = {"generator": "tiny", "inpainter": "tiny-inpaint", "clip": "tiny-clip", "vlm": "tiny-vlm"}
+
+
+@dataclass
+class Loaded:
+    """A loaded model and what results should say about it."""
+
+    spec: ModelSpec
+    model: Any  # a diffusers pipeline, or a (model, processor) pair for transformers roles
+    device: str
+    tiny: bool
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{TINY_LABEL} {self.spec.name} (random weights: output is noise, not a real image)"
+            if (self.tiny)
+            else self.spec.name
+        )
+
+
+# -- where weights are ------------------------------------------------------------------------------
+def weights_present(spec: ModelSpec, models_dir: Path) -> bool:
+    """True when the spec's weights are on this disk (a folder, or the Hugging Face cache)."""
+    if spec.tiny_kind:
+        return True
+    folder = Path(spec.source).expanduser()
+    if folder.is_dir():
+        return any((folder / f).is_file() for f in ("model_index.json", "config.json"))
+    if spec.source.count("/") != 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    for marker in ("model_index.json", "config.json"):
+        if isinstance(try_to_load_from_cache(spec.source, marker), str):
+            return True
+    return False
+
+
+def how_to_get(spec: ModelSpec) -> str:
+    return (
+        f"weights for model {spec.name!r} ({spec.source}) are not on this machine. Download them with "
+        f"`hf download {spec.source}` on a machine with network access (or point the spec's source at a "
+        "local folder in limner.toml), or use the tiny offline profile (LIMNER_PROFILE=tiny)."
+    )
+
+
+def pick_device(spec: ModelSpec) -> str:
+    import torch
+
+    if spec.device != "auto":
+        return spec.device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(spec: ModelSpec, device: str) -> Any:
+    import torch
+
+    if device == "cpu":  # half precision on CPU is slow or unsupported for many ops
+        return torch.float32
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    return names.get(spec.dtype, torch.float16)
+
+
+# -- the cache -----------------------------------------------------------------------------------------
+class ModelCache:
+    """Resolves roles and names to specs, loads each model once, keeps it warm."""
+
+    def __init__(
+        self,
+        models: dict[str, ModelSpec],
+        roles: dict[str, str],
+        profile: str,
+        models_dir: Path,
+        offline: bool = True,
+    ) -> None:
+        self.models = models
+        self.roles = roles
+        self.profile = profile
+        self.models_dir = models_dir
+        self.offline = offline
+        self._loaded: dict[str, Loaded] = {}
+        self._lock = threading.Lock()
+
+    def spec_for(self, role: str, name: str | None = None, field: str = "model") -> ModelSpec:
+        """The spec a call will use: the named one, else the role's, with the profile's tiny fallback."""
+        if name is not None:
+            if name not in self.models:
+                known = ", ".join(sorted(n for n, s in self.models.items() if s.role == role))
+                raise ToolError(f"{field}: unknown model {name!r}; models for {role}: {known}.")
+            spec = self.models[name]
+            if spec.role != role:
+                raise ToolError(f"{field}: model {name!r} is a {spec.role}, not a {role}.")
+            return self._available(spec)
+        tiny = TINY_FOR_ROLE.get(role)  # roles such as "editor" have no tiny model
+        default = self.roles.get(role, tiny)
+        if default is None:
+            raise ToolError(
+                f"{field}: no {role} model is configured; set roles.{role} in limner.toml "
+                f"(or LIMNER_{role.upper()}_MODEL) to a model of role {role}."
+            )
+        spec = self.models[default]
+        if tiny and (
+            self.profile == "tiny" or (self.profile == "auto" and not weights_present(spec, self.models_dir))
+        ):
+            return self.models[tiny]
+        return self._available(spec)
+
+    def _available(self, spec: ModelSpec) -> ModelSpec:
+        """The spec itself when its weights can be loaded; a ToolError saying how to get them otherwise."""
+        if spec.tiny_kind or weights_present(spec, self.models_dir) or not self.offline:
+            return spec
+        raise ToolError(how_to_get(spec))
+
+    def describe(self) -> dict[str, str]:
+        """Which model each role will use now; logged at start-up."""
+        out = {}
+        for role in TINY_FOR_ROLE:
+            try:
+                spec = self.spec_for(role)
+            except ToolError:
+                out[role] = f"{self.roles.get(role)} (weights missing: calls needing it will fail)"
+                continue
+            out[role] = f"{spec.name} ({TINY_LABEL}, offline)" if spec.tiny_kind else spec.name
+        return out
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def get(self, role: str, name: str | None = None) -> Loaded:
+        """Load (once) and return the model for `role`. Call from the model worker thread."""
+        spec = self.spec_for(role, name)
+        with self._lock:
+            if spec.name not in self._loaded:
+                self._loaded[spec.name] = self._load(spec)
+            return self._loaded[spec.name]
+
+    def _load(self, spec: ModelSpec) -> Loaded:
+        source = spec.source
+        if spec.tiny_kind:
+            source = str(ensure_tiny(spec.tiny_kind, self.models_dir))
+        elif not weights_present(spec, self.models_dir) and (self.offline or self.profile == "real"):
+            raise ToolError(how_to_get(spec))
+        device = pick_device(spec)
+        dtype = pick_dtype(spec, device)
+        logger.info("loading %s from %s on %s", spec.name, source, device)
+        loader = _LOADERS[spec.role]
+        model = loader(spec, source, dtype, device, self.offline)
+        return Loaded(spec=spec, model=model, device=device, tiny=spec.tiny_kind is not None)
+
+
+def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
+    import diffusers
+
+    auto = {"generator": "AutoPipelineForText2Image", "inpainter": "AutoPipelineForInpainting"}
+    cls = getattr(diffusers, spec.pipeline or auto.get(spec.role, "DiffusionPipeline"))
+    try:
+        pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=offline)
+    except OSError as exc:
+        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
+    for i, lora in enumerate(spec.lora):
+        pipe.load_lora_weights(
+            lora.source, weight_name=lora.weight_name, adapter_name=f"lora{i}", local_files_only=offline
+        )
+    if spec.lora:
+        pipe.set_adapters([f"lora{i}" for i in range(len(spec.lora))], [lo.scale for lo in spec.lora])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load_transformers(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
+    import transformers
+
+    if spec.role == "clip":
+        model_cls, proc_cls = transformers.AutoModel, transformers.AutoProcessor
+    else:
+        model_cls, proc_cls = transformers.AutoModelForImageTextToText, transformers.AutoProcessor
+    if spec.pipeline:
+        model_cls = getattr(transformers, spec.pipeline)
+    try:
+        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=offline).to(device).eval()
+        processor = proc_cls.from_pretrained(source, local_files_only=offline)
+    except OSError as exc:
+        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
+    return model, processor
+
+
+_LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
+    "generator": _load_diffusers,
+    "inpainter": _load_diffusers,
+    "editor": _load_diffusers,
+    "clip": _load_transformers,
+    "vlm": _load_transformers,
+}
+
+
+# -- the tiny profile ---------------------------------------------------------------------------------
+def ensure_tiny(kind: str, models_dir: Path) -> Path:
+    """Build the tiny model `kind` once under models_dir (atomically) and return its folder."""
+    from tools import tiny
+
+    dest = models_dir / f"tiny-{kind}"
+    if (dest / ".complete").is_file():
+        return dest
+    builders = tiny.BUILDERS
+    if kind not in builders:
+        raise ToolError(f"no tiny model of kind {kind!r}; kinds: {sorted(builders)}.")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = models_dir / f".building-tiny-{kind}-{threading.get_ident()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    builders[kind](staging)
+    (staging / ".complete").write_text("built from configs with random weights\n")
+    try:
+        staging.rename(dest)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
