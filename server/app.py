@@ -12,6 +12,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
 from server.settings import Settings
+from tools.fetch import FetchLimits, SafeFetcher
 from tools.images import ImageStore, resolve_image
 from tools.jobs import Worker
 from tools.models import ModelCache
@@ -68,6 +69,11 @@ def build_server(settings: Settings) -> MCPServer:
             models=models,
             worker=Worker(),
         )
+        # the one safe outbound fetcher; `fetch` lets image references be http(s) URLs
+        limits = FetchLimits(total_s=settings.fetch_timeout_s, max_bytes=settings.fetch_max_bytes)
+        fetcher = SafeFetcher(settings.fetch_allow, limits)
+        context.extras.update(fetcher=fetcher, fetch=fetcher.fetch_image)
+        context.extras.setdefault("closers", []).append(fetcher.close)
         try:
             yield context
         finally:
@@ -93,4 +99,7 @@ def build_server(settings: Settings) -> MCPServer:
 
     generate_tools.register(server)
     jobs_tools.register(server)
+    from server import search_tools
+
+    search_tools.register(server)
     return server

@@ -85,6 +85,9 @@ class Settings(BaseModel):
     search_cache_s: float = Field(
         default=300.0, ge=0, description="How long a search or page answer is reused (marked cached)."
     )
+    # judge
+    judge_max_images: int = Field(default=16, gt=0, description="Most images one judge call scores.")
+    judge_max_questions: int = Field(default=12, gt=0, description="Most checklist questions per judge call.")
 
     @property
     def images_dir(self) -> Path:

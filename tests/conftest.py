@@ -34,7 +34,8 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_settings(home: Path, models_path: Path):
     def make(**overrides: Any) -> Settings:
-        flags = {"home": home, "profile": "tiny", "models_path": models_path, **overrides}
+        # a generous max_wait_s: a loaded CI machine must not turn direct results into job handles
+        flags = {"home": home, "profile": "tiny", "models_path": models_path, "max_wait_s": 600, **overrides}
         return load_settings(flags=flags, environ={})
 
     return make

@@ -160,7 +160,7 @@ async def wait_for(job: Job, timeout: float | None, on_progress: ProgressFn | No
     send, receive = anyio.create_memory_object_stream[tuple[int, int, str]](max_buffer_size=1000)
 
     def listener(step: int, total: int, message: str) -> None:
-        loop.call_soon_threadsafe(_send_nowait, send, (step, total, message))
+        _call_soon(loop, _send_nowait, send, (step, total, message))
 
     async def forward() -> None:
         async with receive:
@@ -169,7 +169,7 @@ async def wait_for(job: Job, timeout: float | None, on_progress: ProgressFn | No
                     await on_progress(step, total, message)
 
     finished = anyio.Event()
-    job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(finished.set))
+    job.future.add_done_callback(lambda _: _call_soon(loop, finished.set))
     job._listeners.append(listener)
     try:
         async with anyio.create_task_group() as tg:
@@ -186,6 +186,12 @@ async def wait_for(job: Job, timeout: float | None, on_progress: ProgressFn | No
         if listener in job._listeners:
             job._listeners.remove(listener)
     return job.future.done()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Hand `fn` to the event loop from the worker thread; a loop already closed (client gone) is ignored."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _send_nowait(send: Any, item: tuple[int, int, str]) -> None:

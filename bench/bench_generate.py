@@ -1,0 +1,134 @@
+"""Benchmark for generate over stdio on the tiny model (128 px, 4 steps). One JSON line per figure.
+
+    .venv/bin/python bench/bench_generate.py [--runs 15]
+
+(a) server overhead per image: stdio `generate` wall time minus the same pipeline call made directly
+    (target <= 15 ms p50); also wall minus the server's own denoise timing, which removes machine noise;
+(b) n=4 in one call against 4 calls of n=1 (ratio);
+(c) first call (load) against warm calls;
+(d) tools/list round trip over stdio (target <= 5 ms p50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+REPO = Path(__file__).resolve().parent.parent
+ARGS = {"prompt": "a red bicycle leaning on a wall", "width": 128, "height": 128, "steps": 4, "seed": 1}
+
+
+def emit(name: str, value: float, unit: str, target: str | None = None, **extra) -> None:
+    print(
+        json.dumps({"name": name, "value": round(value, 3), "unit": unit, "target": target, **extra}),
+        flush=True,
+    )
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def direct_pipeline_ms(models_path: Path, runs: int) -> list[float]:
+    """The same pipeline call generate makes, without the server: load once, time warm calls."""
+    import torch
+
+    from tools.models import PRESETS, ModelCache
+
+    cache = ModelCache(PRESETS, {}, "tiny", models_path)
+    pipe = cache.get("generator").model
+    out = []
+    for i in range(runs + 1):
+        gens = [torch.Generator().manual_seed(ARGS["seed"])]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pipe(
+                prompt=ARGS["prompt"],
+                num_images_per_prompt=1,
+                width=ARGS["width"],
+                height=ARGS["height"],
+                num_inference_steps=ARGS["steps"],
+                guidance_scale=0.0,
+                generator=gens,
+                callback_on_step_end=lambda p, s, t, kw: kw,
+            )
+        if i:  # the first call warms caches
+            out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def main(runs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home, models_path = Path(tmp) / "home", Path(tmp) / "models"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
+        env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", LIMNER_MODELS_PATH=str(models_path))
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(REPO)
+        )
+        async with Client(params) as client:
+            # (d) tools/list round trip
+            for _ in range(5):
+                await client.list_tools()
+            lists = []
+            for _ in range(50):
+                started = time.perf_counter()
+                await client.list_tools()
+                lists.append((time.perf_counter() - started) * 1000)
+            emit("tools_list_stdio_p50", p50(lists), "ms", "<= 5")
+
+            # (c) first call (imports, tiny build, load) against warm calls
+            started = time.perf_counter()
+            await client.call_tool("generate", ARGS)
+            first = (time.perf_counter() - started) * 1000
+            walls, denoise = [], []
+            for _ in range(runs):
+                started = time.perf_counter()
+                result = await client.call_tool("generate", ARGS)
+                walls.append((time.perf_counter() - started) * 1000)
+                denoise.append(result.structured_content["timings"]["denoise"] * 1000)
+            emit(
+                "generate_first_call",
+                first,
+                "ms",
+                note="includes torch/diffusers import, tiny build and load",
+            )
+            emit("generate_warm_call_p50", p50(walls), "ms")
+
+            # (b) batching
+            started = time.perf_counter()
+            await client.call_tool("generate", {**ARGS, "n": 4})
+            batched = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            for i in range(4):
+                await client.call_tool("generate", {**ARGS, "seed": 100 + i})
+            single = (time.perf_counter() - started) * 1000
+            emit("n4_one_call", batched, "ms")
+            emit("n1_four_calls", single, "ms")
+            emit("n4_batched_over_four_single_ratio", batched / single, "ratio", "< 1 is a win")
+
+        # (a) the same pipeline call made directly, in this process
+        direct = direct_pipeline_ms(models_path, runs)
+        emit("direct_pipeline_p50", p50(direct), "ms")
+        emit("server_overhead_per_image_p50", p50(walls) - p50(direct), "ms", "<= 15")
+        emit(
+            "server_overhead_vs_own_denoise_p50",
+            p50([w - d for w, d in zip(walls, denoise, strict=True)]),
+            "ms",
+            "<= 15",
+            note="wall minus the denoise time the server measured for the same call",
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    anyio.run(main, parser.parse_args().runs)

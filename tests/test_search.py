@@ -1,0 +1,325 @@
+"""search and fetch_page through the MCP client, against real local servers (a SearXNG stand-in, pages,
+images) and the ddgs adapter fed the library's own result shapes and exceptions."""
+
+from __future__ import annotations
+
+import json
+
+import ddgs
+import pytest
+from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
+from PIL import Image
+from skimage import data
+
+from tests.conftest import connect, error_text, structured
+from tests.local_web import LocalWeb, encode, huge_png, searxng_routes
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def searx():
+    with LocalWeb("127.0.0.2") as web:
+        photos = {"astronaut.jpg": encode(Image.fromarray(data.astronaut()), "JPEG"),
+                  "coffee.png": encode(Image.fromarray(data.coffee()))}  # fmt: skip
+        web.state = searxng_routes(web, photos)
+        yield web
+
+
+@pytest.fixture
+def searx_settings(make_settings, searx):
+    return make_settings(search_backend="searxng", searxng_url=searx.base, fetch_allow=(searx.base,))
+
+
+async def test_searxng_images_are_downloaded_into_the_store_with_their_source(make_settings):
+    photos = {"astronaut.jpg": encode(Image.fromarray(data.astronaut()), "JPEG"),
+              "coffee.png": encode(Image.fromarray(data.coffee()))}  # fmt: skip
+    with LocalWeb("127.0.0.2") as searx, LocalWeb("127.0.0.1") as elsewhere:
+        elsewhere.static("/private.png", encode(Image.new("RGB", (8, 8))), "image/png")
+        searxng_routes(searx, photos, extra_image_urls=[elsewhere.base + "/private.png"])
+        settings = make_settings(search_backend="searxng", searxng_url=searx.base, fetch_allow=(searx.base,))
+        async with connect(settings) as client:
+            args = {"query": "astronaut", "kind": "images", "max_results": 5, "download_images": True}
+            result = await client.call_tool("search", args)
+            out = structured(result)
+            assert out["backend"] == "searxng" and out["cached"] is False and out["count"] == 3
+            assert out["downloaded"] == 2 and "1 of 3" in out["note"]
+            first, second, refused = out["results"]
+            assert first["width"] == 512 and first["url"] == "https://pages.example.org/photo0"
+            assert "refused" in refused["download_error"] and "loopback" in refused["download_error"]
+            assert refused["image"] is None
+            previews = [c for c in result.content if c.type == "image"]
+            assert len(previews) == 2 and all(p.mime_type == "image/jpeg" for p in previews)
+            meta = json.loads((settings.images_dir / f"{first['image']['id']}.json").read_text())
+            assert meta["tool"] == "search" and meta["page_url"] == first["url"]
+            assert meta["source_url"] == first["image_url"] and "/image_proxy?url=" in meta["source_url"]
+            assert (first["image"]["width"], first["image"]["height"]) == (512, 512)
+            assert (second["image"]["width"], second["image"]["height"]) == (600, 400)
+            resource = await client.read_resource(first["image"]["uri"])
+            assert resource.contents[0].blob
+        assert elsewhere.total_hits == 0
+
+
+async def test_searxng_web_and_news_results_are_normalised_and_paged(searx, searx_settings):
+    async with connect(searx_settings) as client:
+        out = structured(await client.call_tool("search", {"query": "new bridge", "max_results": 15}))
+        assert out["count"] == 15 and searx.hits["/search"] == 2  # two SearXNG pages of 10
+        hit = out["results"][11]
+        assert hit["title"] == "new bridge result 11" and hit["snippet"] == "Snippet 11 about new bridge."
+        assert hit["source"] == "news.example.org" and hit["date"] is None and hit["image_url"] is None
+        news = structured(await client.call_tool("search", {"query": "bridge", "kind": "news", "max_results": 3,
+                                                            "timelimit": "w", "region": "de-de"}))  # fmt: skip
+        assert news["count"] == 3 and news["results"][0]["date"] == "2026-10-01T08:00:00"
+
+
+async def test_the_same_query_within_minutes_answers_from_the_cache(searx, searx_settings):
+    async with connect(searx_settings) as client:
+        args = {"query": "Eiffel Tower 2026", "kind": "images", "max_results": 2, "download_images": True}
+        first = structured(await client.call_tool("search", args))
+        calls = searx.total_hits
+        again = await client.call_tool("search", {**args, "query": "  eiffel   tower 2026 "})
+        second = structured(again)
+        assert first["cached"] is False and second["cached"] is True and searx.total_hits == calls
+        assert [r["image"]["id"] for r in second["results"]] == [r["image"]["id"] for r in first["results"]]
+        assert len([c for c in again.content if c.type == "image"]) == 2
+
+
+async def test_backend_429_and_500_become_errors_that_say_when_to_retry(searx, searx_settings):
+    async with connect(searx_settings) as client:
+        searx.state.update(status=500)
+        text = error_text(await client.call_tool("search", {"query": "outage"}))
+        assert "HTTP 500" in text and "Retry in 30 s" in text
+        searx.state.update(status=429, retry_after=120)
+        text = error_text(await client.call_tool("search", {"query": "busy"}))
+        assert "429" in text and "Retry in 120 s" in text
+        searx.state.update(status=200)
+        calls = searx.total_hits
+        text = error_text(await client.call_tool("search", {"query": "right away"}))
+        assert "rate limited" in text and "Retry in 1" in text and searx.total_hits == calls  # not even asked
+
+
+async def test_the_local_rate_limit_says_when_to_retry_and_cached_queries_still_answer(make_settings, searx):
+    settings = make_settings(search_backend="searxng", searxng_url=searx.base, fetch_allow=(searx.base,),
+                             search_per_minute=2)  # fmt: skip
+    async with connect(settings) as client:
+        structured(await client.call_tool("search", {"query": "one"}))
+        structured(await client.call_tool("search", {"query": "two"}))
+        text = error_text(await client.call_tool("search", {"query": "three"}))
+        assert "2 searches per minute" in text and "Retry in" in text
+        assert structured(await client.call_tool("search", {"query": "one"}))["cached"] is True
+
+
+async def test_a_json_api_switched_off_is_an_error_that_says_not_to_retry(searx, searx_settings):
+    searx.state.update(status=403)
+    async with connect(searx_settings) as client:
+        text = error_text(await client.call_tool("search", {"query": "anything"}))
+        assert "search.formats" in text and "Retrying will not help" in text
+
+
+async def test_bad_search_input_gets_clear_errors_and_the_server_stays_up(searx, searx_settings):
+    bad = [
+        ({"query": ""}, "query: empty"),
+        ({"query": "   "}, "query: empty"),
+        ({"query": "x", "max_results": 0}, "max_results: 0 is outside 1..50"),
+        ({"query": "x", "max_results": 51}, "max_results: 51 is outside 1..50"),
+        ({"query": "x", "kind": "videos"}, "kind: 'videos' is not one of web, news, images"),
+        ({"query": "x", "timelimit": "decade"}, "timelimit"),
+        ({"query": "x", "safesearch": "maybe"}, "safesearch"),
+        ({"query": "x", "region": "germany"}, "region"),
+        ({"query": "x", "download_images": True}, "use kind='images'"),
+        ({"query": "x", "kind": "images", "max_results": 30, "download_images": True}, "above 20"),
+    ]
+    async with connect(searx_settings) as client:
+        for args, message in bad:
+            assert message in error_text(await client.call_tool("search", args)), args
+        assert structured(await client.call_tool("search", {"query": "fine"}))["count"] == 8
+    assert searx.hits["/search"] == 1
+
+
+async def test_downloaded_images_that_are_html_truncated_bombs_or_too_big_get_a_clear_error_each(
+    make_settings,
+):
+    jpeg = encode(Image.fromarray(data.astronaut()), "JPEG")
+    with LocalWeb("127.0.0.2") as web:
+        web.static("/page.png", b"<html><body>not an image</body></html>", "text/html")
+        web.static("/cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg")
+        web.static("/bomb.png", huge_png(), "image/png")
+        web.endless("/big.png")
+        searxng_routes(web, {}, extra_image_urls=[web.base + p for p in ("/page.png", "/cut.jpg", "/bomb.png",
+                                                                          "/big.png")])  # fmt: skip
+        settings = make_settings(search_backend="searxng", searxng_url=web.base, fetch_allow=(web.base,),
+                                 fetch_max_bytes=2 * 2**20)  # fmt: skip
+        async with connect(settings) as client:
+            args = {"query": "bad", "kind": "images", "max_results": 4, "download_images": True}
+            out = structured(await client.call_tool("search", args))
+            errors = [r["download_error"] for r in out["results"]]
+            assert out["downloaded"] == 0 and "4 of 4" in out["note"]
+            assert "text/html" in errors[0]
+            assert "truncated" in errors[1] or "corrupt" in errors[1]
+            assert "30000x30000" in errors[2] or "too large" in errors[2]
+            assert "more than the limit of 2097152 bytes" in errors[3]
+            assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
+
+
+# -- ddgs ------------------------------------------------------------------------------------------------
+class FakeDDGS:
+    """The `ddgs.DDGS` interface with the shapes ddgs 9.x returns (see ddgs/results.py); no network."""
+
+    raises: Exception | None = None
+    calls: list[tuple[str, str, dict]] = []
+
+    def __init__(self, proxy: str | None = None, timeout: int | None = 5, *, verify: bool = True) -> None:
+        self.timeout = timeout
+
+    def _answer(self, method: str, query: str, kwargs: dict, rows: list[dict]) -> list[dict]:
+        FakeDDGS.calls.append((method, query, kwargs))
+        if FakeDDGS.raises is not None:
+            raise FakeDDGS.raises
+        return rows[: kwargs.get("max_results") or 10]
+
+    def text(self, query: str, **kwargs) -> list[dict]:
+        rows = [
+            {"title": "Bridge opens", "href": "https://city.example.org/bridge", "body": "The new bridge..."}
+        ]
+        return self._answer("text", query, kwargs, rows)
+
+    def news(self, query: str, **kwargs) -> list[dict]:
+        rows = [{"date": "2026-10-30T09:15:00+00:00", "title": "Bridge opens", "body": "Crowds...",
+                 "url": "https://news.example.org/a", "image": "https://img.example.org/a.jpg", "source": "City News"}]  # fmt: skip
+        return self._answer("news", query, kwargs, rows)
+
+    def images(self, query: str, **kwargs) -> list[dict]:
+        rows = [{"title": "Bridge at dusk", "image": "https://img.example.org/full.jpg",
+                 "thumbnail": "https://tse.example.org/th.jpg", "url": "https://photos.example.org/p/1",
+                 "height": 1080, "width": "1920", "source": "Bing"}]  # fmt: skip
+        return self._answer("images", query, kwargs, rows)
+
+
+@pytest.fixture
+def fake_ddgs(monkeypatch):
+    monkeypatch.setattr(ddgs, "DDGS", FakeDDGS)
+    FakeDDGS.raises, FakeDDGS.calls = None, []
+    return FakeDDGS
+
+
+async def test_the_ddgs_adapter_normalises_the_library_result_shapes(settings, fake_ddgs):
+    async with connect(settings) as client:
+        web = structured(
+            await client.call_tool("search", {"query": "bridge", "region": "uk-en", "timelimit": "m"})
+        )
+        assert web["backend"] == "ddgs" and web["results"][0] == {**web["results"][0], "title": "Bridge opens",
+            "url": "https://city.example.org/bridge", "snippet": "The new bridge...", "source": "city.example.org"}  # fmt: skip
+        news = structured(await client.call_tool("search", {"query": "bridge", "kind": "news"}))["results"][0]
+        assert news["date"] == "2026-10-30T09:15:00+00:00" and news["source"] == "City News"
+        assert (
+            news["image_url"] == "https://img.example.org/a.jpg"
+            and news["url"] == "https://news.example.org/a"
+        )
+        image = structured(await client.call_tool("search", {"query": "bridge", "kind": "images"}))[
+            "results"
+        ][0]
+        assert (image["width"], image["height"]) == (1920, 1080) and image[
+            "url"
+        ] == "https://photos.example.org/p/1"
+        assert image["image_url"] == "https://img.example.org/full.jpg"
+        assert image["thumbnail_url"] == "https://tse.example.org/th.jpg"
+    method, query, kwargs = fake_ddgs.calls[0]
+    assert (method, query) == ("text", "bridge")
+    assert kwargs == {"region": "uk-en", "timelimit": "m", "safesearch": "moderate", "max_results": 8}
+
+
+async def test_ddgs_exceptions_become_errors_that_say_whether_and_when_to_retry(settings, fake_ddgs):
+    async with connect(settings) as client:
+        fake_ddgs.raises = TimeoutException("https://html.duckduckgo.com/html timed out")
+        assert "Retry in 10 s" in error_text(await client.call_tool("search", {"query": "a"}))
+        fake_ddgs.raises = DDGSException("No results found.")
+        out = structured(await client.call_tool("search", {"query": "b"}))
+        assert out["count"] == 0 and out["results"] == []
+        fake_ddgs.raises = DDGSException("ConnectError: dns error: failed to lookup address information")
+        assert "Retry in 30 s" in error_text(await client.call_tool("search", {"query": "c"}))
+        fake_ddgs.raises = RatelimitException("https://duckduckgo.com 202 Ratelimit")
+        text = error_text(await client.call_tool("search", {"query": "d"}))
+        assert "rate limited" in text and "Retry in 60 s" in text
+        calls = len(fake_ddgs.calls)
+        fake_ddgs.raises = None
+        assert "Retry in" in error_text(await client.call_tool("search", {"query": "e"}))
+        assert len(fake_ddgs.calls) == calls  # the cooldown answered without asking ddgs
+        assert structured(await client.call_tool("search", {"query": "b"}))["cached"] is True
+
+
+# -- fetch_page ----------------------------------------------------------------------------------------
+ARTICLE = """<html><head><title>The Harbour Bridge reopens</title>
+<meta property="og:image" content="/media/cover.jpg"></head><body>
+<nav><a href="/">Home</a> | <a href="/news">News</a> | <a href="/login">Log in</a></nav>
+<article><h1>The Harbour Bridge reopens</h1>
+{paragraphs}
+<img src="/media/span.jpg" alt="the new span"><img src="https://cdn.example.org/pier.png">
+</article><footer>Copyright 2026 City Paper. All rights reserved. Cookie settings.</footer></body></html>"""
+
+
+def article(paragraphs: int) -> bytes:
+    body = "\n".join(
+        f"<p>Paragraph {i}: the repainted bridge is teal with copper rivets, and its lamps were restored "
+        f"to the 1932 design after public consultation number {i}.</p>"
+        for i in range(paragraphs)
+    )
+    return ARTICLE.format(paragraphs=body).encode()
+
+
+@pytest.fixture
+def pages():
+    with LocalWeb("127.0.0.2") as web:
+        web.static("/short", article(3), "text/html; charset=utf-8")
+        web.static("/long", article(60), "text/html")
+        web.static("/photo.png", encode(Image.new("RGB", (4, 4))), "image/png")
+        web.static("/doc.pdf", b"%PDF-1.4", "application/pdf")
+        yield web
+
+
+async def test_fetch_page_extracts_the_main_text_title_and_image_urls(make_settings, pages):
+    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+        out = structured(await client.call_tool("fetch_page", {"url": pages.base + "/short"}))
+        assert out["title"] == "The Harbour Bridge reopens" and out["next_start"] is None
+        assert "teal with copper rivets" in out["text"] and "Paragraph 2" in out["text"]
+        assert "Log in" not in out["text"] and "Cookie settings" not in out["text"]
+        assert out["images"] == [f"{pages.base}/media/cover.jpg", f"{pages.base}/media/span.jpg",
+                                 "https://cdn.example.org/pier.png"]  # fmt: skip
+
+
+async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(make_settings, pages):
+    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+        parts, start = [], 0
+        while start is not None:
+            out = structured(await client.call_tool("fetch_page", {"url": pages.base + "/long",
+                                                                   "max_chars": 2000, "start": start}))  # fmt: skip
+            text = out["text"]
+            if out["next_start"] is not None:
+                marker = f"Call fetch_page again with start={out['next_start']}"
+                assert marker in text
+                text = text[: text.index("\n\n[...")]
+            parts.append(text)
+            start = out["next_start"]
+        assert len(parts) > 3 and pages.hits["/long"] == 1  # later parts come from the cache
+        full = "".join(parts)
+        assert len(full) == out["total_chars"] and all(f"Paragraph {i}:" in full for i in range(60))
+
+
+async def test_fetch_page_refuses_non_html_content_and_bad_arguments(make_settings, pages):
+    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+        for path, kind in (("/photo.png", "image/png"), ("/doc.pdf", "application/pdf")):
+            text = error_text(await client.call_tool("fetch_page", {"url": pages.base + path}))
+            assert kind in text and "text/html" in text
+        assert "HTTP 404" in error_text(
+            await client.call_tool("fetch_page", {"url": pages.base + "/missing"})
+        )
+        bad = [
+            ({"url": ""}, "url: empty"),
+            ({"url": pages.base + "/short", "start": -1}, "start: -1"),
+            ({"url": pages.base + "/short", "max_chars": 10}, "max_chars: 10 is outside"),
+            ({"url": pages.base + "/short", "start": 10**6}, "past the end"),
+        ]
+        for args, message in bad:
+            assert message in error_text(await client.call_tool("fetch_page", args)), args
+        assert (
+            structured(await client.call_tool("fetch_page", {"url": pages.base + "/short"}))["cached"] is True
+        )

@@ -1,0 +1,140 @@
+"""fetch_page: the main text of one web page (trafilatura), paginated, with its title and image URLs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from tools.fetch import SafeFetcher
+
+logger = logging.getLogger("limner.page")
+
+MIN_CHARS, MAX_CHARS = 200, 100_000
+MAX_PAGE_BYTES = 5 * 2**20
+MAX_IMAGES = 50
+
+
+@dataclass(frozen=True)
+class PageText:
+    url: str  # after redirects
+    title: str
+    text: str
+    images: tuple[str, ...]
+
+
+class PageResult(BaseModel):
+    url: str = Field(description="The page actually read (after redirects).")
+    title: str
+    text: str = Field(
+        description="Main text as markdown-ish text, from `start`; ends with a marker when cut."
+    )
+    start: int
+    end: int = Field(description="Offset just past the returned text.")
+    total_chars: int
+    next_start: int | None = Field(default=None, description="Pass as start to read on; None at the end.")
+    images: list[str] = Field(description="Absolute URLs of the page's images (og:image first).")
+    cached: bool = False
+
+
+def check_request(url: str, start: int, max_chars: int) -> None:
+    if not url or not url.strip():
+        raise ToolError("url: empty; pass the http(s) URL of a page, e.g. one from search results.")
+    if start < 0:
+        raise ToolError(
+            f"start: {start} is negative; pass 0 for the beginning or the next_start you were given."
+        )
+    if not MIN_CHARS <= max_chars <= MAX_CHARS:
+        raise ToolError(
+            f"max_chars: {max_chars} is outside {MIN_CHARS}..{MAX_CHARS}; pass a number in that range."
+        )
+
+
+def read_page(url: str, fetcher: SafeFetcher) -> PageText:
+    """Fetch and extract (blocking: run it in a thread)."""
+    import lxml.html
+    import trafilatura
+
+    # 1. fetch through the safe fetcher: HTML or plain text only
+    fetched = fetcher.fetch_page(url, max_bytes=MAX_PAGE_BYTES)
+    raw = _decode(fetched.data, fetched.charset)
+    if fetched.content_type in ("text/plain", "text/markdown"):
+        return PageText(fetched.url, "", raw.strip(), ())
+
+    # 2. the main text: trafilatura's extractor, its baseline when it finds no article
+    text = trafilatura.extract(
+        raw,
+        url=fetched.url,
+        output_format="markdown",
+        include_links=False,
+        include_tables=True,
+        favor_recall=True,
+    )
+    if not text:
+        text = trafilatura.html2txt(raw) or ""
+
+    # 3. title and images from the DOM
+    title, images = "", []
+    try:
+        tree = lxml.html.fromstring(fetched.data)
+        tree.make_links_absolute(fetched.url, resolve_base_href=True, handle_failures="discard")
+        title = " ".join(tree.xpath("string(//title)").split())
+        og = tree.xpath("//meta[@property='og:image' or @name='twitter:image']/@content")
+        srcs = tree.xpath("//img/@src | //img/@data-src")
+        images = [urljoin(fetched.url, s.strip()) for s in [*og, *srcs] if s.strip()]
+    except (ValueError, lxml.etree.ParserError) as exc:
+        logger.info("no DOM for %s: %s", fetched.url, exc)
+    if not title:
+        meta = trafilatura.extract_metadata(raw)
+        title = (meta.title if meta else None) or ""
+    images = [u for u in dict.fromkeys(images) if u.startswith(("http://", "https://"))][:MAX_IMAGES]
+    return PageText(fetched.url, title, text.strip(), tuple(images))
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """The declared charset, else UTF-8, else trafilatura's own detection."""
+    from trafilatura.utils import decode_file
+
+    for encoding in (charset, "utf-8"):
+        if encoding:
+            try:
+                return data.decode(encoding)
+            except (LookupError, UnicodeDecodeError):
+                continue
+    return decode_file(data)
+
+
+def paginate(page: PageText, start: int, max_chars: int, cached: bool) -> PageResult:
+    total = len(page.text)
+    if start > 0 and start >= total:
+        raise ToolError(
+            f"start: {start} is past the end of the page text ({total} characters); start below {total}."
+        )
+    end = min(start + max_chars, total)
+    if end < total:  # cut at a paragraph or line break near the limit, so words and lines stay whole
+        cut = max(
+            page.text.rfind("\n", start + max_chars // 2, end),
+            page.text.rfind(" ", start + max_chars // 2, end),
+        )
+        end = cut if cut > start else end
+    text = page.text[start:end]
+    next_start = end if end < total else None
+    if next_start is not None:
+        text += (
+            f"\n\n[... {total - end} more characters. Call fetch_page again with start={end} "
+            f"to continue reading.]"
+        )
+    return PageResult(
+        url=page.url,
+        title=page.title,
+        text=text,
+        start=start,
+        end=end,
+        total_chars=total,
+        next_start=next_start,
+        images=list(page.images),
+        cached=cached,
+    )

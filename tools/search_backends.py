@@ -1,0 +1,176 @@
+"""Search backends behind `tools.search.Backend`: ddgs (no key, the default) and a SearXNG instance's JSON API.
+
+Each normalises its results to `SearchHit` and turns its failures into `BackendError` with retry advice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from tools.fetch import FetchError, SafeFetcher
+from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "") if url else ""
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value).strip()) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class DdgsBackend:
+    """`ddgs.DDGS().text/news/images`; `factory` replaces the DDGS class (default: `ddgs.DDGS`, looked up per call)."""
+
+    name = "ddgs"
+
+    def __init__(self, factory: Callable[..., Any] | None = None, timeout: int = 10) -> None:
+        self.factory = factory
+        self.timeout = timeout
+
+    def search(self, request: SearchRequest) -> list[SearchHit]:
+        from ddgs import DDGS
+        from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
+
+        method = {"web": "text", "news": "news", "images": "images"}[request.kind]
+        kwargs: dict[str, Any] = {"safesearch": request.safesearch, "max_results": request.max_results}
+        if request.region:
+            kwargs["region"] = request.region
+        if request.timelimit:
+            kwargs["timelimit"] = request.timelimit
+        try:
+            raw = getattr((self.factory or DDGS)(timeout=self.timeout), method)(request.query, **kwargs)
+        except RatelimitException as exc:
+            raise BackendError(f"ddgs is rate limited ({exc})", retry_after=60, rate_limited=True) from None
+        except TimeoutException as exc:
+            raise BackendError(f"ddgs timed out ({exc})", retry_after=10) from None
+        except DDGSException as exc:
+            text = str(exc)
+            if "no results found" in text.lower():
+                return []
+            if re.search(r"ratelimit|rate limit|\b429\b|\b202\b", text, re.IGNORECASE):
+                raise BackendError(
+                    f"ddgs is rate limited ({text})", retry_after=60, rate_limited=True
+                ) from None
+            raise BackendError(f"ddgs could not reach its search engines ({text})", retry_after=30) from None
+        return [self._hit(request.kind, r) for r in raw or []]
+
+    @staticmethod
+    def _hit(kind: str, r: dict[str, Any]) -> SearchHit:
+        if kind == "web":
+            return SearchHit(
+                title=r.get("title", ""),
+                url=r.get("href", ""),
+                snippet=r.get("body", ""),
+                source=_host(r.get("href", "")),
+            )
+        if kind == "news":
+            return SearchHit(
+                title=r.get("title", ""),
+                url=r.get("url", ""),
+                snippet=r.get("body", ""),
+                source=r.get("source") or _host(r.get("url", "")),
+                date=r.get("date") or None,
+                image_url=r.get("image") or None,
+            )
+        return SearchHit(
+            title=r.get("title", ""),
+            url=r.get("url", ""),
+            source=r.get("source", ""),
+            image_url=r.get("image") or None,
+            thumbnail_url=r.get("thumbnail") or None,
+            width=_int(r.get("width")),
+            height=_int(r.get("height")),
+        )
+
+
+class SearxngBackend:
+    """A SearXNG instance's JSON API (`/search?format=json`), reached through the safe fetcher."""
+
+    name = "searxng"
+    MAX_PAGES = 5
+
+    def __init__(self, base_url: str, fetcher: SafeFetcher) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.fetcher = fetcher
+
+    def search(self, request: SearchRequest) -> list[SearchHit]:
+        hits: dict[tuple[str, str | None], SearchHit] = {}  # engines repeat results across pages
+        for page in range(1, self.MAX_PAGES + 1):
+            batch = [self._hit(request.kind, r) for r in self._page(request, page)]
+            for hit in batch:
+                if hit.url or hit.image_url:
+                    hits.setdefault((hit.url, hit.image_url), hit)
+            if not batch or len(hits) >= request.max_results:
+                break
+        return list(hits.values())[: request.max_results]
+
+    def _page(self, request: SearchRequest, page: int) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {
+            "q": request.query,
+            "format": "json",
+            "categories": {"web": "general", "news": "news", "images": "images"}[request.kind],
+            "safesearch": SAFESEARCH[::-1].index(request.safesearch),  # off 0, moderate 1, on 2
+            "pageno": page,
+        }
+        if request.timelimit:
+            params["time_range"] = {"d": "day", "w": "week", "m": "month", "y": "year"}[request.timelimit]
+        if request.region:
+            lang, country = request.region.split("-")[::-1]
+            params["language"] = "all" if request.region == "wt-wt" else f"{lang}-{country.upper()}"
+        try:
+            got = self.fetcher.get(
+                urljoin(self.base_url, "search") + "?" + urlencode(params),
+                accept=("application/json",),
+                max_bytes=5 * 2**20,
+                raise_for_status=False,
+            )
+        except FetchError as exc:
+            raise BackendError(
+                f"SearXNG at {self.base_url} failed: {exc}", retry_after=30 if exc.retryable else None
+            ) from None
+        if got.status == 429:
+            wait = _int(got.headers.get("retry-after")) or 60
+            raise BackendError("SearXNG answered 429 Too Many Requests", retry_after=wait, rate_limited=True)
+        if got.status >= 500:
+            raise BackendError(f"SearXNG answered HTTP {got.status} (server error)", retry_after=30)
+        if got.status == 403:
+            raise BackendError(
+                "SearXNG answered 403: its JSON API is off; add 'json' to search.formats in its settings.yml",
+                retry_after=None,
+            )
+        if got.status != 200:
+            raise BackendError(f"SearXNG answered HTTP {got.status}", retry_after=None)
+        try:
+            results = json.loads(got.data).get("results", [])
+        except (ValueError, AttributeError):
+            raise BackendError(
+                "SearXNG answered something that is not its JSON format", retry_after=None
+            ) from None
+        return [r for r in results if isinstance(r, dict)]
+
+    def _hit(self, kind: str, r: dict[str, Any]) -> SearchHit:
+        def absolute(value: Any) -> str | None:  # image_proxy links are relative to the instance
+            return urljoin(self.base_url, value) if isinstance(value, str) and value else None
+
+        url = str(r.get("url") or "")
+        size = re.match(r"\s*(\d+)\s*[x×]\s*(\d+)", str(r.get("resolution") or ""))
+        image = absolute(r.get("img_src"))
+        return SearchHit(
+            title=str(r.get("title") or ""),
+            url=url,
+            snippet=str(r.get("content") or ""),
+            source=str(r.get("source") or _host(url)),
+            date=str(r.get("publishedDate") or r.get("pubdate") or "") or None,
+            image_url=image if kind != "web" else None,
+            thumbnail_url=absolute(r.get("thumbnail_src") or r.get("thumbnail")) if kind != "web" else None,
+            width=int(size.group(1)) if size else None,
+            height=int(size.group(2)) if size else None,
+        )
