@@ -26,6 +26,8 @@ limner runs local image models for you; you do the planning. The loop that close
 3. generate several candidates (n=3..4), then judge them: judge ranks them and says what to fix.
 4. refine_region the failing region of the best candidate (bit-exact outside the region), judge again.
 5. remember the outcome. Long generations return a job handle: poll it with `jobs`.
+The prompts close_context_gap and product_scene spell the loop out; limner://images/<id>/lineage shows how an
+image was made; limner://session/log lists this session's calls and the path of its HTML gallery.
 Results made with the tiny offline models say so: they are noise, useful only to test the plumbing."""
 
 
@@ -102,4 +104,7 @@ def build_server(settings: Settings) -> MCPServer:
     from server import search_tools
 
     search_tools.register(server)
+    from server import judge_tools
+
+    judge_tools.register(server)
     return server

@@ -1,0 +1,159 @@
+"""The `judge` tool: wiring only; the logic is tools/judge.py (+ tools/quality.py, tools/preservation.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult
+from pydantic import Field
+
+from server.app import app_context
+from server.jobs_tools import run_on_worker, to_call_result
+from tools import judge as jd
+from tools import judge_models as jm
+from tools.judge import Check, JudgeResult
+
+ImageArg = Annotated[str, Field(description="A store id, limner:// URI, data URI, file path or URL.")]
+
+
+def register(server: MCPServer) -> None:
+    @server.tool()
+    async def judge(
+        ctx: Context,
+        image: Annotated[str | None, Field(description="The image to judge (or pass `images`).")] = None,
+        images: Annotated[
+            list[ImageArg] | None,
+            Field(description="Several candidates to judge and rank (best-of-n); e.g. generate's ids."),
+        ] = None,
+        prompt: Annotated[
+            str | None,
+            Field(
+                description="The prompt the images should show: scored by CLIPScore, split into questions."
+            ),
+        ] = None,
+        questions: Annotated[
+            list[str] | None,
+            Field(
+                description="Things the image must show, one each ('a red umbrella', 'the text OPEN'); each "
+                "is asked as a yes/no question. Default: split from the prompt."
+            ),
+        ] = None,
+        reference: Annotated[
+            str | None,
+            Field(description="A reference image (product photo): CLIP image similarity is reported."),
+        ] = None,
+        original: Annotated[
+            str | None,
+            Field(description="The image before an edit (same size): preservation metrics against it."),
+        ] = None,
+        mask: Annotated[
+            str | None,
+            Field(description="Edit mask, same size, white = the edited region (refine_region's mask_id)."),
+        ] = None,
+        foreground_mask: Annotated[
+            str | None,
+            Field(
+                description="Mask of a placed object, white = object: checks it stayed intact, not extended."
+            ),
+        ] = None,
+        checks: Annotated[
+            list[Check] | None,
+            Field(description="Subset of checks to run; default: every check whose inputs are given."),
+        ] = None,
+        min_alignment: Annotated[
+            float,
+            Field(
+                ge=0,
+                le=100,
+                description="CLIPScore at or above which alignment passes (CLIP ViT-L/14 scale).",
+            ),
+        ] = jd.DEFAULT_MIN_ALIGNMENT,
+    ) -> Annotated[CallToolResult, JudgeResult]:
+        """Score, check and rank images so you know whether to stop, and what to fix if not.
+
+        Call it after generate (pass all candidate ids as `images`, with the prompt) to pick the best, and
+        after refine_region (pass `original` and `mask`) to confirm the fix and that nothing else changed.
+        Per image you get a verdict (pass/fix) and items, failing first, each with a next step: refine_region
+        with a bbox, strengthen the prompt, or regenerate. Scales: checklist P(yes) 0..1 from the vlm,
+        passes at >= 0.5 (VQAScore); alignment CLIPScore = 100*max(cos,0), matching captions ~25-35 on CLIP
+        ViT-L/14; quality scores 0..1, higher is better (sharpness = Laplacian variance v/(v+100); under-
+        and overexposure = half-Mertens well-exposedness times unclipped share; noise = exp(-sigma/10),
+        sigma in grey levels; blockiness = exp(-(grid ratio-1)/0.5); colourfulness Hasler-Suesstrunk M/45,
+        never failed); preservation MSE (grey levels^2), PSNR dB, SSIM 0..1 inside and outside the mask and
+        every pixel changed outside it; foreground fidelity (PSNR >= 30 dB) and over-extension (share of the
+        +/-30 px band around the object's box that continues it, flagged above 0.03). `ranking` lists
+        indexes best first and `best` is the one to keep. Scores are stored on stored input images. When you
+        stop, remember the outcome (kind='generation', or 'critique' for a failure worth avoiding).
+        """
+        app = app_context(ctx)
+        settings = app.settings
+        # 1. validate what can be checked without decoding anything
+        if image is None and not images:
+            raise ToolError(
+                "image: no image given; pass `image` (one) or `images` (several) as ids, URIs or paths."
+            )
+        if image is not None and images:
+            raise ToolError("image/images: pass one or the other, not both (put every image in `images`).")
+        refs = [image] if image is not None else list(images or [])
+        if len(refs) > settings.judge_max_images:
+            raise ToolError(
+                f"images: {len(refs)} is over the limit of {settings.judge_max_images} per call; judge the "
+                "rest in another call and compare the overall scores."
+            )
+
+        # 2. resolve every reference (file reads and fetches off the event loop), then validate sizes
+        def prepare() -> jd.JudgeRequest:
+            field = "image" if image is not None else "images"
+            resolved = [
+                app.resolve(ref, field if len(refs) == 1 else f"images[{i}]") for i, ref in enumerate(refs)
+            ]
+
+            def optional(ref: str | None, name: str):
+                return app.resolve(ref, name) if ref is not None else None
+
+            return jd.check_request(
+                images=resolved,
+                prompt=prompt,
+                questions=questions,
+                reference=optional(reference, "reference"),
+                original=optional(original, "original"),
+                mask=optional(mask, "mask"),
+                foreground_mask=optional(foreground_mask, "foreground_mask"),
+                checks=checks,
+                min_alignment=min_alignment,
+                max_questions=settings.judge_max_questions,
+                max_prompt_chars=settings.max_prompt_chars,
+            )
+
+        started = time.perf_counter()
+        request = await anyio.to_thread.run_sync(prepare)
+        timings = {"resolve": round(time.perf_counter() - started, 4)}
+
+        # 3. model-free checks off the event loop (not on the model worker: they need no model)
+        started = time.perf_counter()
+        found = await anyio.to_thread.run_sync(jd.model_free, request)
+        timings["model_free"] = round(time.perf_counter() - started, 4)
+        needs_models = "alignment" in request.checks or request.questions or request.reference is not None
+        if not needs_models:
+            result = await anyio.to_thread.run_sync(
+                lambda: jd.finish(request, found, None, app.images, timings)
+            )
+            return to_call_result(result, [])
+
+        # 4. model checks on the worker, in order with other model work
+        def work(job):
+            timings["queue"] = round(time.time() - job.created, 4)
+            scores = jm.run_models(request, app.models, job)
+            return jd.finish(request, found, scores, app.images, timings), []
+
+        return await run_on_worker(
+            ctx,
+            "judge",
+            f"{len(request.images)} image(s), {len(request.questions)} question(s): {(request.prompt or '')[:60]}",
+            work,
+            lambda handle: JudgeResult(status="running", job=handle),
+        )

@@ -1,0 +1,310 @@
+"""judge, through the MCP client, on the tiny offline CLIP and VLM and real photographs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from tests.conftest import connect, error_text, structured
+
+pytestmark = pytest.mark.anyio
+
+
+def data_uri(pixels: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def photo(name: str = "astronaut", side: int = 128) -> np.ndarray:
+    pixels = getattr(data, name)()
+    h, w = pixels.shape[:2]
+    scale = side / max(h, w)
+    return cv2.resize(pixels, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def mask_uri(mask: np.ndarray) -> str:
+    return data_uri(mask.astype(np.uint8) * 255)
+
+
+# -- alignment and checklist on the tiny models --------------------------------------------------------
+class _TorchmetricsCLIP(torch.nn.Module):
+    """torchmetrics 1.9 expects get_*_features to return tensors (transformers 4); transformers 5 returns an
+    output object whose embedding is `.pooler_output`. This adapter is the only difference."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, *args, **kwargs):
+        return self.model.get_image_features(*args, **kwargs).pooler_output
+
+    def get_text_features(self, *args, **kwargs):
+        return self.model.get_text_features(*args, **kwargs).pooler_output
+
+
+async def test_clipscore_equals_torchmetrics_clipscore_on_the_same_tiny_model(settings):
+    from torchmetrics.multimodal import CLIPScore
+    from transformers import AutoModel, AutoProcessor
+
+    cases = [
+        (photo("astronaut", 160), "an astronaut in a white suit"),
+        (photo("coffee", 200), "a cup of coffee"),
+    ]
+    async with connect(settings) as client:
+        ours = []
+        for pixels, prompt in cases:
+            out = structured(
+                await client.call_tool(
+                    "judge", {"image": data_uri(pixels), "prompt": prompt, "checks": ["alignment"]}
+                )
+            )
+            ours.append(out["judgements"][0]["alignment"]["clipscore"])
+    folder = settings.models_dir / "tiny-clip"
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    for (pixels, prompt), score in zip(cases, ours, strict=True):
+        metric = CLIPScore(model_name_or_path=lambda: (_TorchmetricsCLIP(model), processor))
+        with torch.no_grad():
+            expected = float(metric(torch.from_numpy(pixels).permute(2, 0, 1), prompt))
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+async def test_checklist_p_yes_comes_from_the_tiny_vlms_next_token_logits_through_its_chat_template(settings):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    pixels = photo("chelsea", 96)
+    questions = ["a cat", "a red umbrella"]
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "judge", {"image": data_uri(pixels), "questions": questions, "checks": ["checklist"]}
+            )
+        )
+    assert out["tiny"] is True and "tiny-random" in out["models"]["vlm"]
+    assert out["question_source"] == "given" and out["questions"] == questions
+    folder = settings.models_dir / "tiny-vlm"
+    model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    yes = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("yes", "Yes")]
+    no = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("no", "No")]
+    for question, answer in zip(questions, out["judgements"][0]["checklist"], strict=True):
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": f'Does this figure show "{question}"? Please answer yes or no.'},
+                ],
+            }
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert text.endswith("<|im_start|>assistant\n") and question in text
+        inputs = processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt")
+        with torch.no_grad():
+            probs = torch.softmax(model(**inputs).logits[0, -1], dim=-1)
+        p_yes, p_no = float(probs[yes].sum()), float(probs[no].sum())
+        assert answer["question"] == question
+        assert answer["p_yes_raw"] == pytest.approx(p_yes, abs=1e-6)
+        assert answer["p_yes"] == pytest.approx(p_yes / (p_yes + p_no), abs=1e-5)
+        assert answer["passed"] == (answer["p_yes"] >= 0.5)
+
+
+async def test_questions_are_split_from_the_prompt_when_none_are_given(settings):
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "judge",
+                {
+                    "image": data_uri(photo()),
+                    "prompt": "a red apple, a blue cup and a wooden table with a vase",
+                },
+            )
+        )
+    assert out["question_source"] == "split from prompt"
+    assert out["questions"] == ["a red apple", "a blue cup", "a wooden table", "a vase"]
+    assert [a["question"] for a in out["judgements"][0]["checklist"]] == out["questions"]
+
+
+async def test_a_prompt_over_the_clip_token_limit_is_truncated_with_a_warning_not_an_error(settings):
+    prompt = "a very detailed photograph of an astronaut standing beside a flag on a grey plain " * 3
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "judge", {"image": data_uri(photo()), "prompt": prompt, "checks": ["alignment"]}
+            )
+        )
+    assert any("over the CLIP limit of 77" in w for w in out["warnings"])
+    assert 0 <= out["judgements"][0]["alignment"]["clipscore"] <= 100
+
+
+async def test_a_reference_image_reports_clip_image_similarity_100_for_itself_and_less_for_another(settings):
+    reference = data_uri(photo("coffee"))
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "judge",
+                {
+                    "images": [reference, data_uri(photo("astronaut"))],
+                    "reference": reference,
+                    "checks": ["quality"],
+                },
+            )
+        )
+    same, other = (j["reference_similarity"] for j in out["judgements"])
+    assert same == pytest.approx(100.0, abs=1e-3) and other < same
+    assert "tiny-random" in out["models"]["clip"]
+
+
+async def test_judging_generated_candidates_stores_the_scores_on_each_and_says_the_models_are_tiny(settings):
+    async with connect(settings) as client:
+        made = structured(await client.call_tool("generate", {"prompt": "a lighthouse", "n": 2, "seed": 5}))
+        ids = [c["id"] for c in made["candidates"]]
+        out = structured(await client.call_tool("judge", {"images": ids, "prompt": "a lighthouse, the sea"}))
+    assert out["tiny"] is True and out["warnings"][0].startswith("scores made with tiny random-weight models")
+    assert sorted(out["ranking"]) == [0, 1] and out["best"] == out["ranking"][0]
+    assert out["best_id"] == ids[out["best"]]
+    for judgement, image_id in zip(out["judgements"], ids, strict=True):
+        assert judgement["id"] == image_id
+        stored = json.loads((settings.images_dir / f"{image_id}.json").read_text())["judge"]
+        assert stored["verdict"] == judgement["verdict"] and stored["overall"] == judgement["overall"]
+        assert stored["checklist"] == {a["question"]: a["p_yes"] for a in judgement["checklist"]}
+        assert stored["tiny"] is True
+
+
+async def test_a_judge_that_outlives_max_wait_returns_a_job_whose_result_jobs_returns(make_settings):
+    args = {"image": data_uri(photo()), "prompt": "an astronaut, a flag"}
+    async with connect(make_settings(max_wait_s=0)) as client:
+        started = structured(await client.call_tool("judge", args))
+        assert started["status"] == "running" and started["judgements"] == []
+        waited = structured(
+            await client.call_tool(
+                "jobs", {"action": "wait", "job_id": started["job"]["job_id"], "timeout_s": 120}
+            )
+        )
+    assert waited["jobs"][0]["status"] == "done"
+    result = waited["result"]
+    assert result["status"] == "done" and result["questions"] == ["an astronaut", "a flag"]
+    assert len(result["judgements"][0]["checklist"]) == 2
+
+
+# -- model-free checks ---------------------------------------------------------------------------------
+async def test_best_of_n_ranks_the_sharp_photo_above_its_blurred_and_noisy_copies(settings):
+    sharp = photo("coffee", 256)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 3)
+    noisy = np.clip(sharp + np.random.default_rng(0).normal(0, 30, sharp.shape), 0, 255).astype(np.uint8)
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "judge",
+                {"images": [data_uri(blurred), data_uri(sharp), data_uri(noisy)], "checks": ["quality"]},
+            )
+        )
+    assert out["best"] == 1 and out["ranking"][0] == 1
+    verdicts = [j["verdict"] for j in out["judgements"]]
+    assert verdicts == ["fix", "pass", "fix"]
+    first = out["judgements"][0]["items"][0]
+    assert first["check"] == "quality.sharpness" and not first["passed"]
+    assert first["next_step"]["action"] == "regenerate"
+    assert out["judgements"][2]["items"][0]["check"] == "quality.noise"
+    assert out["models"] == {} and out["tiny"] is False
+
+
+async def test_an_edit_inside_the_mask_shows_no_change_outside_and_one_changed_pixel_outside_is_found(
+    settings,
+):
+    original = photo("astronaut", 192)
+    mask = np.zeros(original.shape[:2], bool)
+    mask[40:100, 60:140] = True
+    edited = original.copy()
+    edited[mask] = 255 - edited[mask]
+    args = {"original": data_uri(original), "mask": mask_uri(mask), "checks": ["preservation"]}
+    async with connect(settings) as client:
+        clean = structured(await client.call_tool("judge", {"image": data_uri(edited), **args}))
+        edited[150, 20, 1] ^= 1
+        leaked = structured(await client.call_tool("judge", {"image": data_uri(edited), **args}))
+    kept = clean["judgements"][0]["preservation"]
+    assert kept["outside"]["changed_pixels"] == 0 and kept["outside"]["mse"] == 0
+    assert kept["outside"]["ssim"] == 1.0 and kept["changed_outside_box"] is None
+    assert kept["inside"]["changed_pixels"] > 0 and kept["inside"]["ssim"] < 0.9
+    assert clean["judgements"][0]["verdict"] == "pass"
+    found = leaked["judgements"][0]
+    assert found["preservation"]["outside"]["changed_pixels"] == 1
+    assert found["preservation"]["changed_outside_box"] == [20, 150, 21, 151]
+    assert found["verdict"] == "fix" and found["items"][0]["check"] == "preservation"
+    assert found["items"][0]["next_step"]["action"] == "refine_region"
+    assert found["items"][0]["next_step"]["bbox"] == [60, 40, 140, 100]
+
+
+def composite() -> tuple[np.ndarray, np.ndarray]:
+    """A square crop of the coffee photo placed on the astronaut photo, and its foreground mask."""
+    background = photo("astronaut", 320)[:240, :320].copy()
+    obj = photo("coffee", 200)[20:120, 40:140]
+    fg = np.zeros(background.shape[:2], bool)
+    fg[70:170, 110:210] = True
+    background[70:170, 110:210] = obj
+    return background, fg
+
+
+async def test_an_intact_placed_object_passes_and_one_extended_by_a_painted_band_fails(settings):
+    image, fg = composite()
+    extended = image.copy()
+    extended[170:190, 110:210] = image[169:170, 110:210]  # the object's last row, continued 20 px down
+    args = {"original": data_uri(image), "foreground_mask": mask_uri(fg), "checks": ["foreground"]}
+    async with connect(settings) as client:
+        intact = structured(await client.call_tool("judge", {"image": data_uri(image), **args}))
+        spilled = structured(await client.call_tool("judge", {"image": data_uri(extended), **args}))
+    ok = intact["judgements"][0]
+    assert ok["verdict"] == "pass" and ok["foreground"]["over_extension"] <= 0.03
+    assert ok["foreground"]["fidelity"]["psnr"] == 100.0 and ok["foreground"]["box"] == [110, 70, 210, 170]
+    bad = spilled["judgements"][0]
+    assert bad["verdict"] == "fix" and bad["foreground"]["over_extension"] > 0.03
+    assert bad["items"][0]["check"] == "foreground.over_extension"
+    x0, y0, x1, y1 = bad["items"][0]["next_step"]["bbox"]
+    assert 165 <= y0 < y1 <= 195 and x0 <= 120 and x1 >= 190  # the painted strip: x 110..210, y 170..190
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+SMALL = photo("astronaut", 64)
+OTHER = photo("coffee", 64)
+MASK_64 = np.zeros(SMALL.shape[:2], bool)
+MASK_64[10:20, 10:20] = True
+BAD = [
+    ({}, "image: no image given"),
+    ({"image": data_uri(SMALL), "images": [data_uri(SMALL)]}, "image/images"),
+    ({"images": [data_uri(SMALL)] * 4}, "images: 4 is over the limit of 3"),
+    ({"images": [data_uri(SMALL), data_uri(OTHER)], "original": data_uri(SMALL)}, "images: sizes differ"),
+    ({"image": data_uri(SMALL), "questions": []}, "questions: the list is empty"),
+    ({"image": data_uri(SMALL), "questions": [f"thing {i}" for i in range(13)]}, "questions: 13 is over"),
+    ({"image": data_uri(SMALL), "questions": ["a cat", "  "]}, "questions[1]: empty"),
+    (
+        {"image": data_uri(SMALL), "original": data_uri(SMALL), "mask": mask_uri(np.ones((32, 32), bool))},
+        "mask: 32x32 does not match the image size",
+    ),
+    ({"image": data_uri(SMALL), "original": data_uri(OTHER)}, "original: 64x43 does not match"),
+    ({"image": data_uri(SMALL), "mask": mask_uri(MASK_64)}, "mask: needs `original`"),
+    ({"image": data_uri(SMALL), "checks": ["preservation"]}, "checks: 'preservation' needs an original"),
+    (
+        {"image": data_uri(SMALL), "foreground_mask": mask_uri(np.zeros_like(MASK_64))},
+        "foreground_mask: has no",
+    ),
+    ({"image": "img_0000000000000000"}, "image: no stored image"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), BAD, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in enumerate(BAD)]
+)
+async def test_bad_input_is_a_clear_tool_error_and_the_server_keeps_answering(make_settings, args, message):
+    async with connect(make_settings(judge_max_images=3)) as client:
+        assert message in error_text(await client.call_tool("judge", args))
+        after = structured(await client.call_tool("judge", {"image": data_uri(SMALL), "checks": ["quality"]}))
+    assert after["status"] == "done" and len(after["judgements"]) == 1
