@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import Field
 
 from server.app import app_context
 from server.jobs_tools import run_on_worker
+from tools import foreground as fg
 from tools import generate as gen
 from tools.generate import GenerateResult
 
@@ -54,6 +57,42 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(description="A named model from the server settings; default: the generator role's model."),
         ] = None,
+        foreground: Annotated[
+            str | None,
+            Field(
+                description="An object whose pixels must stay exact (product photo, cut-out): an image reference. "
+                "Switches to foreground-conditioned generation: the object is placed on the canvas and the "
+                "inpainter paints a scene around it."
+            ),
+        ] = None,
+        foreground_mask: Annotated[
+            str | None,
+            Field(
+                description="Image reference of the object's mask (white = object), same size as foreground; "
+                "default: the alpha channel, else an automatic GrabCut cut-out."
+            ),
+        ] = None,
+        placement: Annotated[
+            list[fg.Placement] | Literal["auto"],
+            Field(
+                description="Where the object goes: 'auto' (centred on the lower third) or a list of {x, y, "
+                "scale} (relative centre; scale = the object's longest side / the canvas's shorter side)."
+            ),
+        ] = "auto",
+        scenes: Annotated[
+            list[str] | None,
+            Field(
+                description="Several scene prompts in one call (each gets its own n candidates, tagged with "
+                "its scene); each is appended to prompt."
+            ),
+        ] = None,
+        repair: Annotated[
+            bool,
+            Field(
+                description="Repaint a candidate's over-extension (object drawn beyond itself) up to 2 "
+                "rounds and keep the best."
+            ),
+        ] = False,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Generate n candidate images from a text prompt on the local diffusion model.
 
@@ -62,8 +101,16 @@ def register(server: MCPServer) -> None:
         an id (pass it to judge / refine_region), its seed (pass it back to reproduce it exactly) and a
         preview. Progress is reported per denoising step. If the work outlives the server's max_wait_s the
         result has status='running' and a job_id: call jobs(action='wait', job_id=...) for the images.
+
+        With `foreground` (a product photo or cut-out) it makes scenes AROUND that object instead: inside
+        the object mask every output pixel equals the input (bit for bit when the object keeps its pixel
+        size), and each candidate reports its over-extension; judge with foreground_mask=mask_id to check.
         """
         app = app_context(ctx)
+        if foreground is None and (foreground_mask is not None or scenes is not None or placement != "auto"):
+            raise ToolError(
+                "foreground: foreground_mask, placement and scenes need a foreground image reference."
+            )
         request = gen.check_request(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -75,11 +122,15 @@ def register(server: MCPServer) -> None:
             n=n,
             model=model,
             models=app.models,
+            role="generator" if foreground is None else "inpainter",
             max_pixels=app.settings.max_pixels,
             max_steps=app.settings.max_steps,
             max_batch=app.settings.max_batch,
             max_prompt_chars=app.settings.max_prompt_chars,
         )
+
+        if foreground is not None:
+            return await _foreground(ctx, request, foreground, foreground_mask, placement, scenes, repair)
 
         def work(job):
             images, loaded, timings = gen.run(request, app.models, job)
@@ -93,3 +144,72 @@ def register(server: MCPServer) -> None:
             work,
             lambda handle: GenerateResult(status="running", prompt=request.prompt, job=handle),
         )
+
+
+async def _foreground(ctx, request, foreground, foreground_mask, placement, scenes, repair):
+    """generate with a foreground: understand the object, template it, paint scenes around it (on the worker)."""
+    app = app_context(ctx)
+    settings = app.settings
+    # resolving may fetch a URL and GrabCut takes a moment: keep both off the event loop
+    source = await anyio.to_thread.run_sync(app.resolve, foreground, "foreground")
+    mask_image = None
+    if foreground_mask:
+        mask_image = (await anyio.to_thread.run_sync(app.resolve, foreground_mask, "foreground_mask")).image
+    obj = await anyio.to_thread.run_sync(fg.understand, source.image, mask_image)
+    placements = [fg.auto_placement(obj, request.width, request.height)] if placement == "auto" else placement
+    if not placements:
+        raise ToolError("placement: an empty list; pass 'auto' or at least one {x, y, scale}.")
+    templates = [
+        fg.place(obj, p, request.width, request.height, f"placement[{i}]") for i, p in enumerate(placements)
+    ]
+    if scenes is not None and (not scenes or any(not s.strip() for s in scenes)):
+        raise ToolError("scenes: pass a non-empty list of non-empty scene prompts, or leave it out.")
+    scene_list = scenes if scenes is not None else [""]
+    for i, scene in enumerate(scene_list):
+        gen.check_text(f"scenes[{i}]", scene, settings.max_prompt_chars)
+    n = len(request.seeds)
+    count = len(templates) * len(scene_list) * n
+    if count > settings.max_batch:
+        raise ToolError(
+            f"n: placements x scenes x n = {len(templates)} x {len(scene_list)} x {n} = {count} candidates, above "
+            f"the limit of {settings.max_batch} per call; lower n or split the scenes over several calls."
+        )
+    # the object's source goes into the store too, so every candidate's lineage reaches it
+    parent = source.id or app.images.put(source.image, tool="input", params={"field": "foreground"}).id
+    base = request.seeds[0]
+    scene_jobs = []
+    for t_index, template in enumerate(templates):
+        for scene in scene_list:
+            k = len(scene_jobs) * n
+            prompt = f"{request.prompt}, {scene.strip()}" if scene.strip() else request.prompt
+            seeds = tuple(base + k + i for i in range(n))
+            scene_jobs.append(fg.SceneJob(template, t_index, scene.strip() or request.prompt, prompt, seeds))
+    params = {
+        "prompt": request.prompt,
+        "width": request.width,
+        "height": request.height,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "model": request.model,
+        "foreground": parent,
+    }
+
+    def work(job):
+        made, loaded, timings = fg.run(
+            scene_jobs,
+            lambda: app.models.get("inpainter", request.model),
+            job,
+            steps=request.steps,
+            guidance=request.guidance,
+            negative_prompt=request.negative_prompt,
+            repair=repair,
+        )
+        return fg.store_results(made, templates, obj, parent, loaded, timings, app.images, params)
+
+    return await run_on_worker(
+        ctx,
+        "generate",
+        f"foreground: {count} x {request.width}x{request.height} px around {obj.info.box}: {request.prompt[:50]}",
+        work,
+        lambda handle: GenerateResult(status="running", prompt=request.prompt, job=handle),
+    )

@@ -40,6 +40,21 @@ class GenerateRequest:
 class Candidate(ImageRef):
     index: int = Field(description="Position in this call's batch (0-based).")
     seed: int = Field(description="Seed of this candidate; pass it back to reproduce it exactly.")
+    # foreground-conditioned candidates only
+    scene: str | None = Field(default=None, description="The scene prompt this candidate was painted with.")
+    placement: dict[str, float] | None = Field(
+        default=None, description="Where the object was put: x, y, scale."
+    )
+    object_box: list[int] | None = Field(default=None, description="The object's box on the canvas.")
+    mask_id: str | None = Field(default=None, description="Stored mask of the object on the canvas (white).")
+    over_extension: float | None = Field(
+        default=None,
+        description="Share of object-like pixels in the +-30 px band around the object (flag > 0.03).",
+    )
+    passed: bool | None = Field(
+        default=None, description="Object intact and over-extension within the limit."
+    )
+    repair_rounds: int | None = None
 
 
 class GenerateResult(BaseModel):
@@ -56,6 +71,9 @@ class GenerateResult(BaseModel):
         default_factory=dict, description="Seconds: queue, load, denoise, store."
     )
     job: JobHandle | None = None
+    foreground: dict[str, Any] | None = Field(
+        default=None, description="For foreground-conditioned calls: mask source, the object's box and area."
+    )
     note: str | None = None
 
 
@@ -71,13 +89,14 @@ def check_request(
     n: int,
     model: str | None,
     models: ModelCache,
+    role: str = "generator",
     max_pixels: int,
     max_steps: int,
     max_batch: int,
     max_prompt_chars: int,
 ) -> GenerateRequest:
     """Validate every argument against the settings and the model spec; raise ToolError naming the field."""
-    spec: ModelSpec = models.spec_for("generator", model)
+    spec: ModelSpec = models.spec_for(role, model)
     if not prompt or not prompt.strip():
         raise ToolError("prompt: must not be empty; describe the image you want.")
     check_text("prompt", prompt, max_prompt_chars)

@@ -1,0 +1,278 @@
+"""Foreground-conditioned generate: the object's pixels never change; placement, scenes, over-extension."""
+
+from __future__ import annotations
+
+import base64
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from skimage import data
+
+from tests.conftest import connect, error_text, structured
+from tools import foreground as fg
+from tools.images import encode_png
+from tools.jobs import Job
+from tools.preservation import OVER_EXTENSION_LIMIT
+
+pytestmark = pytest.mark.anyio
+
+
+def data_uri(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
+
+
+def cat_cutout(size: int = 48) -> Image.Image:
+    """A real photo (the cat's face) cut out as an RGBA disc."""
+    face = Image.fromarray(data.chelsea()[40:220, 100:280]).resize((size, size))
+    alpha = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(alpha).ellipse((2, 2, size - 3, size - 3), fill=255)
+    rgba = face.convert("RGBA")
+    rgba.putalpha(alpha)
+    return rgba
+
+
+def plain_background_photo() -> Image.Image:
+    """A product shot: a real photographed object on a plain, slightly noisy backdrop."""
+    rng = np.random.default_rng(0)
+    canvas = np.clip(235 + rng.normal(0, 2, (80, 80, 3)), 0, 255).astype(np.uint8)
+    cup = np.asarray(Image.fromarray(data.coffee()[60:340, 120:460]).resize((40, 34)))
+    canvas[23:57, 20:60] = cup
+    return Image.fromarray(canvas)
+
+
+def out_pixels(candidate: dict) -> np.ndarray:
+    return np.asarray(Image.open(candidate["path"]).convert("RGB"))
+
+
+def mask_pixels(candidate: dict, home) -> np.ndarray:
+    return np.asarray(Image.open(home / "images" / f"{candidate['mask_id']}.png")) > 0
+
+
+def assert_object_exact(candidate: dict, home, source_rgb: np.ndarray, source_box: list[int]) -> None:
+    """Inside the object mask, the canvas holds the source's pixels exactly (object kept its pixel size)."""
+    x0, y0, x1, y1 = candidate["object_box"]
+    sx0, sy0, sx1, sy1 = source_box
+    assert (x1 - x0, y1 - y0) == (sx1 - sx0, sy1 - sy0)
+    mask = mask_pixels(candidate, home)[y0:y1, x0:x1]
+    assert mask.sum() > 100
+    got = out_pixels(candidate)[y0:y1, x0:x1][mask]
+    want = source_rgb[sy0:sy1, sx0:sx1][mask]
+    assert np.array_equal(got, want)
+
+
+async def test_an_rgba_cutout_keeps_every_object_pixel_exactly(settings, home):
+    cutout = cat_cutout(48)
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "generate",
+                {
+                    "prompt": "a cat on a sofa",
+                    "foreground": data_uri(cutout),
+                    "placement": [{"x": 0.5, "y": 0.6, "scale": 44 / 128}],  # the disc is 44 px across
+                    "width": 128,
+                    "height": 128,
+                    "steps": 2,
+                    "n": 2,
+                    "seed": 3,
+                },
+            )
+        )
+    assert out["foreground"]["mask_source"] == "alpha"
+    assert len(out["candidates"]) == 2 and out["foreground"]["any_resampled"] is False
+    rgb = np.asarray(cutout.convert("RGB"))
+    for candidate in out["candidates"]:
+        assert_object_exact(candidate, home, rgb, out["foreground"]["box"])
+        assert candidate["over_extension"] is not None and isinstance(candidate["passed"], bool)
+
+
+async def test_a_separate_mask_keeps_the_masked_object_exact(settings, home):
+    photo = Image.fromarray(data.astronaut()[0:200, 150:350]).resize((60, 60))
+    mask = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(mask).rectangle((15, 10, 44, 50), fill=255)
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "generate",
+                {
+                    "prompt": "portrait in a garden",
+                    "foreground": data_uri(photo),
+                    "foreground_mask": data_uri(mask),
+                    "placement": [{"x": 0.5, "y": 0.5, "scale": 41 / 96}],
+                    "width": 96,
+                    "height": 96,
+                    "steps": 2,
+                },
+            )
+        )
+    assert out["foreground"]["mask_source"] == "foreground_mask"
+    assert out["foreground"]["box"] == [15, 10, 45, 51]
+    assert_object_exact(out["candidates"][0], home, np.asarray(photo), out["foreground"]["box"])
+
+
+async def test_grabcut_finds_a_product_on_a_plain_backdrop_and_keeps_it_exact(settings, home):
+    photo = plain_background_photo()
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "generate",
+                {
+                    "prompt": "a cup on a cafe table",
+                    "foreground": data_uri(photo),
+                    "width": 128,
+                    "height": 128,
+                    "steps": 2,
+                    "placement": [{"x": 0.5, "y": 0.6, "scale": 0.3125}],
+                },
+            )
+        )
+    info = out["foreground"]
+    assert info["mask_source"] == "grabcut"
+    x0, y0, x1, y1 = info["box"]
+    assert abs(x0 - 20) <= 3 and abs(y0 - 23) <= 3 and abs(x1 - 60) <= 3 and abs(y1 - 57) <= 3
+    candidate = out["candidates"][0]
+    if max(x1 - x0, y1 - y0) == 40:  # the object kept its size: compare the photo's own pixels
+        assert_object_exact(candidate, home, np.asarray(photo), info["box"])
+    # whatever GrabCut chose, inside the stored mask the output equals the template it was placed in
+    assert candidate["mask_id"]
+
+
+def test_placement_puts_the_object_where_x_y_and_scale_say():
+    sticker = Image.new("RGBA", (44, 24), (0, 0, 0, 0))
+    sticker.paste((200, 10, 10, 255), (2, 2, 42, 22))
+    obj = fg.understand(sticker, None)
+    assert obj.info.box == [2, 2, 42, 22]
+    template = fg.place(obj, fg.Placement(x=0.25, y=0.5, scale=0.5), 128, 96, "placement[0]")
+    # longest side 40 -> 0.5 * 96 = 48 px, so 48x24, centred at (32, 48)
+    assert template.box == [8, 36, 56, 60] and template.resampled
+    assert template.mask.sum() == 48 * 24 and template.mask[36:60, 8:56].all()
+    native = fg.place(obj, fg.Placement(x=0.5, y=0.5, scale=40 / 96), 128, 96, "placement[0]")
+    assert native.box == [44, 38, 84, 58] and not native.resampled
+
+
+def test_over_extension_is_near_zero_for_a_clean_composite_and_flagged_for_a_painted_band():
+    rng = np.random.default_rng(1)
+    obj = fg.understand(cat_cutout(48), None)
+    template = fg.place(obj, fg.Placement(x=0.5, y=0.5, scale=48 / 160), 160, 160, "placement")
+    background = np.asarray(Image.fromarray(data.coffee()).resize((160, 160)))
+    clean = fg.composite_object(background, template)
+    share, _ = fg.over_extension(clean, template)
+    assert share < 0.005
+    spilled = clean.copy()
+    x0, y0, x1, y1 = template.box
+    ring = np.zeros(template.mask.shape, bool)
+    ring[y0 - 12 : y1 + 12, x0 - 12 : x1 + 12] = True
+    ring &= ~template.mask
+    colour = np.median(template.rgb[template.mask], axis=0)
+    spilled[ring] = np.clip(colour + rng.normal(0, 1, (ring.sum(), 3)), 0, 255).astype(np.uint8)
+    share, box = fg.over_extension(fg.composite_object(spilled, template), template)
+    assert share > OVER_EXTENSION_LIMIT and box is not None
+
+
+class SpillingInpainter:
+    """Stands in for a diffusers inpaint pipeline (same call interface): the first call paints the object's
+    colour all around it (over-extension), later calls paint a neutral background."""
+
+    def __init__(self, colour: np.ndarray) -> None:
+        self.colour, self.calls = colour, 0
+
+    def __call__(
+        self,
+        *,
+        prompt,
+        image,
+        mask_image,
+        width,
+        height,
+        generator,
+        callback_on_step_end,
+        num_inference_steps,
+        num_images_per_prompt,
+        **kwargs,
+    ):
+        self.calls += 1
+        base = np.asarray(image).copy()
+        paint = np.asarray(mask_image) > 0
+        base[paint] = self.colour if self.calls == 1 else (40, 90, 160)
+        for step in range(num_inference_steps):
+            callback_on_step_end(self, step, 0, {})
+        return SimpleNamespace(images=[Image.fromarray(base)] * num_images_per_prompt)
+
+
+def test_repair_repaints_a_flagged_spill_and_keeps_the_better_candidate():
+    obj = fg.understand(cat_cutout(40), None)
+    template = fg.place(obj, fg.Placement(x=0.5, y=0.5, scale=40 / 128), 128, 128, "placement")
+    colour = np.median(template.rgb[template.mask], axis=0).astype(np.uint8)
+    fake = SpillingInpainter(colour)
+    loaded = SimpleNamespace(model=fake, label="fake", tiny=True)
+    job = Job(id="job_t", tool="generate", description="test")
+    scene = fg.SceneJob(template, 0, "scene", "prompt", (5,))
+    made, _, _ = fg.run(
+        [scene], lambda: loaded, job, steps=2, guidance=0.0, negative_prompt=None, repair=True
+    )
+    assert fake.calls == 2 and made[0].repair_rounds == 1
+    assert made[0].passed and made[0].over_extension <= OVER_EXTENSION_LIMIT
+    fake.calls = 0
+    unrepaired, _, _ = fg.run(
+        [scene], lambda: loaded, job, steps=2, guidance=0.0, negative_prompt=None, repair=False
+    )
+    assert not unrepaired[0].passed and unrepaired[0].repair_rounds == 0
+
+
+async def test_several_scenes_give_candidates_tagged_with_their_scene(settings):
+    scenes = ["on a marble kitchen counter", "on a beach at sunset"]
+    async with connect(settings) as client:
+        result = await client.call_tool(
+            "generate",
+            {
+                "prompt": "a cat",
+                "foreground": data_uri(cat_cutout(32)),
+                "scenes": scenes,
+                "n": 2,
+                "steps": 2,
+                "width": 96,
+                "height": 96,
+            },
+        )
+    out = structured(result)
+    assert [c["scene"] for c in out["candidates"]] == [scenes[0]] * 2 + [scenes[1]] * 2
+    assert len({c["seed"] for c in out["candidates"]}) == 4
+    assert sum(1 for c in result.content if c.type == "image") == 4
+
+
+async def test_bad_foreground_inputs_get_clear_errors_and_the_server_stays_up(settings):
+    cutout = data_uri(cat_cutout(32))
+    photo = Image.fromarray(data.astronaut()).resize((64, 64))
+    transparent = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    cases = [
+        (
+            {"foreground": data_uri(photo), "foreground_mask": data_uri(Image.new("L", (64, 64), 0))},
+            "no object",
+        ),
+        (
+            {"foreground": data_uri(photo), "foreground_mask": data_uri(Image.new("L", (64, 64), 255))},
+            "covers",
+        ),
+        (
+            {"foreground": data_uri(photo), "foreground_mask": data_uri(Image.new("L", (32, 32), 255))},
+            "does not match",
+        ),
+        ({"foreground": cutout, "placement": [{"x": 0.98, "y": 0.5, "scale": 0.4}]}, "outside the"),
+        ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 0}]}, "scale"),
+        ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": -1}]}, "scale"),
+        ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 2.0}]}, "larger than the"),
+        ({"foreground": cutout, "placement": [{"x": 1.5, "y": 0.5, "scale": 0.4}]}, "x"),
+        ({"foreground": data_uri(transparent)}, "alpha channel is zero"),
+        ({"foreground": cutout, "scenes": []}, "scenes"),
+        ({"foreground": cutout, "n": 5, "scenes": ["a", "b"]}, "above the limit"),
+        ({"foreground_mask": cutout}, "foreground"),
+        ({"foreground": "img_0000000000000000"}, "foreground"),
+    ]
+    async with connect(settings) as client:
+        for extra, expected in cases:
+            text = error_text(await client.call_tool("generate", {"prompt": "x", "steps": 1, **extra}))
+            assert expected in text, (extra, text)
+        ok = await client.call_tool("generate", {"prompt": "x", "foreground": cutout, "steps": 1})
+        assert structured(ok)["status"] == "done"
