@@ -1,0 +1,401 @@
+"""MemoryStore: short texts with a kind, tags and a scope, in one chromadb collection, found by meaning and name.
+
+1. Embedded (`open_local`): a `chromadb.PersistentClient` in a folder this process owns (see lock.py).
+   chromadb commits every add to its SQLite log before returning, so an acknowledged memory survives SIGKILL.
+   Shared (`open_remote`): a chroma server URL, for several processes or machines.
+2. Vectors come from our `Embedder`; the collection records the embedder's name and dimension and refuses
+   to open under another one.
+3. The document chromadb indexes is the text's lexical form (NFKC, case-folded, single spaces), so its
+   full-text `$contains` is a case-insensitive exact-term lookup; the original text sits in the metadata.
+4. `query` fuses the vector ranking with an exact-term ranking by reciprocal rank fusion (RRF): a rare name
+   in the query finds the memory that contains it even when its vector neighbours are generic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from memory_store.embedder import Embedder
+from memory_store.lock import FolderLock, StoreReadOnly
+
+logger = logging.getLogger("limner.memory")
+
+COLLECTION = "limner_memory"
+RRF_K = 60  # the usual RRF constant: flattens the head of each ranking
+VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
+TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
+MAX_TERMS = 8
+_TOKEN = re.compile(r"\w[\w\-.]*\w|\w+")  # "kweskin's" -> "kweskin", "x-trail" stays whole
+_STOPWORDS_TEXT = (
+    "the and for are but not you all any can had her was one our out has his how its may new now see two who "
+    "did get him let put say she too use what when where which while with this that these those from into "
+    "about over than then them they their there here have been were will would could should does doing "
+    "your yours some such only also very just more most other like make made find show tell give"
+)
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+
+
+class MemoryStoreError(RuntimeError):
+    """A store-level problem the caller can act on (mismatched embedder, unreachable server)."""
+
+
+@dataclass
+class Memory:
+    id: str
+    text: str
+    kind: str
+    scope: str
+    tags: list[str]
+    created: float
+    source: str | None = None
+    image_id: str | None = None
+    score: float = 0.0  # fused RRF score (or the cosine similarity when fusion is off)
+    similarity: float = 0.0  # cosine similarity to the query
+    matched_terms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Added:
+    id: str
+    created: bool  # False: identical content with the same kind and scope was already stored
+    near_duplicates: list[tuple[Memory, float]] = field(default_factory=list)
+
+
+def normalize(text: str) -> str:
+    """The lexical form: NFKC, case-folded, whitespace collapsed. Equal forms are the same memory."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def memory_id(text: str, kind: str, scope: str) -> str:
+    digest = hashlib.sha256(f"{kind}\x00{scope}\x00{normalize(text)}".encode()).hexdigest()
+    return "mem_" + digest[:16]
+
+
+def query_terms(query: str) -> list[str]:
+    """Distinct words of the query worth an exact lookup (3+ characters, not stopwords), in order."""
+    terms: list[str] = []
+    for token in _TOKEN.findall(normalize(query)):
+        token = token.strip(".-")
+        if len(token) >= 3 and token not in _STOPWORDS and token not in terms:
+            terms.append(token)
+    return terms[:MAX_TERMS]
+
+
+def where_clause(
+    kind: str | None = None,
+    scope: str | None = None,
+    tags: Sequence[str] = (),
+    since: float | None = None,
+    before: float | None = None,
+) -> dict[str, Any] | None:
+    """A chromadb `where` filter: every given condition must hold (every tag must be present)."""
+    parts: list[dict[str, Any]] = []
+    if kind:
+        parts.append({"kind": kind})
+    if scope:
+        parts.append({"scope": scope})
+    parts.extend({"tags": {"$contains": tag}} for tag in tags)
+    if since is not None:
+        parts.append({"created": {"$gte": since}})
+    if before is not None:
+        parts.append({"created": {"$lt": before}})
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+class MemoryStore:
+    def __init__(self, client: Any, embedder: Embedder, lock: FolderLock | None, where: str) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.where = where  # the folder or URL, for messages
+        self._lock = lock
+        self._write = threading.Lock()
+        self.collection = self._open_collection()
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open_local(cls, folder: Path, embedder: Embedder) -> MemoryStore:
+        """Open (creating) the embedded store in `folder`; raises StoreLocked / StoreReadOnly."""
+        import chromadb
+        from chromadb.config import Settings
+
+        lock = FolderLock(folder)
+        lock.acquire()
+        try:
+            database = folder / "chroma.sqlite3"
+            if database.exists() and not _writable(database):
+                raise StoreReadOnly(folder, f"{database.name} is not writable")
+            client = chromadb.PersistentClient(
+                path=str(folder), settings=Settings(anonymized_telemetry=False)
+            )
+            return cls(client, embedder, lock, str(folder))
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def open_remote(cls, url: str, embedder: Embedder) -> MemoryStore:
+        """Connect to a chroma server (`chroma run`), shared by any number of processes."""
+        import chromadb
+        from chromadb.config import Settings
+
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise MemoryStoreError(f"chroma URL {url!r} must look like http://host:port")
+        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+        try:
+            client = chromadb.HttpClient(
+                host=parsed.hostname,
+                port=port,
+                ssl=parsed.scheme == "https",
+                settings=Settings(anonymized_telemetry=False),
+            )
+            return cls(client, embedder, None, url)
+        except (ValueError, ConnectionError, OSError) as exc:
+            raise MemoryStoreError(f"cannot reach the chroma server at {url}: {exc}") from exc
+
+    def _open_collection(self) -> Any:
+        expected = {"limner:embedder": self.embedder.name}
+        existing = {c.name: c for c in self.client.list_collections()}
+        if COLLECTION in existing:
+            collection = self.client.get_collection(COLLECTION, embedding_function=None)
+            meta = collection.metadata or {}
+            if (
+                meta.get("limner:embedder") != self.embedder.name
+                or meta.get("limner:dim") != self.embedder.dim
+            ):
+                raise MemoryStoreError(
+                    f"the memory at {self.where} was built with the embedder {meta.get('limner:embedder')!r} "
+                    f"({meta.get('limner:dim')} dims), but this server uses {self.embedder.name!r} "
+                    f"({self.embedder.dim} dims); vectors from different models cannot be compared. Configure "
+                    "the embedder it was built with, or use another memory folder to start afresh."
+                )
+            return collection
+        expected["limner:dim"] = self.embedder.dim
+        return self.client.create_collection(
+            COLLECTION,
+            metadata={**expected, "hnsw:space": "cosine"},
+            embedding_function=None,
+            get_or_create=True,
+        )
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(
+        self,
+        text: str,
+        *,
+        kind: str,
+        scope: str,
+        tags: Sequence[str] = (),
+        source: str | None = None,
+        image_id: str | None = None,
+        near_threshold: float = 0.92,
+    ) -> Added:
+        """Store one memory (idempotent on content+kind+scope); report near-duplicates above the threshold."""
+        mem_id = memory_id(text, kind, scope)
+        with self._write:
+            if self.collection.get(ids=[mem_id], include=[])["ids"]:
+                return Added(mem_id, created=False)
+            vector = self.embedder.embed([text])[0]
+            near = self._near(vector, near_threshold)
+            self.collection.add(
+                ids=[mem_id],
+                embeddings=[vector],
+                documents=[normalize(text)],
+                metadatas=[_metadata(text, kind, scope, tags, source, image_id, time.time())],
+            )
+        return Added(mem_id, created=True, near_duplicates=near)
+
+    def add_many(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Bulk import of {text, kind, scope, tags?, source?, image_id?}; existing ids are skipped."""
+        ids = [memory_id(it["text"], it["kind"], it["scope"]) for it in items]
+        unique = dict(zip(ids, items, strict=True))
+        with self._write:
+            have = set(self.collection.get(ids=list(unique), include=[])["ids"])
+            todo = [(i, it) for i, it in unique.items() if i not in have]
+            if todo:
+                vectors = self.embedder.embed([it["text"] for _, it in todo])
+                now = time.time()
+                for start in range(0, len(todo), 1000):
+                    chunk = todo[start : start + 1000]
+                    self.collection.add(
+                        ids=[i for i, _ in chunk],
+                        embeddings=vectors[start : start + len(chunk)],
+                        documents=[normalize(it["text"]) for _, it in chunk],
+                        metadatas=[
+                            _metadata(
+                                it["text"],
+                                it["kind"],
+                                it["scope"],
+                                it.get("tags", ()),
+                                it.get("source"),
+                                it.get("image_id"),
+                                now,
+                            )
+                            for _, it in chunk
+                        ],
+                    )
+        return ids
+
+    def _near(self, vector: np.ndarray, threshold: float) -> list[tuple[Memory, float]]:
+        if self.collection.count() == 0:
+            return []
+        hits = self.collection.query(
+            query_embeddings=[vector], n_results=5, include=["metadatas", "distances"]
+        )
+        out = []
+        for mem_id, meta, distance in zip(
+            hits["ids"][0], hits["metadatas"][0], hits["distances"][0], strict=True
+        ):
+            similarity = 1.0 - float(distance)
+            if similarity >= threshold:
+                out.append((_memory(mem_id, meta), similarity))
+        return out
+
+    def delete(self, ids: Sequence[str]) -> None:
+        with self._write:
+            for start in range(0, len(ids), 1000):
+                self.collection.delete(ids=list(ids[start : start + 1000]))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.collection.count()
+
+    def get(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories among `ids` that exist, in the order given."""
+        found = self.collection.get(ids=list(ids), include=["metadatas"])
+        by_id = {i: _memory(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def find(self, where: dict[str, Any] | None) -> list[Memory]:
+        """Every memory matching the filter, oldest first."""
+        found = self.collection.get(where=where, include=["metadatas"])
+        memories = [_memory(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)]
+        return sorted(memories, key=lambda m: m.created)
+
+    def query(
+        self, text: str, k: int, where: dict[str, Any] | None = None, fuse: bool = True
+    ) -> list[Memory]:
+        """The k best memories for `text`: vector ranking fused with exact terms (fuse=False: vector only)."""
+        total = self.collection.count()
+        if total == 0:
+            return []
+        vector = self.embedder.embed([text])[0]
+
+        # 1. vector ranking
+        n = min(max(VECTOR_CANDIDATES, k), total)
+        hits = self.collection.query(
+            query_embeddings=[vector], n_results=n, where=where, include=["distances"]
+        )
+        vector_ids = hits["ids"][0]
+        if not fuse:
+            return self._fetch(vector_ids[:k], vector, {}, {})
+
+        # 2. exact-term ranking: rare terms weigh more (idf), common ones are left to the vectors
+        term_score: dict[str, float] = {}
+        matched: dict[str, list[str]] = {}
+        for term in query_terms(text):
+            found = self.collection.get(
+                where=where, where_document={"$contains": term}, limit=TERM_CAP + 1, include=["documents"]
+            )
+            if not found["ids"] or len(found["ids"]) > TERM_CAP:
+                continue
+            starts_word = re.compile(r"(?<!\w)" + re.escape(term))
+            ids = [
+                i for i, doc in zip(found["ids"], found["documents"], strict=True) if starts_word.search(doc)
+            ]
+            weight = math.log(1 + total / max(len(ids), 1))
+            for mem_id in ids:
+                term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
+                matched.setdefault(mem_id, []).append(term)
+        term_ids = sorted(term_score, key=lambda i: -term_score[i])
+
+        # 3. reciprocal rank fusion; a term hit outside the vector candidates ranks just past them
+        fused: dict[str, float] = {}
+        for rank, mem_id in enumerate(vector_ids, start=1):
+            fused[mem_id] = 1.0 / (RRF_K + rank)
+        for rank, mem_id in enumerate(term_ids, start=1):
+            vector_part = fused.get(mem_id, 1.0 / (RRF_K + len(vector_ids) + 1))
+            fused[mem_id] = vector_part + 1.0 / (RRF_K + rank)
+        top = sorted(fused, key=lambda i: -fused[i])[:k]
+        return self._fetch(top, vector, fused, matched)
+
+    def _fetch(
+        self, ids: list[str], vector: np.ndarray, fused: dict[str, float], matched: dict[str, list[str]]
+    ) -> list[Memory]:
+        if not ids:
+            return []
+        found = self.collection.get(ids=ids, include=["metadatas", "embeddings"])
+        rows = {
+            i: (m, e) for i, m, e in zip(found["ids"], found["metadatas"], found["embeddings"], strict=True)
+        }
+        out = []
+        for mem_id in ids:
+            if mem_id not in rows:  # deleted between the two calls
+                continue
+            meta, embedding = rows[mem_id]
+            memory = _memory(mem_id, meta)
+            memory.similarity = float(np.dot(vector, np.asarray(embedding, dtype=np.float32)))
+            memory.score = fused.get(mem_id, memory.similarity)
+            memory.matched_terms = matched.get(mem_id, [])
+            out.append(memory)
+        return out
+
+
+def _metadata(
+    text: str,
+    kind: str,
+    scope: str,
+    tags: Sequence[str],
+    source: str | None,
+    image_id: str | None,
+    created: float,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"text": text, "kind": kind, "scope": scope, "created": created}
+    if tags:
+        meta["tags"] = list(tags)  # chromadb refuses empty lists
+    if source:
+        meta["source"] = source
+    if image_id:
+        meta["image_id"] = image_id
+    return meta
+
+
+def _memory(mem_id: str, meta: dict[str, Any]) -> Memory:
+    return Memory(
+        id=mem_id,
+        text=meta.get("text", ""),
+        kind=meta.get("kind", ""),
+        scope=meta.get("scope", ""),
+        tags=list(meta.get("tags") or []),
+        created=float(meta.get("created", 0.0)),
+        source=meta.get("source"),
+        image_id=meta.get("image_id"),
+    )
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)

@@ -1,0 +1,157 @@
+"""The `remember`, `recall` and `forget` tools: wiring only; the logic is tools/memory.py.
+
+The MemoryStore is opened on the first memory call (loading the embedder takes seconds, so never at start-up)
+and kept in `AppContext.extras["memory"]`. Its blocking work runs on anyio worker threads, not on the model
+worker, so memory keeps answering while a generation runs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from memory_store import MemoryStore
+from server.app import AppContext, app_context
+from tools import memory
+from tools.memory import MAX_K, MAX_TEXT_CHARS, ForgetResult, Kind, RecallResult, RememberResult
+
+TagList = Annotated[
+    list[str] | None,
+    Field(
+        description="Short labels (letters, digits, - _ . :), case-insensitive, e.g. ['bike', 'client:acme']."
+    ),
+]
+
+
+async def open_memory(app: AppContext) -> MemoryStore:
+    """The store, opened once per server (a failed open is retried by the next call)."""
+    lock = app.extras.setdefault("memory_lock", anyio.Lock())
+    async with lock:
+        store = app.extras.get("memory")
+        if store is None:
+            settings = app.settings
+            store = await anyio.to_thread.run_sync(
+                memory.open_store, settings.memory_dir, settings.chroma_url, settings.embedder
+            )
+            app.extras["memory"] = store
+            app.extras.setdefault("closers", []).append(store.close)
+        return store
+
+
+def register(server: MCPServer) -> None:
+    @server.tool()
+    async def remember(
+        ctx: Context,
+        text: Annotated[
+            str,
+            Field(
+                description=f"One self-contained thing worth keeping (at most {MAX_TEXT_CHARS} characters)."
+            ),
+        ],
+        kind: Annotated[
+            Kind,
+            Field(
+                description="fact (found by search), preference (the user's taste), reference (an image or page "
+                "to follow), generation (what was made and how), critique (a judge verdict), plan."
+            ),
+        ],
+        tags: TagList = None,
+        image: Annotated[
+            str | None,
+            Field(description="An image to attach: store id, limner:// URI, data URI, allowed path or URL."),
+        ] = None,
+        source: Annotated[
+            str | None, Field(description="Where it came from: a URL, an image id, 'user said'.")
+        ] = None,
+        scope: Annotated[
+            str | None,
+            Field(description="A namespace such as a project or user name; default 'default'."),
+        ] = None,
+    ) -> RememberResult:
+        """Keep something for later sessions: a searched fact, a user preference, a reference, an outcome.
+
+        Call it whenever you learn something you will need again (before the context is lost). Remembering
+        the same text, kind and scope twice returns the same id without a duplicate; a near-duplicate is
+        stored and listed in `near_duplicates` so you can forget the outdated one. recall finds it again
+        before the next generate.
+        """
+        app = app_context(ctx)
+        request = memory.check_remember(text, kind, tags, scope, source)
+        image_id = None
+        if image is not None:
+            resolved = await anyio.to_thread.run_sync(app.resolve, image, "image")
+            image_id = resolved.id
+            if image_id is None:
+                put = partial(app.images.put, resolved.image, tool="remember", params={"source": source})
+                image_id = (await anyio.to_thread.run_sync(put)).id
+        store = await open_memory(app)
+        return await anyio.to_thread.run_sync(memory.remember, store, request, image_id)
+
+    @server.tool()
+    async def recall(
+        ctx: Context,
+        query: Annotated[str, Field(description="What you need: a question, a name, a topic.")],
+        k: Annotated[int, Field(ge=1, le=MAX_K, description="How many memories to return.")] = 5,
+        kind: Annotated[Kind | None, Field(description="Only memories of this kind.")] = None,
+        tags: Annotated[
+            list[str] | None, Field(description="Only memories carrying every one of these tags.")
+        ] = None,
+        scope: Annotated[str | None, Field(description="Only this scope; default: every scope.")] = None,
+        since: Annotated[
+            str | None,
+            Field(
+                description="Only memories made since: ISO 8601 ('2026-11-23T14:00:00Z') or a duration ('7d')."
+            ),
+        ] = None,
+        max_chars: Annotated[
+            int,
+            Field(ge=50, le=2000, description="Longer texts are cut to this many characters, with a marker."),
+        ] = 600,
+    ) -> RecallResult:
+        """Find remembered facts, preferences, references and critiques relevant to a query, best first.
+
+        Call it before writing a prompt (what does the user prefer? what did search find about this product?)
+        and before judging (what went wrong last time?). Ranking fuses meaning with exact words, so names of
+        brands, products and people are found even in a large memory. Put what it returns into the generate
+        prompt; search only for what it does not know.
+        """
+        app = app_context(ctx)
+        request = memory.check_recall(query, k, kind, tags, scope, since, max_chars)
+        store = await open_memory(app)
+        return await anyio.to_thread.run_sync(memory.recall, store, request)
+
+    @server.tool()
+    async def forget(
+        ctx: Context,
+        ids: Annotated[
+            list[str] | None, Field(description="Memory ids to remove (from remember/recall).")
+        ] = None,
+        kind: Annotated[Kind | None, Field(description="Filter: memories of this kind.")] = None,
+        tags: Annotated[
+            list[str] | None, Field(description="Filter: memories carrying every one of these tags.")
+        ] = None,
+        scope: Annotated[str | None, Field(description="Filter: memories in this scope.")] = None,
+        before: Annotated[
+            str | None,
+            Field(description="Filter: memories made before: ISO 8601 or a duration back from now ('30d')."),
+        ] = None,
+        dry_run: Annotated[
+            bool | None,
+            Field(description="Only list what would be removed. Default: true for a filter, false for ids."),
+        ] = None,
+    ) -> ForgetResult:
+        """Remove outdated or wrong memories, by id or by a filter (kind, tags, scope, before).
+
+        Call it when a memory turned out wrong or superseded (e.g. a near-duplicate reported by remember).
+        With a filter it is a dry run unless dry_run=false: check the listed matches first. Ids that do not
+        exist are reported in missing_ids; the others are still removed.
+        """
+        app = app_context(ctx)
+        request = memory.check_forget(ids, kind, tags, scope, before, dry_run)
+        store = await open_memory(app)
+        return await anyio.to_thread.run_sync(memory.forget, store, request)

@@ -1,0 +1,366 @@
+"""remember / recall / forget through the MCP client: real chromadb on a temp dir, the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+from PIL import Image
+
+from memory_store import Embedder, MemoryStore
+from memory_store.embedder import resolve_source
+from memory_store.lock import LOCK_NAME
+from tests.conftest import connect, error_text, structured
+
+pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parent.parent
+
+FACT = "The 2026 Velotrix Aero bicycle has a matte titanium frame with internal cable routing."
+RARE = "Kweskin approved the invoice layout last Tuesday."
+
+
+def distractors(n: int = 300) -> list[str]:
+    """Deterministic texts about bicycles and frames: near the queries below in meaning, never by name."""
+    colours = ["red", "blue", "green", "black", "white", "orange"]
+    things = ["road bike", "mountain bike", "city bicycle", "gravel bike", "folding bike"]
+    parts = ["frame", "fork", "handlebar", "seat post", "rim"]
+    materials = ["carbon", "aluminium", "steel", "bamboo"]
+    combos = itertools.product(colours, things, parts, materials)
+    return [f"The {c} {t} has a {m} {p} in a glossy finish." for c, t, p, m in itertools.islice(combos, n)]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A memory folder holding 300 distractors and RARE, embedded once per module and copied per test."""
+    folder = tmp_path_factory.mktemp("seeded") / "memory"
+    store = MemoryStore.open_local(folder, Embedder())
+    try:
+        store.add_many([{"text": t, "kind": "fact", "scope": "default"} for t in [*distractors(300), RARE]])
+    finally:
+        store.close()
+    return folder
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
+    env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", HOME=str(home), PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def stdio_server(env: dict[str, str], prefix: list[str] = ()) -> StdioServerParameters:
+    command = [*prefix, sys.executable, "-m", "server.cli", "serve"]
+    return StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=str(REPO))
+
+
+async def test_recall_finds_a_remembered_fact_first_among_hundreds_of_distractors(settings, seeded):
+    shutil.copytree(seeded, settings.memory_dir)
+    async with connect(settings) as client:
+        stored = structured(
+            await client.call_tool("remember", {"text": FACT, "kind": "fact", "tags": ["bike"]})
+        )
+        assert stored["status"] == "stored" and stored["id"].startswith("mem_")
+        # visible to the very next recall: no index batching lag
+        out = structured(
+            await client.call_tool("recall", {"query": "what finish is the Velotrix Aero frame?"})
+        )
+    top = out["memories"][0]
+    assert top["id"] == stored["id"] and top["text"] == FACT
+    assert top["kind"] == "fact" and top["tags"] == ["bike"] and top["created"].endswith("Z")
+    assert out["total_stored"] == 302 and len(out["memories"]) == 5
+
+
+async def test_a_rare_name_is_found_by_exact_term_even_when_its_vector_rank_is_poor(settings, seeded):
+    shutil.copytree(seeded, settings.memory_dir)
+    query = "Kweskin's favourite bicycle frame colour"
+    store = MemoryStore.open_local(settings.memory_dir, Embedder(settings.embedder))
+    try:
+        vector_only = [m.text for m in store.query(query, 50, fuse=False)]
+    finally:
+        store.close()
+    assert RARE not in vector_only[:10], "the test needs a memory the vectors alone rank poorly"
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("recall", {"query": query, "k": 5}))
+    top = out["memories"][0]
+    assert top["text"] == RARE and top["matched_terms"] == ["kweskin"]
+
+
+async def test_everything_is_still_there_after_a_server_restart(make_settings, tmp_path):
+    settings = make_settings()
+    picture = tmp_path / "home" / "ref.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
+    async with connect(settings) as client:
+        first = structured(
+            await client.call_tool(
+                "remember",
+                {"text": "The user wants warm light and no people.", "kind": "preference", "tags": ["light"]},
+            )
+        )
+        second = structured(
+            await client.call_tool(
+                "remember",
+                {"text": "Reference photo of the studio wall", "kind": "reference", "image": str(picture)},
+            )
+        )
+        assert second["image_id"].startswith("img_")
+    async with connect(make_settings()) as client:
+        out = structured(await client.call_tool("recall", {"query": "lighting preference", "k": 2}))
+        by_id = {m["id"]: m for m in out["memories"]}
+        assert by_id[first["id"]]["tags"] == ["light"] and by_id[first["id"]]["kind"] == "preference"
+        assert by_id[second["id"]]["image_id"] == second["image_id"]
+        assert (settings.images_dir / f"{second['image_id']}.png").is_file()
+
+
+async def test_a_memory_acknowledged_over_stdio_survives_sigkill_and_the_folder_has_one_owner(
+    home, make_settings
+):
+    async with Client(stdio_server(server_env(home))) as client:
+        stored = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        owner = int((home / "memory" / LOCK_NAME).read_text())
+        # a second server on the same folder is refused while the first lives
+        async with connect(make_settings()) as other:
+            refused = error_text(await other.call_tool("recall", {"query": "Velotrix"}))
+            assert "already opened by another process" in refused and f"pid {owner}" in refused
+            assert "chroma server" in refused.lower()
+            pidfd = os.pidfd_open(owner)
+            os.kill(owner, signal.SIGKILL)
+            with anyio.fail_after(20):
+                await anyio.wait_readable(pidfd)  # readable once the process is dead and its locks are gone
+            os.close(pidfd)
+            # the same server opens the memory on its next call, with the acknowledged memory in it
+            out = structured(await other.call_tool("recall", {"query": "Velotrix Aero frame", "k": 1}))
+    assert out["memories"][0]["id"] == stored["id"]
+
+
+async def test_remembering_the_same_content_twice_is_idempotent_and_near_duplicates_are_reported(settings):
+    async with connect(settings) as client:
+        first = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        again = structured(
+            await client.call_tool("remember", {"text": "  " + FACT.upper() + " ", "kind": "fact"})
+        )
+        assert again["id"] == first["id"] and again["status"] == "exists"
+        other_kind = structured(await client.call_tool("remember", {"text": FACT, "kind": "plan"}))
+        assert other_kind["id"] != first["id"] and other_kind["status"] == "stored"
+        near = structured(
+            await client.call_tool("remember", {"text": FACT.rstrip(".") + "!", "kind": "fact"})
+        )
+        assert near["status"] == "stored"
+        assert first["id"] in [m["id"] for m in near["near_duplicates"]]
+        assert all(m["similarity"] >= 0.92 for m in near["near_duplicates"])
+        out = structured(await client.call_tool("recall", {"query": FACT, "k": 10}))
+    assert out["total_stored"] == 3
+
+
+async def test_recall_filters_by_kind_tags_scope_and_since(settings):
+    async with connect(settings) as client:
+        facts = [
+            ("Golden hour light makes the product glow", "preference", ["light", "mood"], "acme"),
+            ("Golden hour light was judged too orange", "critique", ["light"], "acme"),
+            ("Golden hour light suits the bike shots", "preference", ["light"], "globex"),
+        ]
+        ids = []
+        for text, kind, tags, scope in facts:
+            args = {"text": text, "kind": kind, "tags": tags, "scope": scope}
+            ids.append(structured(await client.call_tool("remember", args))["id"])
+
+        async def found(**filters) -> set[str]:
+            out = structured(
+                await client.call_tool("recall", {"query": "golden hour light", "k": 10, **filters})
+            )
+            return {m["id"] for m in out["memories"]}
+
+        assert await found() == set(ids)
+        assert await found(kind="preference") == {ids[0], ids[2]}
+        assert await found(tags=["light", "mood"]) == {ids[0]}
+        assert await found(tags=["LIGHT"], scope="acme") == {ids[0], ids[1]}
+        assert await found(scope="globex", kind="critique") == set()
+        assert await found(since="1h") == set(ids)
+        assert await found(since="2999-01-01") == set()
+        assert await found(since="2020-01-01T00:00:00Z") == set(ids)
+
+
+async def test_forget_by_id_removes_them_and_reports_ids_that_do_not_exist(settings):
+    async with connect(settings) as client:
+        a = structured(await client.call_tool("remember", {"text": "alpha fact", "kind": "fact"}))["id"]
+        b = structured(await client.call_tool("remember", {"text": "beta fact", "kind": "fact"}))["id"]
+        out = structured(await client.call_tool("forget", {"ids": [a, "mem_0000000000000000"]}))
+        assert out["dry_run"] is False and out["removed"] == 1
+        assert out["missing_ids"] == ["mem_0000000000000000"] and [m["id"] for m in out["memories"]] == [a]
+        left = structured(await client.call_tool("recall", {"query": "fact", "k": 10}))
+    assert [m["id"] for m in left["memories"]] == [b]
+
+
+async def test_forget_by_filter_is_a_dry_run_until_told_otherwise(settings):
+    async with connect(settings) as client:
+        for i in range(3):
+            await client.call_tool(
+                "remember", {"text": f"old critique {i}", "kind": "critique", "tags": ["v1"]}
+            )
+        keep = structured(await client.call_tool("remember", {"text": "a plan to keep", "kind": "plan"}))[
+            "id"
+        ]
+        preview = structured(await client.call_tool("forget", {"kind": "critique", "tags": ["v1"]}))
+        assert preview["dry_run"] is True and preview["matched"] == 3 and preview["removed"] == 0
+        assert (
+            structured(await client.call_tool("recall", {"query": "critique", "k": 10}))["total_stored"] == 4
+        )
+        none_before = structured(await client.call_tool("forget", {"before": "2020-01-01", "dry_run": False}))
+        assert none_before["matched"] == 0 and none_before["removed"] == 0
+        done = structured(await client.call_tool("forget", {"kind": "critique", "dry_run": False}))
+        assert done["removed"] == 3
+        left = structured(await client.call_tool("recall", {"query": "critique", "k": 10}))
+    assert [m["id"] for m in left["memories"]] == [keep]
+
+
+async def test_recall_cuts_long_texts_with_a_marker(settings):
+    long_text = "Zephyrine lamp notes. " + "word " * 1000
+    async with connect(settings) as client:
+        await client.call_tool("remember", {"text": long_text, "kind": "fact"})
+        out = structured(await client.call_tool("recall", {"query": "Zephyrine lamp", "max_chars": 100}))
+    text = out["memories"][0]["text"]
+    assert text.startswith("Zephyrine lamp notes.") and f"[cut: {len(long_text.strip()) - 100} more" in text
+
+
+BAD_CALLS = [
+    ("remember", {"text": "", "kind": "fact"}, ["text", "empty"]),
+    ("remember", {"text": "   \n\t ", "kind": "fact"}, ["text", "whitespace"]),
+    ("remember", {"text": "x" * 8001, "kind": "fact"}, ["text", "8001", "8000"]),
+    ("remember", {"text": "a fact", "kind": "rumour"}, ["kind", "fact", "preference", "critique"]),
+    ("remember", {"text": "a fact", "kind": "fact", "tags": ["no spaces allowed"]}, ["tags", "no spaces"]),
+    ("remember", {"text": "a fact", "kind": "fact", "scope": "bad scope!"}, ["scope", "bad scope!"]),
+    ("remember", {"text": "a fact", "kind": "fact", "image": "img_ffffffffffffffff"}, ["image", "img_ffff"]),
+    ("recall", {"query": "light", "k": 0}, ["k", "1"]),
+    ("recall", {"query": "light", "k": 51}, ["k", "50"]),
+    ("recall", {"query": " "}, ["query", "empty"]),
+    ("recall", {"query": "light", "since": "last tuesday"}, ["since", "last tuesday", "ISO 8601"]),
+    ("recall", {"query": "light", "since": "2026-13-45"}, ["since", "2026-13-45"]),
+    ("forget", {}, ["ids", "filter"]),
+    ("forget", {"ids": ["mem_0000000000000000"], "kind": "fact"}, ["either ids or a filter"]),
+    ("forget", {"before": "soon"}, ["before", "soon"]),
+]
+
+
+async def test_bad_input_is_a_clear_tool_error_and_nothing_stored_is_lost(settings):
+    async with connect(settings) as client:
+        kept = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        for tool, args, words in BAD_CALLS:
+            message = error_text(await client.call_tool(tool, args))
+            for word in words:
+                assert word in message, (tool, args, message)
+        out = structured(await client.call_tool("recall", {"query": "Velotrix", "k": 50}))
+    assert [m["id"] for m in out["memories"]] == [kept["id"]]
+
+
+async def test_opening_the_memory_with_another_embedder_is_a_clear_error(make_settings, tmp_path):
+    async with connect(make_settings()) as client:
+        structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+    other = tmp_path / "other-embedder"
+    other.symlink_to(resolve_source("all-MiniLM-L6-v2"), target_is_directory=True)
+    async with connect(make_settings(embedder=str(other))) as client:
+        message = error_text(await client.call_tool("recall", {"query": "Velotrix"}))
+        assert "all-MiniLM-L6-v2" in message and str(other) in message and "384" in message
+    async with connect(make_settings()) as client:
+        out = structured(await client.call_tool("recall", {"query": "Velotrix"}))
+    assert out["memories"][0]["text"] == FACT
+
+
+async def test_a_read_only_memory_folder_is_a_clear_error_and_nothing_is_lost(make_settings, tmp_path):
+    # root ignores file permissions: as root the server runs as `nobody` (setpriv), in a folder outside
+    # pytest's private temp root so that `nobody` can reach it
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
+    base = Path(tempfile.mkdtemp(prefix="limner-readonly-")) if as_root else tmp_path
+    base.chmod(0o755)
+    home = base / "home"
+    settings = make_settings(home=home)
+    try:
+        async with connect(settings) as client:
+            kept = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))["id"]
+        before = {p.name: p.read_bytes() for p in settings.memory_dir.iterdir() if p.is_file()}
+        settings.memory_dir.chmod(0o555)
+        try:
+            if as_root:
+                nobody = pwd.getpwnam("nobody")
+                for path in [home, *home.rglob("*")]:
+                    if not path.is_relative_to(settings.memory_dir):  # the memory stays root's, read-only
+                        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+                prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+                async with Client(stdio_server(server_env(home), prefix)) as client:
+                    message = error_text(
+                        await client.call_tool("remember", {"text": "new fact", "kind": "fact"})
+                    )
+                    assert {"recall", "forget"} <= {t.name for t in (await client.list_tools()).tools}
+            else:
+                async with connect(settings) as client:
+                    message = error_text(
+                        await client.call_tool("remember", {"text": "new fact", "kind": "fact"})
+                    )
+        finally:
+            settings.memory_dir.chmod(0o755)
+        assert "read-only" in message and str(settings.memory_dir) in message
+        assert {p.name: p.read_bytes() for p in settings.memory_dir.iterdir() if p.is_file()} == before
+        async with connect(settings) as client:
+            out = structured(await client.call_tool("recall", {"query": "Velotrix", "k": 5}))
+        assert [m["id"] for m in out["memories"]] == [kept]
+    finally:
+        if as_root:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_two_servers_share_memory_through_a_real_chroma_server(make_settings, tmp_path):
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip(f"the chroma server executable is missing ({chroma}); chromadb installs it")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "chroma"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    try:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(_wait_for_line, process, b"listening on")
+        url = f"http://127.0.0.1:{port}"
+        one = make_settings(home=tmp_path / "one", chroma_url=url)
+        two = make_settings(home=tmp_path / "two", chroma_url=url)
+        async with connect(one) as first, connect(two) as second:
+            stored = structured(await first.call_tool("remember", {"text": FACT, "kind": "fact"}))
+            out = structured(await second.call_tool("recall", {"query": "Velotrix frame", "k": 1}))
+            assert out["memories"][0]["id"] == stored["id"]
+            gone = structured(await second.call_tool("forget", {"ids": [stored["id"]]}))
+            assert gone["removed"] == 1
+            assert structured(await first.call_tool("recall", {"query": "Velotrix"}))["memories"] == []
+        assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _wait_for_line(process: subprocess.Popen, marker: bytes) -> None:
+    """Read the server's output until `marker`, then keep draining it so the pipe never fills."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if marker in line.lower():
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return
+    raise AssertionError(f"chroma exited with {process.wait()} before it was listening")

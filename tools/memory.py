@@ -1,0 +1,375 @@
+"""remember / recall / forget: what the agent learned, kept across sessions in the MemoryStore.
+
+Plain functions: `check_*` validate arguments (before the store or the embedder is touched) and raise a
+ToolError naming the field; `remember`, `recall` and `forget` take an open MemoryStore and run blocking
+(call them from a worker thread, not the event loop). `open_store` turns store errors into tool errors.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, get_args
+
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from memory_store import (
+    Embedder,
+    EmbedderError,
+    Memory,
+    MemoryStore,
+    MemoryStoreError,
+    StoreLocked,
+    StoreReadOnly,
+    where_clause,
+)
+
+Kind = Literal["fact", "preference", "reference", "generation", "critique", "plan"]
+KINDS: tuple[str, ...] = get_args(Kind)
+MAX_TEXT_CHARS = 8000
+MAX_K = 50
+MAX_TAGS = 16
+MAX_IDS = 500
+MAX_LISTED = 50  # forget lists at most this many of the memories it matched
+NEAR_DUPLICATE = 0.92  # cosine similarity above which a new memory is reported as a near-duplicate
+DEFAULT_SCOPE = "default"
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,39}$")
+_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# -- results ------------------------------------------------------------------------------------------
+class MemoryOut(BaseModel):
+    id: str = Field(description="Memory id; pass it to forget(ids=[...]).")
+    text: str = Field(description="The remembered text (long texts are cut, with a marker saying how much).")
+    kind: str
+    tags: list[str]
+    scope: str
+    created: str = Field(description="When it was remembered (ISO 8601, UTC).")
+    source: str | None = None
+    image_id: str | None = Field(default=None, description="Stored image attached to it; an image reference.")
+    score: float | None = Field(default=None, description="Fused rank score (higher is better).")
+    similarity: float | None = Field(default=None, description="Cosine similarity of meaning to the query.")
+    matched_terms: list[str] = Field(default_factory=list, description="Query words found verbatim in it.")
+
+
+class RememberResult(BaseModel):
+    id: str = Field(description="The memory id (the same id for the same text, kind and scope).")
+    status: Literal["stored", "exists"] = Field(
+        description="stored: new memory; exists: identical content was already remembered (nothing added)."
+    )
+    kind: str
+    scope: str
+    tags: list[str]
+    image_id: str | None = None
+    near_duplicates: list[MemoryOut] = Field(
+        default_factory=list,
+        description=f"Stored memories with nearly the same meaning (similarity >= {NEAR_DUPLICATE}); "
+        "consider forgetting the outdated one.",
+    )
+
+
+class RecallResult(BaseModel):
+    memories: list[MemoryOut] = Field(description="Best first.")
+    total_stored: int = Field(description="Memories in the store (all kinds and scopes).")
+    note: str | None = None
+
+
+class ForgetResult(BaseModel):
+    dry_run: bool = Field(description="True: nothing was removed; these are what would be.")
+    matched: int = Field(description="How many memories the ids or the filter matched.")
+    removed: int = Field(description="How many were removed (0 on a dry run).")
+    memories: list[MemoryOut] = Field(description=f"The matched memories (the first {MAX_LISTED}).")
+    missing_ids: list[str] = Field(default_factory=list, description="Ids given that no memory has.")
+    note: str | None = None
+
+
+# -- requests -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RememberRequest:
+    text: str
+    kind: str
+    tags: tuple[str, ...]
+    scope: str
+    source: str | None
+
+
+@dataclass(frozen=True)
+class RecallRequest:
+    query: str
+    k: int
+    kind: str | None
+    tags: tuple[str, ...]
+    scope: str | None
+    since: float | None
+    max_chars: int
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    ids: tuple[str, ...]
+    kind: str | None
+    tags: tuple[str, ...]
+    scope: str | None
+    before: float | None
+    dry_run: bool
+
+
+def check_remember(
+    text: str, kind: str, tags: list[str] | None, scope: str | None, source: str | None
+) -> RememberRequest:
+    return RememberRequest(
+        text=check_text(text, "text"),
+        kind=check_kind(kind),
+        tags=check_tags(tags),
+        scope=check_scope(scope) or DEFAULT_SCOPE,
+        source=_check_source(source),
+    )
+
+
+def check_recall(
+    query: str,
+    k: int,
+    kind: str | None,
+    tags: list[str] | None,
+    scope: str | None,
+    since: str | None,
+    max_chars: int,
+    now: float | None = None,
+) -> RecallRequest:
+    if not 1 <= k <= MAX_K:
+        raise ToolError(f"k: {k} is out of range; ask for 1 to {MAX_K} memories.")
+    return RecallRequest(
+        query=check_text(query, "query"),
+        k=k,
+        kind=check_kind(kind) if kind is not None else None,
+        tags=check_tags(tags),
+        scope=check_scope(scope),
+        since=parse_time(since, "since", now) if since is not None else None,
+        max_chars=max_chars,
+    )
+
+
+def check_forget(
+    ids: list[str] | None,
+    kind: str | None,
+    tags: list[str] | None,
+    scope: str | None,
+    before: str | None,
+    dry_run: bool | None,
+    now: float | None = None,
+) -> ForgetRequest:
+    has_filter = kind is not None or bool(tags) or scope is not None or before is not None
+    if ids and has_filter:
+        raise ToolError(
+            "forget: pass either ids or a filter (kind, tags, scope, before), not both; "
+            "recall or forget(dry_run=true) with the filter shows the ids it matches."
+        )
+    if not ids and not has_filter:
+        raise ToolError(
+            "forget: give ids=[...] (from remember or recall) or at least one filter: kind, tags, scope or "
+            "before. To clear everything, forget with before set to now (dry_run first)."
+        )
+    if ids and len(ids) > MAX_IDS:
+        raise ToolError(f"ids: {len(ids)} ids given; at most {MAX_IDS} per call.")
+    return ForgetRequest(
+        ids=tuple(dict.fromkeys(i.strip() for i in ids or ())),
+        kind=check_kind(kind) if kind is not None else None,
+        tags=check_tags(tags),
+        scope=check_scope(scope),
+        before=parse_time(before, "before", now) if before is not None else None,
+        # a filter can match far more than meant: it only shows what it would remove unless told otherwise
+        dry_run=dry_run if dry_run is not None else not ids,
+    )
+
+
+def check_text(text: str, field: str) -> str:
+    if not text or not text.strip():
+        raise ToolError(f"{field}: empty or only whitespace; give the text to {_VERB[field]}.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ToolError(
+            f"{field}: {len(text)} characters, above the limit of {MAX_TEXT_CHARS}; "
+            "shorten it or split it into several memories."
+        )
+    return text.strip()
+
+
+_VERB = {"text": "remember (one fact, preference, critique ...)", "query": "search memory for"}
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ToolError(f"kind: {kind!r} is not a memory kind; use one of {', '.join(KINDS)}.")
+    return kind
+
+
+def check_tags(tags: list[str] | None) -> tuple[str, ...]:
+    if not tags:
+        return ()
+    if len(tags) > MAX_TAGS:
+        raise ToolError(f"tags: {len(tags)} tags given; at most {MAX_TAGS}.")
+    out = []
+    for tag in tags:
+        folded = tag.strip().casefold()
+        if not _TAG.match(folded):
+            raise ToolError(
+                f"tags: {tag!r} is not a tag; tags are 1-40 letters, digits, '-', '_', '.' or ':' "
+                "(case-insensitive), starting with a letter or digit."
+            )
+        if folded not in out:
+            out.append(folded)
+    return tuple(out)
+
+
+def check_scope(scope: str | None) -> str | None:
+    if scope is None:
+        return None
+    if not _SCOPE.match(scope):
+        raise ToolError(
+            f"scope: {scope!r} is not a scope name; use 1-64 letters, digits, '-', '_', '.', ':' or '/' "
+            f"(e.g. a project name), or leave it out for {DEFAULT_SCOPE!r}."
+        )
+    return scope
+
+
+def _check_source(source: str | None) -> str | None:
+    if source is not None and len(source) > 2000:
+        raise ToolError(
+            f"source: {len(source)} characters, above the limit of 2000; give the URL or a short note."
+        )
+    return source.strip() or None if source is not None else None
+
+
+def parse_time(value: str, field: str, now: float | None = None) -> float:
+    """ISO 8601 (date or datetime; UTC when no offset) or a duration back from now ('30m', '12h', '7d')."""
+    now = time.time() if now is None else now
+    text = value.strip()
+    match = _DURATION.match(text.lower())
+    if match:
+        return now - float(match.group(1)) * _SECONDS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ToolError(
+            f"{field}: {value!r} is not a time; use ISO 8601 ('2026-11-23' or '2026-11-23T14:00:00Z') "
+            "or a duration back from now ('30m', '12h', '7d', '2w')."
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- the store ------------------------------------------------------------------------------------------
+def open_store(memory_dir: Path, chroma_url: str | None, embedder: str) -> MemoryStore:
+    """Open the memory (blocking: loads the embedder). Errors become tool errors that say what to do."""
+    model = Embedder(embedder)
+    try:
+        if chroma_url:
+            return MemoryStore.open_remote(chroma_url, model)
+        return MemoryStore.open_local(memory_dir, model)
+    except StoreLocked as exc:
+        raise ToolError(f"{exc} (set LIMNER_CHROMA_URL to a `chroma run` server)") from None
+    except (StoreReadOnly, MemoryStoreError, EmbedderError) as exc:
+        raise ToolError(str(exc)) from None
+
+
+# -- the tools' work ------------------------------------------------------------------------------------
+def remember(store: MemoryStore, request: RememberRequest, image_id: str | None) -> RememberResult:
+    added = store.add(
+        request.text,
+        kind=request.kind,
+        scope=request.scope,
+        tags=request.tags,
+        source=request.source,
+        image_id=image_id,
+        near_threshold=NEAR_DUPLICATE,
+    )
+    if not added.created:
+        existing = store.get([added.id])[0]
+        return RememberResult(
+            id=added.id,
+            status="exists",
+            kind=existing.kind,
+            scope=existing.scope,
+            tags=existing.tags,
+            image_id=existing.image_id,
+        )
+    near = []
+    for memory, similarity in added.near_duplicates:
+        out = to_out(memory, 300)
+        out.similarity = round(similarity, 4)
+        near.append(out)
+    return RememberResult(
+        id=added.id,
+        status="stored",
+        kind=request.kind,
+        scope=request.scope,
+        tags=list(request.tags),
+        image_id=image_id,
+        near_duplicates=near,
+    )
+
+
+def recall(store: MemoryStore, request: RecallRequest) -> RecallResult:
+    where = where_clause(kind=request.kind, scope=request.scope, tags=request.tags, since=request.since)
+    memories = store.query(request.query, request.k, where)
+    total = store.count()
+    note = None
+    if not memories:
+        note = "no memories stored yet" if total == 0 else "no memory matches these filters"
+    return RecallResult(
+        memories=[to_out(m, request.max_chars) for m in memories], total_stored=total, note=note
+    )
+
+
+def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
+    missing: list[str] = []
+    if request.ids:
+        matched = store.get(request.ids)
+        found = {m.id for m in matched}
+        missing = [i for i in request.ids if i not in found]
+    else:
+        where = where_clause(kind=request.kind, scope=request.scope, tags=request.tags, before=request.before)
+        matched = store.find(where)
+    if not request.dry_run and matched:
+        store.delete([m.id for m in matched])
+    note = None
+    if request.dry_run and matched:
+        note = "dry run: nothing removed; call again with dry_run=false to remove these."
+    elif not matched:
+        note = "nothing matched; nothing removed."
+    return ForgetResult(
+        dry_run=request.dry_run,
+        matched=len(matched),
+        removed=0 if request.dry_run else len(matched),
+        memories=[to_out(m, 200) for m in matched[:MAX_LISTED]],
+        missing_ids=missing,
+        note=note,
+    )
+
+
+def to_out(memory: Memory, max_chars: int) -> MemoryOut:
+    text = memory.text
+    if len(text) > max_chars:
+        text = f"{text[:max_chars]} …[cut: {len(text) - max_chars} more characters]"
+    scored = memory.similarity != 0.0 or memory.score != 0.0
+    return MemoryOut(
+        id=memory.id,
+        text=text,
+        kind=memory.kind,
+        tags=memory.tags,
+        scope=memory.scope,
+        created=datetime.fromtimestamp(memory.created, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
+        source=memory.source,
+        image_id=memory.image_id,
+        score=round(memory.score, 5) if scored else None,
+        similarity=round(memory.similarity, 4) if scored else None,
+        matched_terms=memory.matched_terms,
+    )
