@@ -104,6 +104,9 @@ def build_server(settings: Settings) -> MCPServer:
     from server import search_tools
 
     search_tools.register(server)
+    from server import refine_tools
+
+    refine_tools.register(server)
     from server import memory_tools
 
     memory_tools.register(server)

@@ -1,0 +1,441 @@
+"""refine_region through the MCP client: tiny inpainter and the classical backend on scikit-image photos."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from skimage import data
+
+from tests.conftest import connect, error_text, structured
+
+pytestmark = pytest.mark.anyio
+
+BLEND_REACH = 7 // 2 + 11 // 2  # default blend_dilate 7, blend_blur 11: the blend is 0 beyond 8 px
+
+
+@pytest.fixture
+def settings(make_settings):
+    # The first model call imports torch and builds the tiny inpainter; on a busy machine that can pass
+    # the default max_wait_s, which would turn the answer into a job handle (tested in test_generate).
+    return make_settings(max_wait_s=600)
+
+
+def photo(name: str, width: int | None = None, height: int | None = None) -> Image.Image:
+    image = Image.fromarray(getattr(data, name)())
+    if width is not None:
+        image = image.resize((width, height or width), Image.Resampling.LANCZOS)
+    return image
+
+
+def save(home: Path, image: Image.Image, name: str, **kwargs) -> str:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / name
+    image.save(path, **kwargs)
+    return str(path)
+
+
+def data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def pixels(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    diff = a != b
+    return diff.any(axis=2) if diff.ndim == 3 else diff
+
+
+def assert_untouched_beyond_blend(before: np.ndarray, after: np.ndarray, region: np.ndarray) -> None:
+    """Every changed pixel of the stored output lies within the blend's reach of the region."""
+    near = ndimage.binary_dilation(region, structure=np.ones((2 * BLEND_REACH + 1,) * 2, dtype=bool))
+    moved = changed(before, after)
+    assert not (moved & ~near).any(), f"{int((moved & ~near).sum())} pixels changed outside the blend mask"
+
+
+def assert_bit_exact(out: dict, before: np.ndarray, region: np.ndarray) -> np.ndarray:
+    after = pixels(out["image"]["path"])
+    assert after.shape == before.shape and after.dtype == before.dtype
+    assert_untouched_beyond_blend(before, after, region)
+    metrics = out["metrics"]
+    assert metrics["changed_outside_blend"] == 0
+    if metrics["mse_outside_blend"] is not None:
+        assert metrics["mse_outside_blend"] == 0.0 and metrics["ssim_outside_blend"] == 1.0
+    x1, y1, x2, y2 = out["crop_box"]
+    outside = np.ones(region.shape, dtype=bool)
+    outside[y1:y2, x1:x2] = False
+    assert not changed(before, after)[outside].any()
+    return after
+
+
+def mask_of(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    region = np.zeros((height, width), dtype=bool)
+    x1, y1, x2, y2 = box
+    region[y1:y2, x1:x2] = True
+    return region
+
+
+async def test_refine_region_keeps_every_pixel_outside_the_blend_mask_for_a_box_a_mask_and_a_scribble(
+    settings, home
+):
+    image = photo("astronaut", 160)
+    before = np.asarray(image)
+    path = save(home, image, "astronaut.png")
+    disc = np.zeros((160, 160), dtype=np.uint8)
+    cv2.circle(disc, (70, 60), 14, 255, -1)
+    stroke = [[30, 120], [60, 110], [90, 125]]
+    stroke_region = np.zeros((160, 160), dtype=np.uint8)
+    cv2.line(stroke_region, (30, 120), (60, 110), 1, 11)
+    cv2.line(stroke_region, (60, 110), (90, 125), 1, 11)
+    for x, y in stroke:
+        cv2.circle(stroke_region, (x, y), 5, 1, -1)
+    cases = [
+        ({"bbox": [40, 30, 90, 70]}, mask_of(160, 160, (40, 30, 90, 70))),
+        ({"mask": data_uri(Image.fromarray(disc))}, disc > 0),
+        ({"points": stroke, "radius": 5}, stroke_region > 0),
+    ]
+    async with connect(settings) as client:
+        for region_args, region in cases:
+            result = await client.call_tool(
+                "refine_region", {"image": path, "prompt": "a helmet visor", "seed": 5, **region_args}
+            )
+            out = structured(result)
+            after = assert_bit_exact(out, before, region)
+            assert changed(before, after)[region].mean() > 0.5  # the tiny model repainted the region
+            assert out["metrics"]["mse_region"] > 0 and out["tiny"] and "tiny-random" in out["model"]
+            assert [c.type for c in result.content] == ["text", "image", "image"]  # output + zoomed crop
+    meta = json.loads(Path(out["image"]["path"]).with_suffix(".json").read_text())
+    input_meta = json.loads((home / "images" / f"{out['input_id']}.json").read_text())
+    assert meta["parents"] == [out["input_id"]] and input_meta["params"] == {"source": "path"}
+    assert np.array_equal(pixels(str(home / "images" / f"{out['input_id']}.png")), before)
+    assert np.array_equal(pixels(str(home / "images" / f"{out['mask_id']}.png")) > 0, stroke_region > 0)
+    assert meta["crop_box"] == out["crop_box"] and meta["metrics"] == out["metrics"]
+
+
+async def test_masks_touching_each_border_and_corner_leave_the_rest_bit_identical(settings, home):
+    image = photo("chelsea", 150, 100)  # non-square
+    before = np.asarray(image)
+    path = save(home, image, "chelsea.png")
+    boxes = [
+        (0, 0, 20, 15),
+        (130, 0, 150, 15),
+        (0, 85, 20, 100),
+        (130, 85, 150, 100),
+        (60, 0, 90, 10),
+        (60, 90, 90, 100),
+        (0, 40, 12, 60),
+        (138, 40, 150, 60),
+    ]
+    async with connect(settings) as client:
+        for box in boxes:
+            out = structured(
+                await client.call_tool(
+                    "refine_region", {"image": path, "prompt": "fur", "bbox": list(box), "seed": 1}
+                )
+            )
+            after = assert_bit_exact(out, before, mask_of(150, 100, box))
+            x1, y1, x2, y2 = box
+            assert changed(before, after)[y1:y2, x1:x2].all(), box  # the edge pixels were refined too
+
+
+async def test_a_one_pixel_region_and_a_whole_image_region_are_both_handled(settings, home):
+    image = photo("coffee", 96, 64)
+    before = np.asarray(image)
+    path = save(home, image, "coffee.png")
+    async with connect(settings) as client:
+        one = structured(
+            await client.call_tool(
+                "refine_region", {"image": path, "prompt": "a dot", "bbox": [40, 30, 41, 31]}
+            )
+        )
+        whole = structured(
+            await client.call_tool(
+                "refine_region", {"image": path, "prompt": "a cup", "bbox": [0, 0, 96, 64]}
+            )
+        )
+    assert one["metrics"]["region_pixels"] == 1 and one["region_box"] == [40, 30, 41, 31]
+    assert_bit_exact(one, before, mask_of(96, 64, (40, 30, 41, 31)))
+    assert whole["crop_box"] == [0, 0, 96, 64] and whole["focus_scale"] == 1.0
+    assert whole["metrics"]["mse_outside_blend"] is None and whole["metrics"]["changed_outside_blend"] == 0
+    assert changed(before, pixels(whole["image"]["path"])).mean() > 0.9
+
+
+async def test_rgba_keeps_its_alpha_and_l_and_16_bit_keep_their_mode(settings, home):
+    base = photo("astronaut", 96)
+    alpha = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (96, 1))
+    rgba = base.copy()
+    rgba.putalpha(Image.fromarray(alpha))
+    grey = base.convert("L")
+    deep = Image.fromarray((np.asarray(grey).astype(np.uint16) * 257 + 3).astype(np.uint16))
+    assert deep.mode == "I;16"
+    box = (30, 30, 60, 50)
+    async with connect(settings) as client:
+        for image, mode in ((rgba, "RGBA"), (grey, "L"), (deep, "I;16")):
+            out = structured(
+                await client.call_tool(
+                    "refine_region",
+                    {"image": data_uri(image), "prompt": "a patch", "bbox": list(box), "seed": 9},
+                )
+            )
+            assert out["image"]["mode"] == mode
+            before = np.asarray(image)
+            after = assert_bit_exact(out, before, mask_of(96, 96, box))
+            if mode == "RGBA":
+                assert np.array_equal(after[..., 3], alpha)  # alpha is kept everywhere, region included
+            if mode == "I;16":
+                assert after.dtype == np.uint16 and after[30:50, 30:60].max() > 255  # a 16-bit range result
+            lineage = json.loads((home / "images" / f"{out['input_id']}.json").read_text())
+            assert lineage["params"] == {"source": "data"} and lineage["mode"] == mode
+
+
+async def test_an_exif_rotated_input_is_refined_upright(settings, home):
+    image = photo("chelsea", 90, 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = save(home, image, "rotated.png", exif=exif)
+    upright = np.asarray(image.transpose(Image.Transpose.ROTATE_270))
+    assert upright.shape[:2] == (90, 60)
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "refine_region",
+                {"image": path, "prompt": "", "bbox": [10, 20, 30, 40], "backend": "classical"},
+            )
+        )
+    assert (out["image"]["width"], out["image"]["height"]) == (60, 90)
+    assert_bit_exact(out, upright, mask_of(60, 90, (10, 20, 30, 40)))
+
+
+def fit(w: int, h: int) -> tuple[int, int]:
+    """The tiny inpainter's model size by hand: area ~64x64, sides multiples of 8."""
+    k = 64 / math.sqrt(w * h)
+    return max(8, math.floor(w * k / 8 + 0.5) * 8), max(8, math.floor(h * k / 8 + 0.5) * 8)
+
+
+async def test_crop_box_and_focus_scale_match_hand_computed_values(settings, home):
+    astronaut = save(home, photo("astronaut"), "astronaut512.png")  # 512x512
+    chelsea = save(home, photo("chelsea"), "chelsea.png")  # 451x300
+    coffee = save(home, photo("coffee"), "coffee.png")  # 600x400
+    cases = [
+        # 512x512 is half of 1024 per side, so margin 64 -> 32 px: crop 104x84 -> model 72x56; whole 64x64
+        (
+            astronaut,
+            {"bbox": [100, 100, 140, 120]},
+            [68, 68, 172, 152],
+            32,
+            [72, 56],
+            72 * 56 / (104 * 84) / (64 * 64 / 512**2),
+        ),
+        # 451x300: margin 64 * sqrt(135300 / 1048576) = 22.99 -> 23 px, clipped at the corner: crop 33x33
+        (
+            chelsea,
+            {"bbox": [0, 0, 10, 10]},
+            [0, 0, 33, 33],
+            23,
+            [64, 64],
+            64 * 64 / 33**2 / (80 * 56 / (451 * 300)),
+        ),
+        # margin 0: the crop is the box itself, 40x20 -> model 88x48; whole 600x400 -> 80x56
+        (
+            coffee,
+            {"bbox": [10, 20, 50, 40], "margin": 0},
+            [10, 20, 50, 40],
+            0,
+            [88, 48],
+            88 * 48 / 800 / (80 * 56 / 240000),
+        ),
+        # focus=false: the whole image at the model's size, with the same mask
+        (coffee, {"bbox": [10, 20, 50, 40], "focus": False}, [0, 0, 600, 400], 0, [80, 56], 1.0),
+    ]
+    assert fit(104, 84) == (72, 56) and fit(451, 300) == (80, 56) and fit(40, 20) == (88, 48)
+    async with connect(settings) as client:
+        for path, region, crop, margin_px, model_size, scale in cases:
+            out = structured(
+                await client.call_tool("refine_region", {"image": path, "prompt": "x", **region})
+            )
+            assert out["crop_box"] == crop and out["margin_px"] == margin_px, region
+            assert out["model_size"] == model_size and out["focus_scale"] == pytest.approx(scale, abs=1e-4)
+            assert out["focus"] == region.get("focus", True)
+            assert out["metrics"]["changed_outside_blend"] == 0
+    assert cases[0][5] == pytest.approx(29.5385, abs=1e-4) and cases[2][5] == pytest.approx(
+        282.8571, abs=1e-4
+    )
+
+
+async def test_the_seam_score_is_lower_with_blending_than_with_a_hard_paste(settings, home):
+    path = save(home, photo("coffee", 192, 128), "coffee.png")
+    args = {"image": path, "prompt": "latte art", "bbox": [70, 40, 120, 80], "seed": 3, "margin": 96}
+    async with connect(settings) as client:
+        soft = structured(await client.call_tool("refine_region", args))
+        hard = structured(await client.call_tool("refine_region", {**args, "blend_blur": 1}))
+    assert soft["metrics"]["seam_score"] < 0.8 * hard["metrics"]["seam_score"]
+    assert soft["metrics"]["changed_outside_blend"] == hard["metrics"]["changed_outside_blend"] == 0
+
+
+async def test_the_classical_backend_removes_a_painted_defect(settings, home):
+    clean = photo("chelsea")
+    spoiled = np.asarray(clean).copy()
+    defect = np.zeros(spoiled.shape[:2], dtype=np.uint8)
+    cv2.circle(defect, (300, 110), 9, 255, -1)
+    cv2.line(defect, (240, 200), (280, 215), 255, 5)
+    spoiled[defect > 0] = (255, 0, 0)
+    path = save(home, Image.fromarray(spoiled), "spoiled.png")
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "refine_region",
+                {
+                    "image": path,
+                    "prompt": "",
+                    "mask": save(home, Image.fromarray(defect), "defect.png"),
+                    "backend": "classical",
+                },
+            )
+        )
+    region = defect > 0
+    fixed = assert_bit_exact(out, spoiled, region)
+    truth = np.asarray(clean).astype(float) / 255
+
+    def mse(x: np.ndarray) -> float:
+        return float(((x.astype(float) / 255 - truth) ** 2)[region].mean())
+
+    assert mse(fixed) < 0.1 * mse(spoiled)
+    assert out["backend"] == "classical" and out["model"].startswith("classical") and out["seed"] is None
+    assert not out["tiny"] and "classical" in " ".join(out["notes"])
+
+
+async def test_one_progress_notification_arrives_per_denoising_step(settings, home):
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
+
+    path = save(home, photo("astronaut", 96), "a.png")
+    async with connect(settings) as client:
+        await client.call_tool(
+            "refine_region",
+            {"image": path, "prompt": "a face", "bbox": [20, 20, 50, 50], "steps": 5, "strength": 1.0},
+            progress_callback=on_progress,
+        )
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def bad_arguments(home: Path) -> list[tuple[dict, str, str]]:
+    image = save(home, photo("coffee", 60, 40), "bad.png")
+    colour = np.zeros((40, 60, 3), dtype=np.uint8)
+    colour[5:20, 5:20] = (255, 0, 0)
+    grey = np.tile(np.linspace(0, 255, 60).astype(np.uint8), (40, 1))
+    ok = {"image": image, "prompt": "p"}
+    return [
+        ({**ok, "mask": save(home, Image.new("L", (30, 20), 255), "small.png")}, "mask", "30x20"),
+        ({**ok, "mask": save(home, Image.new("L", (60, 40), 0), "empty.png")}, "mask", "empty"),
+        ({**ok, "bbox": [50, 30, 70, 45]}, "bbox", "outside"),
+        ({**ok, "bbox": [30, 20, 10, 5]}, "bbox", "inverted"),
+        ({**ok, "bbox": [10, 10, 10, 20]}, "bbox", "zero area"),
+        ({**ok, "points": [[5, 5], [20, 20]]}, "radius", "radius"),
+        ({**ok, "bbox": [1, 1, 9, 9], "margin": -1}, "margin", "0"),
+        ({**ok, "bbox": [1, 1, 9, 9], "blend_dilate": 6}, "blend_dilate", "odd"),
+        ({**ok, "bbox": [1, 1, 9, 9], "blend_blur": -3}, "blend_blur", "1"),
+        ({**ok, "bbox": [1, 1, 9, 9], "blend_blur": 10}, "blend_blur", "odd"),
+        ({**ok, "mask": save(home, Image.fromarray(colour), "colour.png")}, "mask", "read as RGB"),
+        ({**ok, "mask": save(home, Image.fromarray(grey), "grey.png")}, "mask", "read as L"),
+        ({**ok, "image": "img_00000000deadbeef", "bbox": [1, 1, 9, 9]}, "image", "img_00000000deadbeef"),
+        ({**ok}, "region", "exactly one"),
+        ({**ok, "bbox": [1, 1, 9, 9], "points": [[2, 2]], "radius": 2}, "region", "exactly one"),
+        ({**ok, "bbox": [1, 1, 9, 9], "reference": image}, "reference", "editor"),
+        ({**ok, "bbox": [1, 1, 9, 9], "backend": "classical", "model": "tiny-inpaint"}, "model", "classical"),
+        ({**ok, "bbox": [1, 1, 9, 9], "model": "no-such-model"}, "model", "no-such-model"),
+    ]
+
+
+async def test_bad_input_gets_a_clear_tool_error_and_the_server_stays_up(settings, home):
+    cases = bad_arguments(home)
+    async with connect(settings) as client:
+        for arguments, field, detail in cases:
+            text = error_text(await client.call_tool("refine_region", arguments))
+            assert field in text and detail in text, (arguments, text)
+        assert not (home / "images").exists() or not any((home / "images").glob("*.png"))
+        out = structured(
+            await client.call_tool(
+                "refine_region",
+                {"image": cases[0][0]["image"], "prompt": "", "bbox": [1, 1, 9, 9], "backend": "classical"},
+            )
+        )
+    assert out["status"] == "done"
+
+
+async def test_the_editor_backend_without_weights_says_how_to_get_them(settings, home):
+    path = save(home, photo("astronaut", 64), "a.png")
+    async with connect(settings) as client:
+        text = error_text(
+            await client.call_tool(
+                "refine_region",
+                {
+                    "image": path,
+                    "prompt": "the logo",
+                    "bbox": [8, 8, 24, 24],
+                    "backend": "editor",
+                    "reference": path,
+                },
+            )
+        )
+    assert "qwen-image-edit" in text and "hf download Qwen/Qwen-Image-Edit-2509" in text
+    assert "backend='classical'" in text
+
+
+def test_the_metrics_catch_a_background_pixel_that_changed():
+    """The verifier itself: a pixel changed outside the blend mask is counted, and MSE/SSIM move."""
+    from tools import refine_region as rr
+
+    image = photo("coffee", 240, 160)
+    px = rr.to_pixels(image)
+    region = mask_of(240, 160, (100, 60, 130, 90))
+    refined = rr.focus_and_refine(
+        px,
+        region,
+        rr.classical_refiner(),
+        margin=64,
+        focus=True,
+        focus_size=128,
+        factor=1,
+        blend_dilate=7,
+        blend_blur=11,
+    )
+    clean = rr.measure(px.array, refined.pixels, region, refined.focus.crop_box, refined.blend, px)
+    assert clean.changed_outside_blend == 0 and clean.ssim_outside_blend == 1.0
+    x1, y1, x2, y2 = refined.focus.crop_box
+    assert (x1, y1, x2, y2) == (88, 48, 142, 102) and refined.blend[50 - y1, 89 - x1] == 0
+    for y, x in ((2, 3), (50, 89), (159, 239)):  # far outside the crop, in the crop box, a corner
+        spoiled = refined.pixels.copy()
+        spoiled[y, x] = 255 - spoiled[y, x]
+        bad = rr.measure(px.array, spoiled, region, refined.focus.crop_box, refined.blend, px)
+        assert bad.changed_outside_blend == 1 and bad.mse_outside_blend > 0 and bad.ssim_outside_blend < 1.0
+
+
+async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_completes(make_settings, home):
+    path = save(home, photo("astronaut", 96), "slow.png")
+    args = {"image": path, "prompt": "a face", "bbox": [20, 20, 50, 50], "steps": 20, "seed": 4}
+    async with connect(make_settings(max_wait_s=0.01)) as client:
+        started = structured(await client.call_tool("refine_region", args))
+        assert started["status"] == "running" and started["image"] is None
+        waited = await client.call_tool(
+            "jobs", {"action": "wait", "job_id": started["job"]["job_id"], "timeout_s": 300}
+        )
+        out = structured(waited)
+    assert out["jobs"][0]["status"] == "done"
+    result = out["result"]
+    assert result["status"] == "done" and result["metrics"]["changed_outside_blend"] == 0
+    assert_bit_exact(result, np.asarray(photo("astronaut", 96)), mask_of(96, 96, (20, 20, 50, 50)))
