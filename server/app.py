@@ -113,4 +113,8 @@ def build_server(settings: Settings) -> MCPServer:
     from server import judge_tools
 
     judge_tools.register(server)
+    from server import prompts, session_tools
+
+    session_tools.register(server)
+    prompts.register(server)
     return server

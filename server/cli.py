@@ -9,6 +9,7 @@ import argparse
 import hmac
 import ipaddress
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,31 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1; others need --token)")
     serve.add_argument("--port", type=int, help="port (default 8765)")
     serve.add_argument("--token", help="bearer token clients must send (required off loopback)")
+
+    call = sub.add_parser("call", help="call one tool and print its structured result as JSON")
+    common(call)
+    call.add_argument("tool", help="the tool's name, e.g. generate")
+    call.add_argument(
+        "--arg", action="append", metavar="KEY=VALUE", help="an argument; VALUE is JSON or text"
+    )
+    call.add_argument(
+        "--json", dest="json_arguments", metavar="OBJECT", help="all arguments as a JSON object"
+    )
+    call.add_argument("--url", help="a running server's MCP URL (default: an in-process server)")
+    call.add_argument("--token", help="bearer token to send to --url (default: LIMNER_TOKEN)")
+
+    demo = sub.add_parser("demo", help="run the whole loop over stdio and write the session's HTML gallery")
+    common(demo)
     return p
+
+
+CLI_ONLY = {"command", "config", "http", "tool", "arg", "json_arguments", "url"}
+SERVE_FLAGS = {
+    "home": "--home",
+    "profile": "--profile",
+    "max_wait_s": "--max-wait-s",
+    "log_level": "--log-level",
+}
 
 
 def configure_logging(level: str) -> None:
@@ -47,8 +72,12 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Spinning OpenMP workers starve the other torch thread on a small machine (a MiniLM recall took
+    # 450 ms instead of 25 ms next to a busy diffusion step); passive waiting costs nothing measurable.
+    # It only takes effect before torch is imported, which the server does lazily, after this line.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in {"command", "config", "http"}}
+    flags = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
     try:
         settings = load_settings(flags=flags, config=args.config)
     except SettingsError as exc:
@@ -57,6 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "serve":
         return serve(settings, http=args.http)
+    if args.command == "call":
+        from server.call import run_call
+
+        return run_call(settings, args.tool, args.arg, args.json_arguments, args.url)
+    if args.command == "demo":
+        from server.demo import run_demo
+
+        forwarded = [
+            str(x) for k, flag in SERVE_FLAGS.items() if flags.get(k) is not None for x in (flag, flags[k])
+        ]
+        if args.config is not None:
+            forwarded += ["--config", str(args.config)]
+        return run_demo(settings, forwarded)
     return 2
 
 

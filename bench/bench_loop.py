@@ -1,0 +1,130 @@
+"""Benchmarks for the loop: session-log overhead per tool call, gallery rendering, and `limner demo` end to end.
+
+Run: .venv/bin/python bench/bench_loop.py [--no-demo]. Prints one JSON line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from server.app import build_server  # noqa: E402
+from server.session_tools import SessionLogMiddleware  # noqa: E402
+from server.settings import load_settings  # noqa: E402
+from tools.gallery import render_gallery  # noqa: E402
+from tools.images import ImageStore  # noqa: E402
+from tools.session_log import SessionLog  # noqa: E402
+
+
+def emit(name: str, value: float, unit: str, target: str | None = None) -> None:
+    line = {"name": name, "value": round(value, 4), "unit": unit}
+    if target:
+        line["target"] = target
+    print(json.dumps(line), flush=True)
+
+
+async def call_latency(home: Path, with_log: bool, calls: int = 300) -> float:
+    from mcp import Client
+
+    server = build_server(load_settings(flags={"home": home, "profile": "tiny"}, environ={}))
+    if not with_log:
+        server.middleware[:] = [m for m in server.middleware if not isinstance(m, SessionLogMiddleware)]
+    async with Client(server) as client:
+        await client.call_tool("jobs", {"action": "list"})
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await client.call_tool("jobs", {"action": "list"})
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def gallery_figures(home: Path, count: int = 40, side: int = 512) -> None:
+    store = ImageStore(home / "images")
+    log = SessionLog(home)
+    rng = np.random.default_rng(0)
+    ids = []
+    for i in range(count):
+        pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        ref = store.put(Image.fromarray(pixels), tool="generate", params={"prompt": f"image {i}", "seed": i})
+        ids.append(ref.id)
+    for i, image_id in enumerate(ids):
+        log.record(
+            "generate", {"prompt": f"image {i}"}, time.time(), 0.1, result={"candidates": [{"id": image_id}]}
+        )
+    started = time.perf_counter()
+    record_runs = 1000
+    for _ in range(record_runs):
+        SessionLog.record(log, "jobs", {"action": "list"}, time.time(), 0.001, result={"jobs": []})
+    emit("session_log_record", (time.perf_counter() - started) / record_runs * 1e6, "us/call")
+    thumbs: dict = {}
+    started = time.perf_counter()
+    page = render_gallery(log, store, thumbs)
+    emit(f"gallery_render_cold_{count}x{side}px", time.perf_counter() - started, "s")
+    started = time.perf_counter()
+    render_gallery(log, store, thumbs)
+    emit(f"gallery_render_warm_{count}x{side}px", time.perf_counter() - started, "s", "< 0.1 s")
+    emit(f"gallery_size_{count}x{side}px", len(page.encode()) / 1024, "KiB")
+
+
+def demo_figures(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
+    env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", PYTHONPATH=str(REPO), HOME=str(home.parent))
+    for label in ("first (builds tiny models)", "warm"):
+        run_home = home / label.split()[0]
+        env["LIMNER_HOME"] = str(run_home)
+        env["LIMNER_MODELS_PATH"] = str(home / "models")
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "demo", "--log-level", "WARNING"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(1)
+        entries = [
+            json.loads(x) for p in (run_home / "sessions").glob("*.jsonl") for x in p.read_text().splitlines()
+        ]
+        name = label.split()[0]
+        emit(f"demo_wall_{name}", wall, "s")
+        emit(f"demo_tool_time_{name}", sum(e["duration_s"] for e in entries), "s", "< 60 s")
+        emit(f"demo_tool_calls_{name}", len(entries), "calls")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-demo", action="store_true", help="skip the end-to-end demo runs")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with_log = anyio.run(call_latency, root / "a", True)
+        without = anyio.run(call_latency, root / "b", False)
+        emit("tool_call_p50_in_process_with_session_log", with_log, "ms")
+        emit("tool_call_p50_in_process_without_session_log", without, "ms")
+        emit("session_log_overhead_p50", with_log - without, "ms", "< 0.5 ms")
+        gallery_figures(root / "g")
+        if not args.no_demo:
+            demo_figures(root / "demo")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The session: a log of every tool call (middleware), the lineage and session-log resources, the gallery.
+
+Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
+`AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` and rewrites the
+session's gallery (`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
+transport serves the live page at `/gallery` (behind the same bearer token as /mcp) and earlier sessions'
+pages at `/gallery/<session>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp_types import CallToolResult
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+
+from server.app import AppContext, app_context
+from tools.gallery import write_gallery
+from tools.images import URI_PREFIX
+from tools.session_log import SessionLog
+
+logger = logging.getLogger("limner.session")
+SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+# lineage fields worth showing an agent, besides the parameters
+LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "scores")
+
+
+def session_log(app: AppContext) -> SessionLog:
+    """This process's session log, opened on first use."""
+    log = app.extras.get("session_log")
+    if log is None:
+        log = app.extras["session_log"] = SessionLog(app.settings.home)
+    return log
+
+
+async def refresh_gallery(app: AppContext) -> str:
+    """Rewrite the session's gallery file (off the event loop); returns its path."""
+    log = session_log(app)
+    thumbs = app.extras.setdefault("gallery_thumbs", {})
+    path = await anyio.to_thread.run_sync(write_gallery, log, app.images, thumbs)
+    return str(path)
+
+
+class SessionLogMiddleware:
+    """Records each tools/call: tool, arguments, timing, status, image ids in and out, structured result."""
+
+    def __init__(self, seen: dict[str, AppContext]) -> None:
+        self.seen = seen  # the server's AppContext, for the log resource and the /gallery route
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        app = ctx.lifespan_context
+        if not isinstance(app, AppContext):
+            return await call_next(ctx)
+        self.seen["app"] = app
+        if ctx.method != "tools/call" or ctx.request_id is None:
+            return await call_next(ctx)
+        params = ctx.params or {}
+        tool = str(params.get("name", "?"))
+        arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+        started, clock = time.time(), time.perf_counter()
+        log = session_log(app)
+        try:
+            result = await call_next(ctx)
+        except BaseException as exc:
+            log.record(
+                tool, arguments, started, time.perf_counter() - clock, error=f"{type(exc).__name__}: {exc}"
+            )
+            raise
+        structured, is_error = unpack(result)
+        entry = log.record(
+            tool, arguments, started, time.perf_counter() - clock, result=structured, is_error=is_error
+        )
+        if entry.inputs or entry.outputs or tool == "judge":
+            try:
+                await refresh_gallery(app)
+            except Exception:  # the gallery is a view: never fail the tool call because of it
+                logger.exception("could not write the session gallery")
+        return result
+
+
+def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool]:
+    """The structured content and error flag of a tools/call result, in model or wire form."""
+    if isinstance(result, CallToolResult):
+        return result.structured_content, bool(result.is_error)
+    if isinstance(result, dict):
+        return result.get("structuredContent"), bool(result.get("isError"))
+    return None, False
+
+
+def register(server: MCPServer) -> None:
+    seen: dict[str, AppContext] = {}
+    server.middleware.append(SessionLogMiddleware(seen))
+
+    @server.resource(
+        URI_PREFIX + "{image_id}/lineage",
+        name="image-lineage",
+        description="Where an image came from: the image and every ancestor, nearest first, each with the "
+        "tool and parameters that made it (generate prompt and seed, refine_region box and mask, inputs).",
+        mime_type="application/json",
+    )
+    def lineage_resource(image_id: str, ctx: Context) -> str:
+        store = app_context(ctx).images
+        if not store.exists(image_id):
+            raise ResourceNotFoundError(
+                f"no stored image {image_id!r}: lineage needs an id returned by a limner tool "
+                "(img_<16 hex>, e.g. a generate candidate or refine_region's image)."
+            )
+        chain = []
+        for meta in store.lineage(image_id):
+            chain.append(
+                {
+                    "id": meta["id"],
+                    "uri": URI_PREFIX + meta["id"],
+                    "tool": meta.get("tool"),
+                    "params": meta.get("params", {}),
+                    "parents": meta.get("parents", []),
+                    "created": meta.get("created"),
+                    "size": [meta.get("width"), meta.get("height")],
+                    **{k: meta[k] for k in LINEAGE_INFO if k in meta},
+                }
+            )
+        return json.dumps({"image_id": image_id, "lineage": chain}, default=str)
+
+    @server.resource(
+        "limner://session/log",
+        name="session-log",
+        description="Every tool call this server process handled, in order: tool, arguments, seconds, status, "
+        "image ids in and out, structured result; plus the path of the session's HTML gallery.",
+        mime_type="application/json",
+    )
+    async def session_log_resource() -> str:
+        # a static resource gets no request context; the middleware saw this very request's AppContext
+        app = seen["app"]
+        log = session_log(app)
+        gallery = await refresh_gallery(app)
+        body = {
+            "session_id": log.id,
+            "started": log.started,
+            "log_path": str(log.path),
+            "gallery_path": gallery,
+            "gallery_url_path": "/gallery",
+            "images": log.image_ids(),
+            "entries": [e.model_dump(mode="json") for e in log.snapshot()],
+        }
+        return json.dumps(body, default=str)
+
+    @server.custom_route("/gallery", methods=["GET"])
+    async def gallery(request: Request) -> Response:
+        app = seen.get("app")
+        if app is None:
+            return HTMLResponse(
+                '<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+                "<title>limner gallery</title></head><body><p>No tool calls yet in this session.</p>"
+                "</body></html>"
+            )
+        path = await refresh_gallery(app)
+        return FileResponse(path, media_type="text/html")
+
+    @server.custom_route("/gallery/{session}", methods=["GET"])
+    async def past_gallery(request: Request) -> Response:
+        session = request.path_params["session"].removesuffix(".html")
+        app = seen.get("app")
+        if not SESSION_ID.match(session) or app is None:
+            return PlainTextResponse("no such session gallery\n", status_code=404)
+        path = app.settings.home / "gallery" / f"{session}.html"
+        if not path.is_file():
+            return PlainTextResponse(f"no gallery for session {session}\n", status_code=404)
+        return FileResponse(path, media_type="text/html")
