@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,19 @@ from mcp import Client
 
 from server.app import build_server
 from server.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def server_env(home: Path, models_path: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a `limner` subprocess: this one's, minus LIMNER_*, plus a tiny-profile home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
+    env.update(
+        LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", HOME=str(home.parent), PYTHONPATH=str(REPO), **extra
+    )
+    if models_path is not None:
+        env["LIMNER_MODELS_PATH"] = str(models_path)
+    return env
 
 
 @pytest.fixture

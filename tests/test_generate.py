@@ -166,3 +166,42 @@ async def test_missing_weights_for_a_configured_model_say_how_to_get_them(make_s
     async with connect(settings) as client:
         text = error_text(await client.call_tool("generate", {"prompt": "a cat"}))
     assert "sdxl-turbo" in text and "hf download stabilityai/sdxl-turbo" in text
+
+
+def save_tiny_lora(models_path: Path, dest: Path) -> None:
+    """A LoRA for the tiny UNet, made with peft and saved the way diffusers trainers save one."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from tools.models import ensure_tiny
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        ensure_tiny("text2image", models_path), local_files_only=True
+    )
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+    )
+    pipe.unet.add_adapter(config)
+    StableDiffusionPipeline.save_lora_weights(dest, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+
+
+async def test_a_model_spec_with_a_lora_adapter_loads_it_and_changes_the_output(
+    make_settings, models_path, tmp_path
+):
+    lora_dir = tmp_path / "lora"
+    save_tiny_lora(models_path, lora_dir)
+    settings = make_settings()
+    tiny = settings.models["tiny"]
+    with_lora = type(tiny).model_validate(
+        {**tiny.model_dump(), "name": "tiny-lora", "lora": [{"source": str(lora_dir), "scale": 1.0}]}
+    )
+    settings = settings.model_copy(update={"models": {**settings.models, "tiny-lora": with_lora}})
+    args = {"prompt": "a chair", "seed": 9, "steps": 2}
+    async with connect(settings) as client:
+        base = structured(await client.call_tool("generate", args))
+        adapted = structured(await client.call_tool("generate", {**args, "model": "tiny-lora"}))
+    assert adapted["model"].startswith("tiny-random tiny-lora")
+    assert base["candidates"][0]["id"] != adapted["candidates"][0]["id"]

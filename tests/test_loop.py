@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -19,10 +18,9 @@ from mcp.shared.exceptions import MCPError
 
 from server.cli import main
 from tests.chromium import CHROMIUM, Browser
-from tests.conftest import connect, error_text, structured
+from tests.conftest import REPO, connect, error_text, server_env, structured
 
 pytestmark = pytest.mark.anyio
-REPO = Path(__file__).resolve().parent.parent
 TOKEN = "loop-s3cret"
 LOOP_TOOLS = {"remember", "recall", "generate", "judge", "refine_region"}
 # each tool's description must name the tool(s) an agent calls next, so the loop is found without the prompt
@@ -36,18 +34,6 @@ NEXT_STEPS = {
     "refine_region": {"judge"},
     "jobs": {"generate"},
 }
-
-
-def env_for(home: Path, models_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
-    env.update(
-        LIMNER_HOME=str(home),
-        LIMNER_PROFILE="tiny",
-        LIMNER_MODELS_PATH=str(models_path),
-        HOME=str(home.parent),
-        PYTHONPATH=str(REPO),
-    )
-    return env
 
 
 def limner(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -73,7 +59,7 @@ class HttpServer:
 @pytest.fixture(scope="module")
 def http_server(tmp_path_factory: pytest.TempPathFactory, models_path: Path) -> Iterator[HttpServer]:
     home = tmp_path_factory.mktemp("http") / "home"
-    env = env_for(home, models_path)
+    env = server_env(home, models_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -113,7 +99,7 @@ class DemoRun:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory, models_path: Path) -> DemoRun:
     home = tmp_path_factory.mktemp("demo") / "home"
-    result = limner("demo", env=env_for(home, models_path), timeout=300)
+    result = limner("demo", env=server_env(home, models_path), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return DemoRun(home, result, Path(result.stdout.strip().splitlines()[-1]))
 

@@ -22,10 +22,9 @@ from PIL import Image
 from memory_store import Embedder, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
-from tests.conftest import connect, error_text, structured
+from tests.conftest import REPO, connect, error_text, server_env, structured
 
 pytestmark = pytest.mark.anyio
-REPO = Path(__file__).resolve().parent.parent
 
 FACT = "The 2026 Velotrix Aero bicycle has a matte titanium frame with internal cable routing."
 RARE = "Kweskin approved the invoice layout last Tuesday."
@@ -51,12 +50,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         store.close()
     return folder
-
-
-def server_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
-    env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", HOME=str(home), PYTHONPATH=str(REPO), **extra)
-    return env
 
 
 def stdio_server(env: dict[str, str], prefix: list[str] = ()) -> StdioServerParameters:

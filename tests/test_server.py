@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,23 +14,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from server.settings import SettingsError, load_settings
-from tests.conftest import connect, structured
+from tests.conftest import REPO, connect, server_env, structured
 
 pytestmark = pytest.mark.anyio
-REPO = Path(__file__).resolve().parent.parent
-
-
-def server_env(home: Path, models_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
-    env.update(
-        LIMNER_HOME=str(home),
-        LIMNER_PROFILE="tiny",
-        LIMNER_MODELS_PATH=str(models_path),
-        HOME=str(home.parent),
-        PYTHONPATH=str(REPO),
-        **extra,
-    )
-    return env
 
 
 def stdio_params(env: dict[str, str]) -> StdioServerParameters:
