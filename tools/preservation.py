@@ -24,8 +24,6 @@ from scipy import ndimage
 
 from tools.quality import grey
 
-SSIM_C1 = (0.01 * 255) ** 2
-SSIM_C2 = (0.03 * 255) ** 2
 SSIM_RADIUS = 5  # the 11x11 Gaussian window
 BAND_PX = 30
 OVER_EXTENSION_LIMIT = 0.03
@@ -72,9 +70,14 @@ class ForegroundIntegrity(BaseModel):
     passed: bool
 
 
-def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-pixel SSIM of two grey uint8 images (Gaussian window sigma 1.5, truncated at 11x11)."""
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
+    """Per-pixel SSIM (Wang et al. 2004: Gaussian window sigma 1.5 truncated at 11x11, K1 0.01, K2 0.03).
+
+    `data_range` is the span of the pixel values (255 for uint8, 1.0 for floats in [0, 1]); images with
+    channels get the mean of the per-channel maps.
+    """
     x, y = a.astype(np.float32), b.astype(np.float32)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def blur(v: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(v, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
@@ -83,9 +86,8 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sxx = blur(x * x) - mx * mx
     syy = blur(y * y) - my * my
     sxy = blur(x * y) - mx * my
-    num = (2 * mx * my + SSIM_C1) * (2 * sxy + SSIM_C2)
-    den = (mx * mx + my * my + SSIM_C1) * (sxx + syy + SSIM_C2)
-    return num / den
+    ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return ssim.mean(axis=2) if ssim.ndim == 3 else ssim
 
 
 def _box(region: np.ndarray) -> list[int] | None:

@@ -47,6 +47,7 @@ from tools.masks import (
     stroke_mask,
     tight_bbox,
 )
+from tools.preservation import ssim_map
 
 Backend = Literal["inpainter", "editor", "classical"]
 PasteBack = Literal["mask", "bbox"]
@@ -59,7 +60,6 @@ CLASSICAL_FOCUS_SIZE = 512  # the classical backend works on crops of about 512x
 TELEA_RADIUS = 3
 MAX_BLEND_KERNEL = 101
 SEAM_BAND_PX = 8  # the seam score looks this many pixels either side of the region's boundary
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004
 MAX_SEED = 2**31 - 1
 
 # Modes whose pixels are composited as they are: mode -> (colour channels, full-scale value).
@@ -532,23 +532,8 @@ def _background_in_full(inp, out, crop_box, blend, px) -> tuple[int, float, floa
     b[edited] = a[edited]
     changed = int(np.count_nonzero(np.any(a != b, axis=2)))
     mse = float(((b - a)[~edited].astype(np.float64) ** 2).mean())
-    ssim = float(_ssim_map(a, b)[~edited].astype(np.float64).mean())
+    ssim = float(ssim_map(a, b, data_range=1.0)[~edited].astype(np.float64).mean())
     return changed, mse, ssim
-
-
-def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-pixel SSIM (Gaussian window, sigma 1.5) of float images in [0, 1], averaged over channels."""
-    c1, c2 = 0.01**2, 0.03**2
-
-    def g(x: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
-
-    mu_a, mu_b = g(a), g(b)
-    var_a, var_b, cov = g(a * a) - mu_a * mu_a, g(b * b) - mu_b * mu_b, g(a * b) - mu_a * mu_b
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-    ssim = num / den
-    return ssim.mean(axis=2) if ssim.ndim == 3 else ssim
 
 
 def _seam(inp: np.ndarray, out: np.ndarray, region: np.ndarray, crop_box: Box, px: Pixels) -> float:
