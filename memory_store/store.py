@@ -5,8 +5,9 @@
    Shared (`open_remote`): a chroma server URL, for several processes or machines.
 2. Vectors come from our `Embedder`; the collection records the embedder's name and dimension and refuses
    to open under another one.
-3. The document chromadb indexes is the text's lexical form (NFKC, case-folded, single spaces), so its
-   full-text `$contains` is a case-insensitive exact-term lookup; the original text sits in the metadata.
+3. The document chromadb indexes is the text's lexical form (NFKC, case-folded, single spaces); the
+   original text sits in the metadata. Exact terms are looked up in a TermIndex (terms.py) beside an
+   embedded store, or with chromadb's full-text `$contains` on a shared server.
 4. `query` fuses the vector ranking with an exact-term ranking by reciprocal rank fusion (RRF): a rare name
    in the query finds the memory that contains it even when its vector neighbours are generic.
 """
@@ -31,6 +32,7 @@ import numpy as np
 
 from memory_store.embedder import Embedder
 from memory_store.lock import FolderLock, StoreReadOnly
+from memory_store.terms import TermIndex
 
 logger = logging.getLogger("limner.memory")
 
@@ -39,6 +41,7 @@ RRF_K = 60  # the usual RRF constant: flattens the head of each ranking
 VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
 TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
 MAX_TERMS = 8
+FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
 _TOKEN = re.compile(r"\w[\w\-.]*\w|\w+")  # "kweskin's" -> "kweskin", "x-trail" stays whole
 _STOPWORDS_TEXT = (
     "the and for are but not you all any can had her was one our out has his how its may new now see two who "
@@ -85,14 +88,19 @@ def memory_id(text: str, kind: str, scope: str) -> str:
     return "mem_" + digest[:16]
 
 
-def query_terms(query: str) -> list[str]:
-    """Distinct words of the query worth an exact lookup (3+ characters, not stopwords), in order."""
+def words(text: str) -> list[str]:
+    """Distinct words of a text worth an exact lookup (3+ characters, not stopwords), in order."""
     terms: list[str] = []
-    for token in _TOKEN.findall(normalize(query)):
+    for token in _TOKEN.findall(normalize(text)):
         token = token.strip(".-")
         if len(token) >= 3 and token not in _STOPWORDS and token not in terms:
             terms.append(token)
-    return terms[:MAX_TERMS]
+    return terms
+
+
+def query_terms(query: str) -> list[str]:
+    """The words of a query that get an exact lookup (the first MAX_TERMS)."""
+    return words(query)[:MAX_TERMS]
 
 
 def where_clause(
@@ -119,13 +127,33 @@ def where_clause(
 
 
 class MemoryStore:
-    def __init__(self, client: Any, embedder: Embedder, lock: FolderLock | None, where: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        embedder: Embedder,
+        lock: FolderLock | None,
+        where: str,
+        terms: TermIndex | None = None,
+    ) -> None:
         self.client = client
         self.embedder = embedder
         self.where = where  # the folder or URL, for messages
         self._lock = lock
         self._write = threading.Lock()
         self.collection = self._open_collection()
+        self.terms = terms
+        if terms is not None and terms.count() != self.collection.count():
+            self._rebuild_terms()
+
+    def _rebuild_terms(self) -> None:
+        """Re-derive the term index from the collection (first open after an upgrade, or after a crash)."""
+        assert self.terms is not None
+        logger.info("rebuilding the memory term index from %s", self.where)
+        self.terms.clear()
+        total, batch = self.collection.count(), 5000
+        for offset in range(0, total, batch):
+            found = self.collection.get(limit=batch, offset=offset, include=["documents"])
+            self.terms.add((i, words(d or "")) for i, d in zip(found["ids"], found["documents"], strict=True))
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -143,7 +171,7 @@ class MemoryStore:
             client = chromadb.PersistentClient(
                 path=str(folder), settings=Settings(anonymized_telemetry=False)
             )
-            return cls(client, embedder, lock, str(folder))
+            return cls(client, embedder, lock, str(folder), TermIndex(folder / "terms.sqlite3"))
         except BaseException:
             lock.release()
             raise
@@ -198,6 +226,9 @@ class MemoryStore:
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
+        if self.terms is not None:
+            self.terms.close()
+            self.terms = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -221,6 +252,8 @@ class MemoryStore:
                 return Added(mem_id, created=False)
             vector = self.embedder.embed([text])[0]
             near = self._near(vector, near_threshold)
+            if self.terms is not None:  # first the index: a crash between leaves a harmless dangling row
+                self.terms.add([(mem_id, words(text))])
             self.collection.add(
                 ids=[mem_id],
                 embeddings=[vector],
@@ -241,6 +274,8 @@ class MemoryStore:
                 now = time.time()
                 for start in range(0, len(todo), 1000):
                     chunk = todo[start : start + 1000]
+                    if self.terms is not None:
+                        self.terms.add((i, words(it["text"])) for i, it in chunk)
                     self.collection.add(
                         ids=[i for i, _ in chunk],
                         embeddings=vectors[start : start + len(chunk)],
@@ -279,6 +314,8 @@ class MemoryStore:
         with self._write:
             for start in range(0, len(ids), 1000):
                 self.collection.delete(ids=list(ids[start : start + 1000]))
+                if self.terms is not None:
+                    self.terms.delete(ids[start : start + 1000])
 
     # -- reading ---------------------------------------------------------------------------------
     def count(self) -> int:
@@ -306,27 +343,16 @@ class MemoryStore:
         vector = self.embedder.embed([text])[0]
 
         # 1. vector ranking
-        n = min(max(VECTOR_CANDIDATES, k), total)
-        hits = self.collection.query(
-            query_embeddings=[vector], n_results=n, where=where, include=["distances"]
-        )
-        vector_ids = hits["ids"][0]
+        vector_ids = self._vector_ranking(vector, min(max(VECTOR_CANDIDATES, k), total), total, where)
         if not fuse:
             return self._fetch(vector_ids[:k], vector, {}, {})
 
         # 2. exact-term ranking: rare terms weigh more (idf), common ones are left to the vectors
         term_score: dict[str, float] = {}
         matched: dict[str, list[str]] = {}
-        for term in query_terms(text):
-            found = self.collection.get(
-                where=where, where_document={"$contains": term}, limit=TERM_CAP + 1, include=["documents"]
-            )
-            if not found["ids"] or len(found["ids"]) > TERM_CAP:
+        for term, ids in self._term_hits(query_terms(text), where):
+            if not ids or len(ids) > TERM_CAP:
                 continue
-            starts_word = re.compile(r"(?<!\w)" + re.escape(term))
-            ids = [
-                i for i, doc in zip(found["ids"], found["documents"], strict=True) if starts_word.search(doc)
-            ]
             weight = math.log(1 + total / max(len(ids), 1))
             for mem_id in ids:
                 term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
@@ -342,6 +368,47 @@ class MemoryStore:
             fused[mem_id] = vector_part + 1.0 / (RRF_K + rank)
         top = sorted(fused, key=lambda i: -fused[i])[:k]
         return self._fetch(top, vector, fused, matched)
+
+    def _vector_ranking(
+        self, vector: np.ndarray, n: int, total: int, where: dict[str, Any] | None
+    ) -> list[str]:
+        """The n nearest memories passing `where`, nearest first.
+
+        chromadb's filtered nearest-neighbour search took ~900 ms at 100,000 memories; an unfiltered search
+        for FILTER_OVERSAMPLE times as many, filtered afterwards by id, is fast and usually enough. When the
+        filter is too selective for that, the filtered search runs after all.
+        """
+        if where is None:
+            return self.collection.query(query_embeddings=[vector], n_results=n, include=[])["ids"][0]
+        wide = self.collection.query(
+            query_embeddings=[vector], n_results=min(total, n * FILTER_OVERSAMPLE), include=[]
+        )["ids"][0]
+        kept = set(self.collection.get(ids=wide, where=where, include=[])["ids"])
+        ranked = [i for i in wide if i in kept]
+        if len(ranked) >= n or len(wide) == total:
+            return ranked[:n]
+        return self.collection.query(query_embeddings=[vector], n_results=n, where=where, include=[])["ids"][
+            0
+        ]
+
+    def _term_hits(self, terms: list[str], where: dict[str, Any] | None) -> list[tuple[str, list[str]]]:
+        """For each term, the ids of memories with a word starting with it (more than TERM_CAP: common)."""
+        if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
+            out = []
+            for term in terms:
+                found = self.collection.get(
+                    where=where, where_document={"$contains": term}, limit=TERM_CAP + 1, include=["documents"]
+                )
+                starts_word = re.compile(r"(?<!\w)" + re.escape(term))
+                docs = zip(found["ids"], found["documents"], strict=True)
+                out.append((term, [i for i, doc in docs if starts_word.search(doc)]))
+            return out
+        hits = [(term, self.terms.lookup(term, TERM_CAP + 1)) for term in terms]
+        if where is not None:  # the index knows words only: apply the filter to the few ids it found
+            wanted = list({i for _, ids in hits if len(ids) <= TERM_CAP for i in ids})
+            kept = set(self.collection.get(ids=wanted, where=where, include=[])["ids"]) if wanted else set()
+            hits = [(t, ids if len(ids) > TERM_CAP else [i for i in ids if i in kept]) for t, ids in hits]
+        return hits
 
     def _fetch(
         self, ids: list[str], vector: np.ndarray, fused: dict[str, float], matched: dict[str, list[str]]

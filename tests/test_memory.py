@@ -89,6 +89,23 @@ async def test_a_rare_name_is_found_by_exact_term_even_when_its_vector_rank_is_p
     assert top["text"] == RARE and top["matched_terms"] == ["kweskin"]
 
 
+def test_a_lost_term_index_is_rebuilt_and_forgotten_memories_leave_it(seeded, tmp_path):
+    folder = tmp_path / "memory"
+    shutil.copytree(seeded, folder)
+    (folder / "terms.sqlite3").unlink()  # an index lost, or a store from before it existed
+    query = "Kweskin's favourite bicycle frame colour"
+    store = MemoryStore.open_local(folder, Embedder())
+    try:
+        assert store.terms is not None and store.terms.count() == store.count() == 301
+        top = store.query(query, 3)[0]
+        assert top.text == RARE and top.matched_terms == ["kweskin"]
+        store.delete([top.id])
+        assert store.terms.lookup("kweskin", 10) == []
+        assert RARE not in [m.text for m in store.query(query, 5)]
+    finally:
+        store.close()
+
+
 async def test_everything_is_still_there_after_a_server_restart(make_settings, tmp_path):
     settings = make_settings()
     picture = tmp_path / "home" / "ref.png"
