@@ -25,6 +25,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools import refine_pixels as rp  # noqa: E402
 from tools import refine_region as rr  # noqa: E402
 from tools.masks import box_mask  # noqa: E402
 from tools.models import PRESETS  # noqa: E402
@@ -57,7 +58,7 @@ def photo(side: int) -> Image.Image:
 
 def non_model_ms(image: Image.Image, box: tuple[int, int, int, int]) -> tuple[float, float, float]:
     """p50 and p90 wall time and p50 CPU time (all threads), model excluded, over RUNS runs."""
-    px = rr.to_pixels(image)
+    px = rp.to_pixels(image)
     region = box_mask(image.width, image.height, box)
     walls, cpus = [], []
     for _ in range(RUNS):
@@ -74,7 +75,7 @@ def non_model_ms(image: Image.Image, box: tuple[int, int, int, int]) -> tuple[fl
             blend_dilate=7,
             blend_blur=11,
         )
-        metrics = rr.measure(px.array, refined.pixels, region, refined.focus.crop_box, refined.blend, px)
+        metrics = rp.measure(px.array, refined.pixels, region, refined.focus.crop_box, refined.blend, px)
         walls.append((time.perf_counter() - wall - model.wall) * 1000)
         cpus.append((time.process_time() - cpu - model.cpu) * 1000)
         assert metrics.changed_outside_blend == 0 and metrics.mse_outside_blend == 0.0
@@ -87,8 +88,8 @@ def conversion_ms(image: Image.Image) -> float:
     samples = []
     for _ in range(5):
         started = time.perf_counter()
-        px = rr.to_pixels(image)
-        rr.from_pixels(px.array.copy(), px.mode)
+        px = rp.to_pixels(image)
+        rp.from_pixels(px.array.copy(), px.mode)
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 

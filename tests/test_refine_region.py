@@ -399,9 +399,10 @@ async def test_the_editor_backend_without_weights_says_how_to_get_them(settings,
 def test_the_metrics_catch_a_background_pixel_that_changed():
     """The verifier itself: a pixel changed outside the blend mask is counted, and MSE/SSIM move."""
     from tools import refine_region as rr
+    from tools.refine_pixels import measure, to_pixels
 
     image = photo("coffee", 240, 160)
-    px = rr.to_pixels(image)
+    px = to_pixels(image)
     region = mask_of(240, 160, (100, 60, 130, 90))
     refined = rr.focus_and_refine(
         px,
@@ -414,14 +415,14 @@ def test_the_metrics_catch_a_background_pixel_that_changed():
         blend_dilate=7,
         blend_blur=11,
     )
-    clean = rr.measure(px.array, refined.pixels, region, refined.focus.crop_box, refined.blend, px)
+    clean = measure(px.array, refined.pixels, region, refined.focus.crop_box, refined.blend, px)
     assert clean.changed_outside_blend == 0 and clean.ssim_outside_blend == 1.0
     x1, y1, x2, y2 = refined.focus.crop_box
     assert (x1, y1, x2, y2) == (88, 48, 142, 102) and refined.blend[50 - y1, 89 - x1] == 0
     for y, x in ((2, 3), (50, 89), (159, 239)):  # far outside the crop, in the crop box, a corner
         spoiled = refined.pixels.copy()
         spoiled[y, x] = 255 - spoiled[y, x]
-        bad = rr.measure(px.array, spoiled, region, refined.focus.crop_box, refined.blend, px)
+        bad = measure(px.array, spoiled, region, refined.focus.crop_box, refined.blend, px)
         assert bad.changed_outside_blend == 1 and bad.mse_outside_blend > 0 and bad.ssim_outside_blend < 1.0
 
 

@@ -1,7 +1,7 @@
 """Mask helpers shared by the tools that edit part of an image (refine_region, generate's foreground).
 
 Masks are boolean numpy arrays, True where the tool may change pixels. `read_mask` turns any mask image
-into one and says how it read it; `tight_bbox`, `box_mask` and `stroke_mask` make and measure regions;
+into one and says how it read it; `tight_bbox`, `expand`, `box_mask` and `stroke_mask` make and measure regions;
 `feather` builds a soft blend mask; `composite` writes a blend of two pixel arrays only where the blend
 mask is above zero, so every other pixel stays bit-identical.
 """
@@ -105,6 +105,12 @@ def tight_bbox(mask: np.ndarray) -> Box | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def expand(box: Box, by: int, width: int, height: int) -> Box:
+    """The box grown by `by` pixels on every side, clipped to the image."""
+    x1, y1, x2, y2 = box
+    return max(0, x1 - by), max(0, y1 - by), min(width, x2 + by), min(height, y2 + by)
 
 
 def box_mask(width: int, height: int, box: Box) -> np.ndarray:
