@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_memory.py            # 100,000 memories (several minutes on 2 cores)
     .venv/bin/python bench/bench_memory.py --n 10000  # quicker
+    .venv/bin/python bench/bench_memory.py --home DIR --reuse  # time again on a store built before in DIR
 
 The corpus is built deterministically: every memory is a product fact about an invented brand name, in the
 same few templates, so only the name tells two memories apart (names are what image models get wrong).
@@ -101,21 +102,34 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=240, help="labelled recall@5 queries (>= 200)")
     parser.add_argument("--calls", type=int, default=200, help="recall calls timed through the server")
     parser.add_argument("--home", type=Path, help="LIMNER_HOME to use (default: a temporary folder)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the memories already in --home (the same --n) and skip the import",
+    )
     args = parser.parse_args()
+    if args.reuse and args.home is None:
+        parser.error("--reuse needs --home: the folder of an earlier run")
     home = args.home or Path(tempfile.mkdtemp(prefix="limner-bench-memory-"))
     memory_dir = home / "memory"
-    shutil.rmtree(memory_dir, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(memory_dir, ignore_errors=True)
 
     # 1. bulk import (embedding included)
     items = corpus(args.n)
     store = MemoryStore.open_local(memory_dir, Embedder())
     store.embedder.embed(["warm up"])
-    start = time.perf_counter()
-    ids: list[str] = []
-    for chunk in range(0, len(items), 2000):
-        ids += store.add_many(items[chunk : chunk + 2000])
-    elapsed = time.perf_counter() - start
-    emit("memory_bulk_import", args.n / elapsed, "memories/s", n=args.n, seconds=round(elapsed, 1))
+    if args.reuse:
+        ids = store.add_many(items)  # the same corpus: every id is already there, nothing is added
+        if store.count() < args.n:
+            parser.error(f"--reuse: {memory_dir} holds {store.count()} memories, not the {args.n} of --n")
+    else:
+        start = time.perf_counter()
+        ids = []
+        for chunk in range(0, len(items), 2000):
+            ids += store.add_many(items[chunk : chunk + 2000])
+        elapsed = time.perf_counter() - start
+        emit("memory_bulk_import", args.n / elapsed, "memories/s", n=args.n, seconds=round(elapsed, 1))
 
     # 2. recall@5 on the labelled set, vector-only and fused
     queries = labelled_queries(items, args.queries)
@@ -165,10 +179,11 @@ async def serve_and_time(home: Path, queries: list[tuple[str, int]], args: argpa
             times.append((time.perf_counter() - start) * 1e3)
         emit("memory_recall_filtered_p50", statistics.median(times), "ms", n=args.n, filter="kind+tag")
         times = []
+        run = time.time_ns()  # new texts on every run, so --reuse times real writes
         for i in range(100):
             start = time.perf_counter()
             await client.call_tool(
-                "remember", {"text": f"Bench note {i}: the client prefers dusk light", "kind": "plan"}
+                "remember", {"text": f"Bench note {run}.{i}: the client prefers dusk light", "kind": "plan"}
             )
             times.append((time.perf_counter() - start) * 1e3)
         emit("memory_remember_p50", statistics.median(times), "ms", target="<= 30", n=args.n)

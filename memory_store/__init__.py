@@ -2,18 +2,18 @@
 
 from memory_store.embedder import DEFAULT_EMBEDDER, Embedder, EmbedderError
 from memory_store.lock import StoreLocked, StoreReadOnly
-from memory_store.store import Added, Memory, MemoryStore, MemoryStoreError, normalize, where_clause
+from memory_store.store import Added, Filter, Memory, MemoryStore, MemoryStoreError, normalize
 
 __all__ = [
     "DEFAULT_EMBEDDER",
     "Added",
     "Embedder",
     "EmbedderError",
+    "Filter",
     "Memory",
     "MemoryStore",
     "MemoryStoreError",
     "StoreLocked",
     "StoreReadOnly",
     "normalize",
-    "where_clause",
 ]

@@ -8,10 +8,12 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -19,7 +21,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from PIL import Image
 
-from memory_store import Embedder, MemoryStore
+from memory_store import Embedder, Filter, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
 from tests.conftest import REPO, connect, error_text, server_env, structured
@@ -171,6 +173,71 @@ async def test_remembering_the_same_content_twice_is_idempotent_and_near_duplica
         assert all(m["similarity"] >= 0.92 for m in near["near_duplicates"])
         out = structured(await client.call_tool("recall", {"query": FACT, "k": 10}))
     assert out["total_stored"] == 3
+
+
+def test_an_index_from_an_older_layout_is_rebuilt_with_the_filter_fields(seeded, tmp_path):
+    folder = tmp_path / "memory"
+    shutil.copytree(seeded, folder)
+    (folder / "terms.sqlite3").unlink()
+    with sqlite3.connect(folder / "terms.sqlite3") as old:  # the first layout: words only, user_version 0
+        old.execute("CREATE TABLE postings (term TEXT, id TEXT, PRIMARY KEY (term, id)) WITHOUT ROWID")
+        old.execute("CREATE TABLE docs (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        old.execute("INSERT INTO docs VALUES ('mem_gone')")
+    store = MemoryStore.open_local(folder, Embedder())
+    try:
+        assert store.terms is not None and store.terms.count() == store.count() == 301
+        ids = [m.id for m in store.find(Filter(kind="fact"))]
+        assert store.terms.keep(ids, kind="fact", scope="default") == set(ids)
+        assert store.terms.keep(ids, kind="plan") == set()
+        assert store.terms.lookup("kweskin", 10) != []
+    finally:
+        store.close()
+
+
+def test_the_index_filter_agrees_with_chromadb_and_with_the_metadata_check(tmp_path):
+    """Three implementations of one filter: the SQLite index (embedded recall), `Filter.matches` (recall on a
+    chroma server) and chromadb's own `where` (forget). On every filter they must pick the same memories."""
+    store = MemoryStore.open_local(tmp_path / "memory", Embedder())
+    try:
+        kinds, scopes, tag_sets = (
+            ["fact", "plan", "critique"],
+            ["default", "acme"],
+            [[], ["a"], ["a", "b"], ["b"]],
+        )
+        combos = list(itertools.product(kinds, scopes, tag_sets))
+        items = [
+            {"text": f"note {n}: {kind} in {scope}", "kind": kind, "scope": scope, "tags": tags}
+            for n, (kind, scope, tags) in enumerate(combos)
+        ]
+        store.add_many(items[:12])
+        middle = time.time()
+        store.add_many(items[12:])
+        found = store.collection.get(include=["metadatas"])
+        metas = dict(zip(found["ids"], found["metadatas"], strict=True))
+        filters = [
+            Filter(kind=k, scope=s, tags=tags, since=since, before=before)
+            for k in (None, "fact", "critique")
+            for s in (None, "acme")
+            for tags in ((), ("a",), ("a", "b"))
+            for since, before in ((None, None), (middle, None), (None, middle))
+        ]
+        picked_any = 0
+        for filt in filters:
+            by_index = store.terms.keep(
+                list(metas),
+                kind=filt.kind,
+                scope=filt.scope,
+                tags=filt.tags,
+                since=filt.since,
+                before=filt.before,
+            )
+            by_meta = {i for i, m in metas.items() if filt.matches(m)}
+            by_chroma = {m.id for m in store.find(filt)}
+            assert by_index == by_meta == by_chroma, filt
+            picked_any += 0 < len(by_index) < len(metas)
+        assert picked_any > 20, "the filters must tell memories apart for the check to mean anything"
+    finally:
+        store.close()
 
 
 async def test_recall_filters_by_kind_tags_scope_and_since(settings):
@@ -357,6 +424,10 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
             stored = structured(await first.call_tool("remember", {"text": FACT, "kind": "fact"}))
             out = structured(await second.call_tool("recall", {"query": "Velotrix frame", "k": 1}))
             assert out["memories"][0]["id"] == stored["id"]
+            for kind, expected in (("fact", [stored["id"]]), ("plan", [])):  # filters checked on metadata
+                args = {"query": "Velotrix frame", "kind": kind}
+                out = structured(await second.call_tool("recall", args))
+                assert [m["id"] for m in out["memories"]] == expected
             gone = structured(await second.call_tool("forget", {"ids": [stored["id"]]}))
             assert gone["removed"] == 1
             assert structured(await first.call_tool("recall", {"query": "Velotrix"}))["memories"] == []

@@ -20,12 +20,12 @@ from pydantic import BaseModel, Field
 from memory_store import (
     Embedder,
     EmbedderError,
+    Filter,
     Memory,
     MemoryStore,
     MemoryStoreError,
     StoreLocked,
     StoreReadOnly,
-    where_clause,
 )
 
 Kind = Literal["fact", "preference", "reference", "generation", "critique", "plan"]
@@ -316,8 +316,8 @@ def remember(store: MemoryStore, request: RememberRequest, image_id: str | None)
 
 
 def recall(store: MemoryStore, request: RecallRequest) -> RecallResult:
-    where = where_clause(kind=request.kind, scope=request.scope, tags=request.tags, since=request.since)
-    memories = store.query(request.query, request.k, where)
+    filt = Filter(kind=request.kind, scope=request.scope, tags=tuple(request.tags), since=request.since)
+    memories = store.query(request.query, request.k, filt)
     total = store.count()
     note = None
     if not memories:
@@ -334,8 +334,8 @@ def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
         found = {m.id for m in matched}
         missing = [i for i in request.ids if i not in found]
     else:
-        where = where_clause(kind=request.kind, scope=request.scope, tags=request.tags, before=request.before)
-        matched = store.find(where)
+        filt = Filter(kind=request.kind, scope=request.scope, tags=tuple(request.tags), before=request.before)
+        matched = store.find(filt)
     if not request.dry_run and matched:
         store.delete([m.id for m in matched])
     note = None
