@@ -84,6 +84,14 @@ async def main(runs: int) -> None:
                 await client.list_tools()
                 lists.append((time.perf_counter() - started) * 1000)
             emit("tools_list_stdio_p50", p50(lists), "ms", "<= 5")
+            listing = (await client.list_tools()).model_dump_json(by_alias=True, exclude_none=True)
+            emit("tools_list_bytes", len(listing), "bytes", None)
+            trivial = []  # the floor: a round trip that carries almost nothing
+            for _ in range(50):
+                started = time.perf_counter()
+                await client.call_tool("jobs", {"action": "list"})
+                trivial.append((time.perf_counter() - started) * 1000)
+            emit("trivial_call_stdio_p50", p50(trivial), "ms", None)
 
             # (c) first call (imports, tiny build, load) against warm calls
             started = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.types import Tool
 
 from server.settings import Settings
 from tools.fetch import FetchLimits, SafeFetcher
@@ -56,6 +57,53 @@ def app_context(ctx: Context) -> AppContext:
     return ctx.request_context.lifespan_context
 
 
+class LimnerServer(MCPServer):
+    """MCPServer whose tool listing leaves out the `title` pydantic writes for every property and model.
+
+    The titles repeat the names ("band_pixels" -> "Band Pixels"): 7 KB of a 54 KB listing that every host
+    reads on each tools/list and many put in the agent's context. Descriptions, types and names stay.
+    The listing is made once and made again whenever a tool is added or removed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listing: list[Tool] | None = None
+
+    def add_tool(self, *args: Any, **kwargs: Any) -> None:
+        self._listing = None
+        super().add_tool(*args, **kwargs)
+
+    def remove_tool(self, name: str) -> None:
+        self._listing = None
+        super().remove_tool(name)
+
+    async def list_tools(self) -> list[Tool]:
+        if self._listing is None:
+            self._listing = [
+                tool.model_copy(
+                    update={
+                        "input_schema": untitled(tool.input_schema),
+                        "output_schema": untitled(tool.output_schema),
+                    }
+                )
+                for tool in await super().list_tools()
+            ]
+        return list(self._listing)
+
+
+def untitled(schema: Any, properties: bool = False) -> Any:
+    """A JSON schema without its generated `title` keywords; a property that is named `title` stays."""
+    if isinstance(schema, dict):
+        return {
+            key: untitled(value, key == "properties")
+            for key, value in schema.items()
+            if properties or not (key == "title" and isinstance(value, str))
+        }
+    if isinstance(schema, list):
+        return [untitled(value) for value in schema]
+    return schema
+
+
 def build_server(settings: Settings) -> MCPServer:
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
@@ -83,7 +131,9 @@ def build_server(settings: Settings) -> MCPServer:
             for closer in context.extras.get("closers", []):
                 closer()
 
-    server = MCPServer("limner", instructions=INSTRUCTIONS, lifespan=lifespan, log_level=settings.log_level)
+    server = LimnerServer(
+        "limner", instructions=INSTRUCTIONS, lifespan=lifespan, log_level=settings.log_level
+    )
 
     @server.resource(
         "limner://images/{image_id}",

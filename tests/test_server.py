@@ -37,6 +37,23 @@ async def test_every_tool_is_listed_with_a_description_and_input_and_output_sche
             assert schema.get("description"), f"{tool.name}.{prop} has no description"
 
 
+async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_title(settings):
+    def titles(node, properties=False):
+        if isinstance(node, dict):
+            own = 0 if properties else int(isinstance(node.get("title"), str))
+            return own + sum(titles(v, k == "properties") for k, v in node.items())
+        return sum(titles(v) for v in node) if isinstance(node, list) else 0
+
+    async with connect(settings) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert sum(titles(t.input_schema) + titles(t.output_schema) for t in tools.values()) == 0
+        result_schema = tools["search"].output_schema["$defs"]["SearchHit"]
+        assert result_schema["properties"]["title"]["type"] == "string"
+        # the arguments are still checked against the full model: a wrong type is a clear error
+        bad = await client.call_tool("recall", {"query": "x", "k": "many"})
+        assert bad.is_error and "k" in bad.content[0].text
+
+
 async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_model(home, tmp_path):
     fresh_models = tmp_path / "fresh-models"
     async with Client(stdio_params(server_env(home, fresh_models))) as client:
