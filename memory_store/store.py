@@ -279,12 +279,7 @@ class MemoryStore:
             vector = self.embedder.embed([text])[0]
             near = self._near(vector, near_threshold)
             meta = _metadata(text, kind, scope, tags, source, image_id, time.time())
-            if self.terms is not None:  # first the index: a crash between leaves a harmless dangling row
-                self.terms.add([_entry(mem_id, text, _memory(mem_id, meta))])
-            self.collection.add(
-                ids=[mem_id], embeddings=[vector], documents=[normalize(text)], metadatas=[meta]
-            )
-            self._count = None if self._count is None else self._count + 1
+            self._write_rows([mem_id], vector[None], [text], [meta])
         return Added(mem_id, created=True, near_duplicates=near)
 
     def add_many(self, items: Sequence[dict[str, Any]]) -> list[str]:
@@ -314,19 +309,29 @@ class MemoryStore:
                         )
                         for _, it in chunk
                     ]
-                    if self.terms is not None:
-                        self.terms.add(
-                            _entry(i, it["text"], _memory(i, m))
-                            for (i, it), m in zip(chunk, metas, strict=True)
-                        )
-                    self.collection.add(
-                        ids=[i for i, _ in chunk],
-                        embeddings=vectors[start : start + len(chunk)],
-                        documents=[normalize(it["text"]) for _, it in chunk],
-                        metadatas=metas,
-                    )
-                    self._count = None if self._count is None else self._count + len(chunk)
+                    texts = [it["text"] for _, it in chunk]
+                    self._write_rows([i for i, _ in chunk], vectors[start : start + len(chunk)], texts, metas)
         return ids
+
+    def _write_rows(
+        self, ids: list[str], vectors: np.ndarray, texts: list[str], metas: list[dict[str, Any]]
+    ) -> None:
+        """The index first, then chromadb (under the write lock). A crash between leaves index rows that
+        point at nothing, and the next open rebuilds the index (the counts differ); a failed chromadb write
+        takes its index rows back at once, since a recall that searches among ids fails on a missing one."""
+        if self.terms is not None:
+            self.terms.add(
+                _entry(i, text, _memory(i, m)) for i, text, m in zip(ids, texts, metas, strict=True)
+            )
+        try:
+            self.collection.add(
+                ids=ids, embeddings=vectors, documents=[normalize(text) for text in texts], metadatas=metas
+            )
+        except BaseException:
+            if self.terms is not None:
+                self.terms.delete(ids)
+            raise
+        self._count = None if self._count is None else self._count + len(ids)
 
     def _near(self, vector: np.ndarray, threshold: float) -> list[tuple[Memory, float]]:
         if self.count() == 0:

@@ -194,6 +194,39 @@ def test_an_index_from_an_older_layout_is_rebuilt_with_the_filter_fields(seeded,
         store.close()
 
 
+def test_a_filter_the_nearest_memories_miss_is_searched_among_the_ids_that_pass(
+    seeded, tmp_path, monkeypatch
+):
+    from memory_store import store as store_module
+
+    folder = tmp_path / "memory"
+    shutil.copytree(seeded, folder)
+    store = MemoryStore.open_local(folder, Embedder())
+    try:
+        plans = [
+            "Shoot the teapot at dusk on slate",
+            "Book the studio for Thursday",
+            "Ask for the logo as SVG",
+        ]
+        store.add_many([{"text": text, "kind": "plan", "scope": "default"} for text in plans])
+        monkeypatch.setattr(store_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 of 304 hold no plan
+        query = "a red carbon road bike frame"
+        assert not any(m.kind == "plan" for m in store.query(query, 50, fuse=False))
+        assert sorted(m.text for m in store.query(query, 5, Filter(kind="plan"))) == sorted(plans)
+
+        # a chromadb write that fails takes its index rows back, so the id search never meets a missing id
+        def failing_add(**kwargs):
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(store.collection, "add", failing_add)
+        with pytest.raises(OSError):
+            store.add("Repaint the backdrop teal", kind="plan", scope="default")
+        assert store.terms.count() == 304 and store.terms.lookup("backdrop", 5) == []
+        assert sorted(m.text for m in store.query(query, 5, Filter(kind="plan"))) == sorted(plans)
+    finally:
+        store.close()
+
+
 def test_the_index_filter_agrees_with_chromadb_and_with_the_metadata_check(tmp_path):
     """Three implementations of one filter: the SQLite index (embedded recall), `Filter.matches` (recall on a
     chroma server) and chromadb's own `where` (forget). On every filter they must pick the same memories."""
