@@ -91,11 +91,14 @@ class LimnerServer(MCPServer):
         return list(self._listing)
 
 
+VALUE_KEYWORDS = frozenset({"default", "const", "enum", "examples"})  # their values are data, not schemas
+
+
 def untitled(schema: Any, properties: bool = False) -> Any:
-    """A JSON schema without its generated `title` keywords; a property that is named `title` stays."""
+    """A JSON schema without its generated `title` keywords; a property named `title` and data stay."""
     if isinstance(schema, dict):
         return {
-            key: untitled(value, key == "properties")
+            key: value if key in VALUE_KEYWORDS and not properties else untitled(value, key == "properties")
             for key, value in schema.items()
             if properties or not (key == "title" and isinstance(value, str))
         }

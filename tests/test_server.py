@@ -54,6 +54,26 @@ async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_ti
         assert bad.is_error and "k" in bad.content[0].text
 
 
+def test_untitled_strips_schema_titles_only_never_data_or_property_names():
+    from server.app import untitled
+
+    schema = {
+        "title": "Args",
+        "properties": {
+            "title": {"title": "Title", "type": "string", "default": {"title": "kept: data"}},
+            "default": {"title": "Default", "type": "integer", "enum": [{"title": "kept: data"}]},
+        },
+        "examples": [{"title": "kept: data"}],
+    }
+    assert untitled(schema) == {
+        "properties": {
+            "title": {"type": "string", "default": {"title": "kept: data"}},
+            "default": {"type": "integer", "enum": [{"title": "kept: data"}]},
+        },
+        "examples": [{"title": "kept: data"}],
+    }
+
+
 async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_model(home, tmp_path):
     fresh_models = tmp_path / "fresh-models"
     async with Client(stdio_params(server_env(home, fresh_models))) as client:
