@@ -276,23 +276,18 @@ def run(
     total = steps * len(scene_jobs)
     job.total = total
     made: list[Made] = []
-    for i, sj in enumerate(scene_jobs):
-        paint = ~erode(sj.template.mask, EDGE_ERODE)
+
+    def paint(i: int, sj: SceneJob, image: np.ndarray, region: np.ndarray, seeds) -> list[np.ndarray]:
+        """Inpaint `region` of `image` for scene job i (its progress counts from step i * steps)."""
         t0 = time.perf_counter()
         outs = _inpaint(
-            loaded,
-            job,
-            sj.prompt,
-            sj.template.rgb,
-            paint,
-            sj.seeds,
-            steps,
-            guidance,
-            negative_prompt,
-            i * steps,
-            total,
+            loaded, job, sj.prompt, image, region, seeds, steps, guidance, negative_prompt, i * steps, total
         )
         timings["model"] += time.perf_counter() - t0
+        return outs
+
+    for i, sj in enumerate(scene_jobs):
+        outs = paint(i, sj, sj.template.rgb, ~erode(sj.template.mask, EDGE_ERODE), sj.seeds)
         for seed, generated in zip(sj.seeds, outs, strict=True):
             t0 = time.perf_counter()
             image = composite_object(generated, sj.template)
@@ -306,21 +301,7 @@ def run(
                 region = np.zeros_like(sj.template.mask)
                 region[y0:y1, x0:x1] = True
                 region &= ~dilate(sj.template.mask, 3)
-                t0 = time.perf_counter()
-                (again,) = _inpaint(
-                    loaded,
-                    job,
-                    sj.prompt,
-                    image,
-                    region,
-                    (seed + 1000 * rounds,),
-                    steps,
-                    guidance,
-                    negative_prompt,
-                    i * steps,
-                    total,
-                )
-                timings["model"] += time.perf_counter() - t0
+                (again,) = paint(i, sj, image, region, (seed + 1000 * rounds,))
                 candidate = composite_object(again, sj.template)
                 new_share, new_spill = over_extension(candidate, sj.template)
                 if new_share < share:  # keep the best of the rounds
