@@ -117,7 +117,9 @@ def main() -> None:
 
     # 1. bulk import (embedding included)
     items = corpus(args.n)
-    store = MemoryStore.open_local(memory_dir, Embedder())
+    store = MemoryStore.open_local(
+        memory_dir, Embedder(cache_dir=home / "models" / "embedders")
+    )  # as the server
     store.embedder.embed(["warm up"])
     if args.reuse:
         ids = store.add_many(items)  # the same corpus: every id is already there, nothing is added

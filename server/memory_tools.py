@@ -36,7 +36,12 @@ async def open_memory(app: AppContext) -> MemoryStore:
         if store is None:
             settings = app.settings
             store = await anyio.to_thread.run_sync(
-                memory.open_store, settings.memory_dir, settings.chroma_url, settings.embedder
+                memory.open_store,
+                settings.memory_dir,
+                settings.chroma_url,
+                settings.embedder,
+                settings.models_dir / "embedders",
+                settings.embedder_runtime,
             )
             app.extras["memory"] = store
             app.extras.setdefault("closers", []).append(store.close)

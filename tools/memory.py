@@ -265,9 +265,16 @@ def parse_time(value: str, field: str, now: float | None = None) -> float:
 
 
 # -- the store ------------------------------------------------------------------------------------------
-def open_store(memory_dir: Path, chroma_url: str | None, embedder: str) -> MemoryStore:
-    """Open the memory (blocking: loads the embedder). Errors become tool errors that say what to do."""
-    model = Embedder(embedder)
+def open_store(
+    memory_dir: Path,
+    chroma_url: str | None,
+    embedder: str,
+    cache_dir: Path | None = None,
+    runtime: str = "onnx",
+) -> MemoryStore:
+    """Open the memory (blocking: loads the embedder, whose ONNX export is cached in `cache_dir`).
+    Errors become tool errors that say what to do."""
+    model = Embedder(embedder, cache_dir=cache_dir, runtime=runtime)
     try:
         if chroma_url:
             return MemoryStore.open_remote(chroma_url, model)
