@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.types import Tool
@@ -58,23 +60,32 @@ def app_context(ctx: Context) -> AppContext:
 
 
 class LimnerServer(MCPServer):
-    """MCPServer whose tool listing leaves out the `title` pydantic writes for every property and model.
+    """MCPServer whose tool listing is slim, made once, and sent from its wire form.
 
-    The titles repeat the names ("band_pixels" -> "Band Pixels"): 7 KB of a 54 KB listing that every host
-    reads on each tools/list and many put in the agent's context. Descriptions, types and names stay.
-    The listing is made once and made again whenever a tool is added or removed.
+    1. Slim: pydantic writes a `title` for every property and model ("band_pixels" -> "Band Pixels") and a
+       `"default": null` for every optional one; output schemas spell a nullable field as an `anyOf` of two
+       schemas. None of it tells an agent anything (`required` already says what may be left out), and every
+       host reads the listing on each tools/list, many into the agent's context: 54 KB became 41 KB.
+       Descriptions, types, names and real defaults stay; input schemas keep `anyOf` (some hosts take only
+       one `type` per schema).
+    2. Sent from its wire form: the SDK dumps, validates and dumps again the 41 KB on every tools/list
+       (~2 ms of a 7 ms stdio round trip). A middleware keeps the first answer per protocol version as JSON
+       and answers later ones from it (decoded afresh each time: nobody shares the cached objects).
+    Both are made again whenever a tool is added or removed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._listing: list[Tool] | None = None
+        self._wire: dict[str, bytes] = {}  # protocol version -> the tools/list result as sent
+        self.middleware.append(self._cached_listing)
 
     def add_tool(self, *args: Any, **kwargs: Any) -> None:
-        self._listing = None
+        self._listing, self._wire = None, {}
         super().add_tool(*args, **kwargs)
 
     def remove_tool(self, name: str) -> None:
-        self._listing = None
+        self._listing, self._wire = None, {}
         super().remove_tool(name)
 
     async def list_tools(self) -> list[Tool]:
@@ -82,29 +93,67 @@ class LimnerServer(MCPServer):
             self._listing = [
                 tool.model_copy(
                     update={
-                        "input_schema": untitled(tool.input_schema),
-                        "output_schema": untitled(tool.output_schema),
+                        "description": inspect.cleandoc(tool.description or ""),
+                        "input_schema": slim(tool.input_schema),
+                        "output_schema": slim(tool.output_schema, fold_nullable=True),
                     }
                 )
                 for tool in await super().list_tools()
             ]
         return list(self._listing)
 
+    async def _cached_listing(self, ctx: Any, call_next: Any) -> Any:
+        if ctx.method != "tools/list" or (ctx.params or {}).get("cursor") is not None:
+            return await call_next(ctx)
+        wire = self._wire.get(ctx.protocol_version)
+        if wire is not None:
+            return pydantic_core.from_json(wire)
+        result = await call_next(ctx)
+        self._wire[ctx.protocol_version] = pydantic_core.to_json(result)
+        return result
+
 
 VALUE_KEYWORDS = frozenset({"default", "const", "enum", "examples"})  # their values are data, not schemas
+NAME_KEYWORDS = frozenset({"properties", "$defs"})  # their keys are names, not keywords
 
 
-def untitled(schema: Any, properties: bool = False) -> Any:
-    """A JSON schema without its generated `title` keywords; a property named `title` and data stay."""
-    if isinstance(schema, dict):
-        return {
-            key: value if key in VALUE_KEYWORDS and not properties else untitled(value, key == "properties")
-            for key, value in schema.items()
-            if properties or not (key == "title" and isinstance(value, str))
-        }
+def slim(schema: Any, *, fold_nullable: bool = False, names: bool = False) -> Any:
+    """A JSON schema without generated `title`s and `"default": null`; with fold_nullable, `anyOf` of a typed
+    schema and `{"type": "null"}` becomes that schema with `type: [T, "null"]`. Validates the same values.
+    A property named `title` or `default`, and data under default/const/enum/examples, stay as they are."""
     if isinstance(schema, list):
-        return [untitled(value) for value in schema]
-    return schema
+        return [slim(value, fold_nullable=fold_nullable) for value in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if names:
+        return {key: slim(value, fold_nullable=fold_nullable) for key, value in schema.items()}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in VALUE_KEYWORDS:
+            if not (key == "default" and value is None):
+                out[key] = value
+        elif not (key == "title" and isinstance(value, str)):
+            out[key] = slim(value, fold_nullable=fold_nullable, names=key in NAME_KEYWORDS)
+    return _fold_nullable(out) if fold_nullable else out
+
+
+def _fold_nullable(node: dict[str, Any]) -> dict[str, Any]:
+    branches = node.get("anyOf")
+    if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
+        return node
+    other = branches[0] if branches[1] == {"type": "null"} else branches[1]
+    if (
+        not isinstance(other, dict)
+        or not isinstance(other.get("type"), str)
+        or {"$ref", "const"} & other.keys()
+        or other.keys() & (node.keys() - {"anyOf"})
+    ):
+        return node
+    # every other keyword constrains values of its own type only, so null passes them; enum needs null added
+    merged = {**other, "type": [other["type"], "null"]}
+    if "enum" in merged:
+        merged["enum"] = [*merged["enum"], None]
+    return {**merged, **{key: value for key, value in node.items() if key != "anyOf"}}
 
 
 def build_server(settings: Settings) -> MCPServer:

@@ -13,6 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from server.app import build_server
 from server.settings import SettingsError, load_settings
 from tests.conftest import REPO, connect, server_env, structured
 
@@ -54,24 +55,79 @@ async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_ti
         assert bad.is_error and "k" in bad.content[0].text
 
 
-def test_untitled_strips_schema_titles_only_never_data_or_property_names():
-    from server.app import untitled
+def test_slim_strips_titles_and_null_defaults_only_never_data_or_property_names():
+    from server.app import slim
 
     schema = {
         "title": "Args",
         "properties": {
             "title": {"title": "Title", "type": "string", "default": {"title": "kept: data"}},
             "default": {"title": "Default", "type": "integer", "enum": [{"title": "kept: data"}]},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
         },
-        "examples": [{"title": "kept: data"}],
+        "$defs": {"title": {"title": "Title", "type": "object", "properties": {}}},
+        "examples": [{"title": "kept: data", "default": None}],
     }
-    assert untitled(schema) == {
+    assert slim(schema) == {
         "properties": {
             "title": {"type": "string", "default": {"title": "kept: data"}},
             "default": {"type": "integer", "enum": [{"title": "kept: data"}]},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
         },
-        "examples": [{"title": "kept: data"}],
+        "$defs": {"title": {"type": "object", "properties": {}}},
+        "examples": [{"title": "kept: data", "default": None}],
     }
+
+
+def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
+    from jsonschema import Draft202012Validator
+
+    from server.app import slim
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "word": {"anyOf": [{"type": "string", "minLength": 2}, {"type": "null"}], "description": "d"},
+            "status": {"anyOf": [{"type": "string", "enum": ["a", "b"]}, {"type": "null"}]},
+            "sizes": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "null"}]},
+            "ref": {"anyOf": [{"$ref": "#/$defs/R"}, {"type": "null"}]},  # left alone: a $ref
+            "fixed": {"anyOf": [{"const": 3, "type": "integer"}, {"type": "null"}]},  # left alone: const
+        },
+        "$defs": {"R": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+    }
+    folded = slim(schema, fold_nullable=True)
+    assert folded["properties"]["word"] == {"type": ["string", "null"], "minLength": 2, "description": "d"}
+    assert folded["properties"]["status"] == {"type": ["string", "null"], "enum": ["a", "b", None]}
+    assert folded["properties"]["ref"] == schema["properties"]["ref"]
+    assert folded["properties"]["fixed"] == schema["properties"]["fixed"]
+    values = [None, "", "x", "xy", "a", "c", 5, 3, [], [1, 2], [1, "2"], {"x": 1}, {"y": 1}, {}, True]
+    for key in schema["properties"]:
+        for value in values:
+            before = Draft202012Validator(schema).is_valid({key: value})
+            assert Draft202012Validator(folded).is_valid({key: value}) == before, (key, value)
+
+
+async def test_the_listing_is_sent_from_its_cache_and_made_again_when_the_tools_change(settings):
+    server = build_server(settings)
+    async with Client(server) as client:
+        first = (await client.list_tools()).tools
+        again = (await client.list_tools()).tools
+        assert len(server._wire) == 1  # the second answer came from the cache
+        assert [t.model_dump() for t in again] == [t.model_dump() for t in first]
+        again[0].input_schema["properties"].clear()  # a client that changes what it got changes nothing here
+        assert (await client.list_tools()).tools[0].input_schema == first[0].input_schema
+
+        def sketch(prompt: str) -> str:
+            """A tool added while the server runs."""
+            return prompt
+
+        server.add_tool(sketch)
+        assert "sketch" in {t.name for t in (await client.list_tools()).tools}
+        server.remove_tool("sketch")
+        assert [t.name for t in (await client.list_tools()).tools] == [t.name for t in first]
+    async with Client(server, mode="legacy") as client:  # the 2025-11-25 protocol: its own cached answer
+        assert [t.name for t in (await client.list_tools()).tools] == [t.name for t in first]
+    assert len(server._wire) == 2
 
 
 async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_model(home, tmp_path):
