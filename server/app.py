@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.types import Tool
@@ -113,6 +114,7 @@ class LimnerServer(MCPServer):
         return result
 
 
+LISTING_TTL_MS = 10 * 60 * 1000
 VALUE_KEYWORDS = frozenset({"default", "const", "enum", "examples"})  # their values are data, not schemas
 NAME_KEYWORDS = frozenset({"properties", "$defs"})  # their keys are names, not keywords
 
@@ -184,7 +186,13 @@ def build_server(settings: Settings) -> MCPServer:
                 closer()
 
     server = LimnerServer(
-        "limner", instructions=INSTRUCTIONS, lifespan=lifespan, log_level=settings.log_level
+        "limner",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.log_level,
+        # the listing is fixed for the life of the process: a 2026-07-28 client may reuse it for a while
+        # (the SDK's Client does) instead of asking again on every turn
+        cache_hints={"tools/list": CacheHint(ttl_ms=LISTING_TTL_MS)},
     )
 
     @server.resource(

@@ -110,21 +110,25 @@ def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
 async def test_the_listing_is_sent_from_its_cache_and_made_again_when_the_tools_change(settings):
     server = build_server(settings)
     async with Client(server) as client:
-        first = (await client.list_tools()).tools
-        again = (await client.list_tools()).tools
-        assert len(server._wire) == 1  # the second answer came from the cache
+        listed = await client.list_tools()
+        assert 0 < listed.ttl_ms <= 10 * 60 * 1000  # a client may reuse the listing for a while
+        first = listed.tools
+        again = (await client.list_tools(cache_mode="bypass")).tools  # over the wire again
+        assert len(server._wire) == 1  # the second answer came from the server's cache
         assert [t.model_dump() for t in again] == [t.model_dump() for t in first]
         again[0].input_schema["properties"].clear()  # a client that changes what it got changes nothing here
-        assert (await client.list_tools()).tools[0].input_schema == first[0].input_schema
+        assert (await client.list_tools(cache_mode="bypass")).tools[0].input_schema == first[0].input_schema
 
         def sketch(prompt: str) -> str:
             """A tool added while the server runs."""
             return prompt
 
         server.add_tool(sketch)
-        assert "sketch" in {t.name for t in (await client.list_tools()).tools}
+        assert "sketch" in {t.name for t in (await client.list_tools(cache_mode="bypass")).tools}
         server.remove_tool("sketch")
-        assert [t.name for t in (await client.list_tools()).tools] == [t.name for t in first]
+        assert [t.name for t in (await client.list_tools(cache_mode="bypass")).tools] == [
+            t.name for t in first
+        ]
     async with Client(server, mode="legacy") as client:  # the 2025-11-25 protocol: its own cached answer
         assert [t.name for t in (await client.list_tools()).tools] == [t.name for t in first]
     assert len(server._wire) == 2
