@@ -103,6 +103,14 @@ class LimnerServer(MCPServer):
             ]
         return list(self._listing)
 
+    async def run_stdio_async(self) -> None:
+        """stdio without the SDK's worker-thread hops (server/stdio.py)."""
+        from server.stdio import serve_stdio
+
+        async with serve_stdio() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
     async def _cached_listing(self, ctx: Any, call_next: Any) -> Any:
         if ctx.method != "tools/list" or (ctx.params or {}).get("cursor") is not None:
             return await call_next(ctx)

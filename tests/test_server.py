@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -169,6 +170,57 @@ def test_stdio_mode_writes_nothing_but_protocol_to_stdout(home, models_path):
     )
     assert proc.stdout == b""
     assert b"limner serving MCP over stdio" in proc.stderr
+
+
+async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0_and_1(home, models_path):
+    import base64
+    import io
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(7).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # ~3 MB as PNG
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    data_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert len(data_uri) > 4_000_000
+    async with Client(stdio_params(server_env(home, models_path))) as client:
+        stored = structured(
+            await client.call_tool(
+                "remember", {"text": "noise board", "kind": "reference", "image": data_uri}
+            )
+        )
+        resource = await client.read_resource(f"limner://images/{stored['image_id']}")  # ~4 MB back
+        png = base64.b64decode(resource.contents[0].blob)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), noise)
+        pid = int((home / "memory" / "limner.lock").read_text())
+        if Path(f"/proc/{pid}/fd").is_dir():  # while serving: stdin reads nothing, stdout goes to stderr
+            assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+            assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2")
+
+
+def test_requests_from_a_file_on_stdin_are_served_by_the_sdks_transport(home, models_path, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}},
+    ]
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with requests.open("rb") as stdin:
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve"],
+            stdin=stdin,
+            capture_output=True,
+            env=server_env(home, models_path),
+            cwd=REPO,
+            timeout=60,
+        )
+    answers = {m["id"]: m for m in map(json.loads, proc.stdout.decode().splitlines())}
+    assert answers[1]["result"]["serverInfo"]["name"] == "limner"
+    assert "generate" in {t["name"] for t in answers[2]["result"]["tools"]}
 
 
 def free_port() -> int:
