@@ -81,9 +81,8 @@ class Embedder:
         self.runtime = runtime
         self.active_runtime: str | None = None
         self._lock = threading.Lock()
-        self._parts: tuple[Any, Forward, str, int, int] | None = (
-            None  # tokenizer, forward, pooling, max_len, dim
-        )
+        # tokenizer, forward, pooling, max_len, dim
+        self._parts: tuple[Any, Forward, str, int, int] | None = None
 
     @property
     def dim(self) -> int:
