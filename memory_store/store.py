@@ -346,17 +346,15 @@ class MemoryStore:
     def _near(self, vector: np.ndarray, threshold: float) -> list[tuple[Memory, float]]:
         if self.count() == 0:
             return []
-        hits = self.collection.query(
-            query_embeddings=[vector], n_results=5, include=["metadatas", "distances"]
-        )
-        out = []
-        for mem_id, meta, distance in zip(
-            hits["ids"][0], hits["metadatas"][0], hits["distances"][0], strict=True
-        ):
-            similarity = 1.0 - float(distance)
-            if similarity >= threshold:
-                out.append((_memory(mem_id, meta), similarity))
-        return out
+        # distances only: at 100,000 memories fetching the 5 hits' metadata took 2.4-3 ms of a 4 ms query,
+        # and a near-duplicate is the exception; its metadata is fetched when there is one
+        hits = self.collection.query(query_embeddings=[vector], n_results=5, include=["distances"])
+        close = {
+            mem_id: 1.0 - float(distance)
+            for mem_id, distance in zip(hits["ids"][0], hits["distances"][0], strict=True)
+            if 1.0 - float(distance) >= threshold
+        }
+        return [(memory, close[memory.id]) for memory in self.get(list(close))] if close else []
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._write:
