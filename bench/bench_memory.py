@@ -117,9 +117,8 @@ def main() -> None:
 
     # 1. bulk import (embedding included)
     items = corpus(args.n)
-    store = MemoryStore.open_local(
-        memory_dir, Embedder(cache_dir=home / "models" / "embedders")
-    )  # as the server
+    embedder = Embedder(cache_dir=home / "models" / "embedders")  # the server's runtime and export cache
+    store = MemoryStore.open_local(memory_dir, embedder)
     store.embedder.embed(["warm up"])
     if args.reuse:
         ids = store.add_many(items)  # the same corpus: every id is already there, nothing is added

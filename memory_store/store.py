@@ -279,9 +279,7 @@ class MemoryStore:
         """Store one memory (idempotent on content+kind+scope); report near-duplicates above the threshold."""
         mem_id = memory_id(text, kind, scope)
         with self._write:
-            # the term index holds exactly what chromadb holds (written first, taken back on a failed write,
-            # rebuilt after a crash): a primary-key look-up there costs 0.05 ms against chromadb's 0.8
-            if self.terms.has(mem_id) if self.terms is not None else self._exists(mem_id):
+            if self._existing([mem_id]):
                 return Added(mem_id, created=False)
             vector = self.embedder.embed([text])[0]
             near = self._near(vector, near_threshold)
@@ -289,18 +287,23 @@ class MemoryStore:
             self._write_rows([mem_id], vector[None], [text], [meta])
         return Added(mem_id, created=True, near_duplicates=near)
 
-    def _exists(self, mem_id: str) -> bool:
-        return bool(self.collection.get(ids=[mem_id], include=[])["ids"])
+    def _existing(self, ids: list[str]) -> set[str]:
+        """The ids among `ids` already stored. The term index holds exactly what chromadb holds (written
+        first, taken back on a failed write, rebuilt after a crash): a look-up there took 0.05 ms against
+        chromadb's 0.8. A chroma server is asked in chunks (its SQLite takes ~32k variables a query)."""
+        if self.terms is not None:
+            return self.terms.keep(ids)
+        have: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            have.update(self.collection.get(ids=ids[start : start + 1000], include=[])["ids"])
+        return have
 
     def add_many(self, items: Sequence[dict[str, Any]]) -> list[str]:
         """Bulk import of {text, kind, scope, tags?, source?, image_id?}; existing ids are skipped."""
         ids = [memory_id(it["text"], it["kind"], it["scope"]) for it in items]
         unique = dict(zip(ids, items, strict=True))
         with self._write:
-            have: set[str] = set()
-            pending = list(unique)
-            for start in range(0, len(pending), 1000):  # chromadb's SQLite takes ~32k variables a query
-                have.update(self.collection.get(ids=pending[start : start + 1000], include=[])["ids"])
+            have = self._existing(list(unique))
             todo = [(i, it) for i, it in unique.items() if i not in have]
             if todo:
                 vectors = self.embedder.embed([it["text"] for _, it in todo])

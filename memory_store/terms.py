@@ -88,10 +88,6 @@ class TermIndex:
                 self._db.executemany(f"DELETE FROM {table} WHERE id = ?", ((i,) for i in ids))
             self._db.execute("COMMIT")
 
-    def has(self, mem_id: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM docs WHERE id = ?", (mem_id,)).fetchone() is not None
-
     def lookup(self, term: str, limit: int) -> list[str]:
         """Ids of memories with a word starting with `term` (at most `limit`)."""
         with self._lock:

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
+from tools.masks import expand
 from tools.quality import grey
 
 SSIM_RADIUS = 5  # the 11x11 Gaussian window
@@ -213,12 +214,7 @@ def foreground_integrity(
         delta, diff = _differences(image, original)
         fidelity, _ = _region_stats(image, original, delta, diff, fg)
     # 2. the band between the box and the box grown by band_px (clipped to the image)
-    gx0, gy0, gx1, gy1 = (
-        max(0, x0 - band_px),
-        max(0, y0 - band_px),
-        min(w, x1 + band_px),
-        min(h, y1 + band_px),
-    )
+    gx0, gy0, gx1, gy1 = expand((x0, y0, x1, y1), band_px, w, h)
     band = np.ones((gy1 - gy0, gx1 - gx0), bool)
     band[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0] = False
     crop, crop_fg = image[gy0:gy1, gx0:gx1], fg[gy0:gy1, gx0:gx1]

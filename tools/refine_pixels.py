@@ -72,7 +72,7 @@ def from_pixels(array: np.ndarray, mode: str) -> Image.Image:
 
 def colour_of(crop: np.ndarray, px: Pixels) -> np.ndarray:
     """The crop's colour channels as uint8 RGB, the form every model takes."""
-    col = crop[..., None] if crop.ndim == 2 else crop[..., : px.colour]
+    col = _colour(crop, px)
     if px.full != 255:
         col = np.rint(np.clip(col, 0, px.full) * (255.0 / px.full)).astype(np.uint8)
     col = col.astype(np.uint8, copy=False)
@@ -152,6 +152,7 @@ def measure(
 
 
 def _colour(array: np.ndarray, px: Pixels) -> np.ndarray:
+    """The colour channels (alpha left out) as HxWxC, in the input's own units."""
     return array[..., None] if array.ndim == 2 else array[..., : px.colour]
 
 
