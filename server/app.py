@@ -67,8 +67,9 @@ class LimnerServer(MCPServer):
        `"default": null` for every optional one; output schemas spell a nullable field as an `anyOf` of two
        schemas. None of it tells an agent anything (`required` already says what may be left out), and every
        host reads the listing on each tools/list, many into the agent's context: 54 KB became 41 KB.
-       Descriptions, types, names and real defaults stay; input schemas keep `anyOf` (some hosts take only
-       one `type` per schema).
+       An argument whose default is None is listed without its null branch (leave it out instead), which
+       halves the schema nodes a client walks (194 -> 102) and gives each argument one plain type: 39.6 KB.
+       Descriptions, types, names and real defaults stay.
     2. Sent from its wire form: the SDK dumps, validates and dumps again the 41 KB on every tools/list
        (~2 ms of a 7 ms stdio round trip). A middleware keeps the first answer per protocol version as JSON
        and answers later ones from it (decoded afresh each time: nobody shares the cached objects).
@@ -95,7 +96,7 @@ class LimnerServer(MCPServer):
                 tool.model_copy(
                     update={
                         "description": inspect.cleandoc(tool.description or ""),
-                        "input_schema": slim(tool.input_schema),
+                        "input_schema": slim(tool.input_schema, omit_null=True),
                         "output_schema": slim(tool.output_schema, fold_nullable=True),
                     }
                 )
@@ -127,24 +128,46 @@ VALUE_KEYWORDS = frozenset({"default", "const", "enum", "examples"})  # their va
 NAME_KEYWORDS = frozenset({"properties", "$defs"})  # their keys are names, not keywords
 
 
-def slim(schema: Any, *, fold_nullable: bool = False, names: bool = False) -> Any:
-    """A JSON schema without generated `title`s and `"default": null`; with fold_nullable, `anyOf` of a typed
-    schema and `{"type": "null"}` becomes that schema with `type: [T, "null"]`. Validates the same values.
-    A property named `title` or `default`, and data under default/const/enum/examples, stay as they are."""
+def slim(schema: Any, *, fold_nullable: bool = False, omit_null: bool = False, names: bool = False) -> Any:
+    """A JSON schema without generated `title`s and `"default": null`.
+
+    fold_nullable: `anyOf` of a typed schema and `{"type": "null"}` becomes that schema with `type: [T, "null"]`;
+    validates the same values. omit_null (input schemas): a property whose default is None loses its null
+    branch, since leaving it out means the same (`_left_out`). A property named `title` or `default`, and data
+    under default/const/enum/examples, stay as they are."""
+    flags = {"fold_nullable": fold_nullable, "omit_null": omit_null}
     if isinstance(schema, list):
-        return [slim(value, fold_nullable=fold_nullable) for value in schema]
+        return [slim(value, **flags) for value in schema]
     if not isinstance(schema, dict):
         return schema
     if names:
-        return {key: slim(value, fold_nullable=fold_nullable) for key, value in schema.items()}
+        return {key: slim(value, **flags) for key, value in schema.items()}
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in VALUE_KEYWORDS:
             if not (key == "default" and value is None):
                 out[key] = value
+        elif key == "properties" and omit_null and isinstance(value, dict):
+            out[key] = {name: slim(_left_out(prop), **flags) for name, prop in value.items()}
         elif not (key == "title" and isinstance(value, str)):
-            out[key] = slim(value, fold_nullable=fold_nullable, names=key in NAME_KEYWORDS)
+            out[key] = slim(value, **flags, names=key in NAME_KEYWORDS)
     return _fold_nullable(out) if fold_nullable else out
+
+
+def _left_out(prop: Any) -> Any:
+    """`{anyOf: [X, {type: null}], default: null, ...}` -> `{...X, ...}` for an argument: null and leaving it
+    out mean the same to the tool, so the listing offers only the latter (as zod's `.optional()` does). The
+    tool still accepts an explicit null; the agent reads one plain type and the client walks half the nodes."""
+    if not isinstance(prop, dict) or prop.get("default", ...) is not None:
+        return prop
+    branches = prop.get("anyOf")
+    if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
+        return prop
+    other = branches[0] if branches[1] == {"type": "null"} else branches[1]
+    rest = {key: value for key, value in prop.items() if key not in ("anyOf", "default")}
+    if not isinstance(other, dict) or other.keys() & rest.keys():
+        return prop
+    return {**other, **rest}
 
 
 def _fold_nullable(node: dict[str, Any]) -> dict[str, Any]:

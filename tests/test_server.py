@@ -108,6 +108,56 @@ def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
             assert Draft202012Validator(folded).is_valid({key: value}) == before, (key, value)
 
 
+def test_an_argument_whose_default_is_none_is_listed_as_one_to_leave_out():
+    from jsonschema import Draft202012Validator
+
+    from server.app import slim
+
+    nullable = [{"type": "string", "minLength": 2}, {"type": "null"}]
+    schema = {
+        "type": "object",
+        "properties": {
+            "word": {"anyOf": nullable, "default": None, "description": "d"},
+            "ref": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/R"}], "default": None},
+            "needed": {"anyOf": nullable},  # required: null is an answer the caller must give
+            "auto": {"anyOf": nullable, "default": "ab"},  # null would not mean the default here
+            "clash": {
+                "anyOf": [{"type": "string", "description": "x"}, {"type": "null"}],
+                "default": None,
+                "description": "d",
+            },
+            "nested": {"type": "object", "properties": {"inner": {"anyOf": nullable, "default": None}}},
+        },
+        "required": ["needed"],
+        "$defs": {"R": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+    }
+    listed = slim(schema, omit_null=True)["properties"]
+    assert listed["word"] == {"type": "string", "minLength": 2, "description": "d"}
+    assert listed["ref"] == {"$ref": "#/$defs/R"}
+    assert listed["nested"]["properties"]["inner"] == {"type": "string", "minLength": 2}
+    assert listed["needed"] == {"anyOf": nullable}
+    assert listed["auto"] == {"anyOf": nullable, "default": "ab"}
+    assert listed["clash"] == {"anyOf": schema["properties"]["clash"]["anyOf"], "description": "d"}
+    assert slim(schema)["properties"]["word"] == {"anyOf": nullable, "description": "d"}  # outputs keep null
+    # every value but an explicit null for a left-out argument is judged as before
+    full = {**slim(schema, omit_null=True), "properties": listed}
+    values = ["", "xy", 5, {"x": 1}, {"y": 1}, {"inner": "xy"}, {"inner": "x"}, [], True]
+    for key in ("word", "ref", "nested"):
+        for value in values:
+            before = Draft202012Validator(schema).is_valid({"needed": "ab", key: value})
+            assert Draft202012Validator(full).is_valid({"needed": "ab", key: value}) == before, (key, value)
+
+
+async def test_the_listing_offers_no_null_to_send_yet_the_tools_still_take_one(settings):
+    async with Client(build_server(settings)) as client:
+        listing = (await client.list_tools()).tools
+        jobs = next(t for t in listing if t.name == "jobs")
+        assert jobs.input_schema["properties"]["job_id"]["type"] == "string"
+        assert all('"null"' not in json.dumps(t.input_schema) for t in listing)
+        result = await client.call_tool("jobs", {"action": "list", "job_id": None})
+        assert not result.is_error and "jobs" in result.structured_content
+
+
 async def test_the_listing_is_sent_from_its_cache_and_made_again_when_the_tools_change(settings):
     server = build_server(settings)
     async with Client(server) as client:
