@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_judge.py [--runs 20] [--profile tiny|auto]
 
 Figures: the model-free checks (quality + foreground integrity, target <= 80 ms p50), the preservation
-metrics against an original with a mask (target <= 60 ms p50), and the model paths: CLIPScore alignment
+metrics against an original with a mask (target <= 60 ms p50), LPIPS at full AlexNet size, and the model paths: CLIPScore alignment
 per image and the VQAScore checklist per question, on the tiny models (or the real ones with
 --profile auto when their weights are present, e.g. on a GPU machine), plus one whole judge call through
 the in-process MCP client (1 image, 3 questions from the prompt, every check).
@@ -95,6 +95,26 @@ def model_free(runs: int) -> None:
     )
 
 
+def lpips_speed(runs: int) -> None:
+    """LPIPS at full AlexNet size on random weights (speed does not depend on their values)."""
+    import torch
+
+    from tools import perceptual
+
+    torch.manual_seed(0)
+    backbone = {f"features.{k}": v for k, v in perceptual.alexnet_features().state_dict().items()}
+    linear = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(perceptual.CHANNELS)}
+    net = perceptual.build(backbone, linear)
+    image, edited, mask, _ = inputs()
+    cpu: list[float] = []
+    emit(
+        "judge_lpips_1024px_p50",
+        p50(lambda: perceptual.lpips(net, edited, image, mask), max(3, runs // 4), cpu=cpu),
+        cpu_ms=cpu[-1],
+        what="LPIPS (AlexNet) inside and outside a 400x400 mask, on the worker when its weights are installed",
+    )
+
+
 def model_paths(runs: int, profile: str) -> None:
     from server.settings import load_settings
     from tools.jobs import Worker
@@ -168,4 +188,5 @@ if __name__ == "__main__":
     parser.add_argument("--profile", default="tiny", choices=["tiny", "auto", "real"])
     args = parser.parse_args()
     model_free(args.runs)
+    lpips_speed(args.runs)
     model_paths(args.runs, args.profile)

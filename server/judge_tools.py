@@ -83,8 +83,8 @@ def register(server: MCPServer) -> None:
         ViT-L/14; quality scores 0..1, higher is better (sharpness = Laplacian variance v/(v+100); under-
         and overexposure = half-Mertens well-exposedness times unclipped share; noise = exp(-sigma/10),
         sigma in grey levels; blockiness = exp(-(grid ratio-1)/0.5); colourfulness Hasler-Suesstrunk M/45,
-        never failed); preservation MSE (grey levels^2), PSNR dB, SSIM 0..1 inside and outside the mask and
-        every pixel changed outside it; foreground fidelity (PSNR >= 30 dB) and over-extension (share of the
+        never failed); preservation MSE (grey levels^2), PSNR dB, SSIM 0..1 (and LPIPS, 0 = identical, when
+        its weights are installed) inside and outside the mask and every pixel changed outside it; foreground fidelity (PSNR >= 30 dB) and over-extension (share of the
         +/-30 px band around the object's box that continues it, flagged above 0.03). `ranking` lists
         indexes best first and `best` is the one to keep. Scores are stored on stored input images. When you
         stop, remember the outcome (kind='generation', or 'critique' for a failure worth avoiding).
@@ -137,7 +137,13 @@ def register(server: MCPServer) -> None:
         started = time.perf_counter()
         found = await anyio.to_thread.run_sync(jd.model_free, request)
         timings["model_free"] = round(time.perf_counter() - started, 4)
-        needs_models = "alignment" in request.checks or request.questions or request.reference is not None
+        lpips = "preservation" in request.checks and request.original is not None
+        if lpips and (missing := app.models.unavailable("lpips")) is not None:
+            request.warnings.append(f"preservation: LPIPS not computed: {missing}")
+            lpips = False
+        needs_models = (
+            "alignment" in request.checks or request.questions or request.reference is not None or lpips
+        )
         if not needs_models:
             result = await anyio.to_thread.run_sync(
                 lambda: jd.finish(request, found, None, app.images, timings)
@@ -147,7 +153,7 @@ def register(server: MCPServer) -> None:
         # 4. model checks on the worker, in order with other model work
         def work(job):
             timings["queue"] = round(time.time() - job.created, 4)
-            scores = jm.run_models(request, app.models, job)
+            scores = jm.run_models(request, app.models, job, lpips=lpips)
             return jd.finish(request, found, scores, app.images, timings), []
 
         return await run_on_worker(

@@ -24,6 +24,7 @@ DEFAULT_ROLES = {
     "editor": "qwen-image-edit",
     "clip": "clip-vit-l14",
     "vlm": "qwen2.5-vl-3b",
+    "lpips": "lpips-alex",
 }
 
 

@@ -438,7 +438,10 @@ def finish(
                 alignment=align,
                 reference_similarity=scores.reference[i] if scores else None,
                 checklist=answers,
-                **{k: found[i].get(k) for k in ("quality", "preservation", "foreground")},
+                preservation=_with_lpips(
+                    found[i].get("preservation"), scores.lpips[i] if scores and scores.lpips else None
+                ),
+                **{k: found[i].get(k) for k in ("quality", "foreground")},
             )
         )
     ranking = sorted(
@@ -468,6 +471,12 @@ def finish(
         if j.id is not None:
             store.update_meta(j.id, judge=_summary(j, result, request))
     return result
+
+
+def _with_lpips(found: pres.Preservation | None, lpips: tuple[float | None, float | None] | None):
+    if found is None or lpips is None:
+        return found
+    return found.model_copy(update={"lpips_outside": lpips[0], "lpips_inside": lpips[1]})
 
 
 def _failures(j: Judgement) -> int:

@@ -6,6 +6,8 @@
 - checklist: VQAScore (Lin et al. 2024): the `vlm` role's model reads `Does this figure show "{question}"?
   Please answer yes or no.` through its own chat template; P(yes) comes from the next-token logits.
 - where: a failed question is localised on the 3x3 grid crop (half the image each) CLIP matches best.
+- lpips: LPIPS against the original, inside and outside the mask (tools/perceptual.py), when the `lpips`
+  role's weights are present; judge_tools asks for it only then.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
+from tools import perceptual
 from tools.jobs import Job
 from tools.judge import QUESTION_PASS, Alignment, JudgeRequest, QuestionScore
 from tools.models import Loaded, ModelCache
@@ -148,10 +151,11 @@ class ModelScores:
     tiny: bool
     warnings: list[str]
     timings: dict[str, float]
+    lpips: list[tuple[float | None, float | None]] | None = None  # (outside, inside) per image
 
 
-def run_models(request: JudgeRequest, models: ModelCache, job: Job) -> ModelScores:
-    """CLIPScore and VQAScore for every image; progress per image and per question, cancellable."""
+def run_models(request: JudgeRequest, models: ModelCache, job: Job, lpips: bool = False) -> ModelScores:
+    """CLIPScore, LPIPS and VQAScore for every image; progress per image and per question, cancellable."""
     n = len(request.images)
     pil = [img.image.convert("RGB") for img in request.images]
     alignment: list[Alignment | None] = [None] * n
@@ -159,7 +163,7 @@ def run_models(request: JudgeRequest, models: ModelCache, job: Job) -> ModelScor
     checklist: list[list[QuestionScore] | None] = [None] * n
     used: dict[str, str] = {}
     tiny, warnings, timings = False, [], {}
-    total = (n if "alignment" in request.checks else 0) + n * len(request.questions)
+    total = (n if "alignment" in request.checks else 0) + (n if lpips else 0) + n * len(request.questions)
     step = 0
     clip: Loaded | None = None
     if "alignment" in request.checks or request.reference is not None:
@@ -190,6 +194,25 @@ def run_models(request: JudgeRequest, models: ModelCache, job: Job) -> ModelScor
             step += 1
             job.progress(step, total, f"judge: alignment {i + 1}/{n}")
         timings["alignment"] = round(time.perf_counter() - started, 4)
+    distances = None
+    if lpips:
+        started = time.perf_counter()
+        try:
+            net = models.get("lpips")
+        except ToolError as exc:  # e.g. a truncated weights file: the other preservation figures stand
+            warnings.append(f"preservation: LPIPS not computed: {exc}")
+        else:
+            used["lpips"] = net.label
+            distances = []
+            for i, arr in enumerate(request.arrays):
+                distances.append(perceptual.lpips(net.model, arr, request.original, request.mask, net.device))
+                step += 1
+                job.progress(step, total, f"judge: LPIPS {i + 1}/{n}")
+            if any(d == (None, None) for d in distances):
+                warnings.append(
+                    f"preservation: LPIPS needs {perceptual.MIN_SIDE}+ px a side; null for smaller"
+                )
+        timings["lpips"] = round(time.perf_counter() - started, 4)
     # 2. checklist: one VQA forward per image and question
     if request.questions:
         started = time.perf_counter()
@@ -227,7 +250,9 @@ def run_models(request: JudgeRequest, models: ModelCache, job: Job) -> ModelScor
                     clip = models.get("clip")
                 except ToolError as exc:  # no CLIP weights: the checklist still stands, without boxes
                     warnings.append(f"failed questions not localised: {exc}")
-                    return ModelScores(alignment, reference, checklist, used, tiny, warnings, timings)
+                    return ModelScores(
+                        alignment, reference, checklist, used, tiny, warnings, timings, distances
+                    )
                 used["clip"], tiny = clip.label, tiny or clip.tiny
             for i in sorted({i for i, _ in failed}):
                 boxes = localise(clip, pil[i], [a.question for k, a in failed if k == i])
@@ -235,4 +260,4 @@ def run_models(request: JudgeRequest, models: ModelCache, job: Job) -> ModelScor
                     if k == i:
                         a.where = boxes[a.question]
             timings["localise"] = round(time.perf_counter() - started, 4)
-    return ModelScores(alignment, reference, checklist, used, tiny, warnings, timings)
+    return ModelScores(alignment, reference, checklist, used, tiny, warnings, timings, distances)

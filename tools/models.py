@@ -1,7 +1,7 @@
 """Models: the only place that loads weights.
 
-A model is a role (`generator`, `inpainter`, `editor`, `clip`, `vlm`) bound to a `ModelSpec`: a hub id or
-local folder, dtype, device and optional LoRA adapters. `ModelCache.get` resolves a role (or a named
+A model is a role (`generator`, `inpainter`, `editor`, `clip`, `vlm`, `lpips`) bound to a `ModelSpec`: a hub
+id or local folder, dtype, device and optional LoRA adapters. `ModelCache.get` resolves a role (or a named
 spec) to a loaded model once and keeps it warm. The `tiny` profile builds tiny random-weight models from
 configs, saves them under `LIMNER_HOME/models`, and loads them through the same `from_pretrained` path
 as real weights; every result made with them says so.
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("limner.models")
 
-Role = Literal["generator", "inpainter", "editor", "clip", "vlm"]
+Role = Literal["generator", "inpainter", "editor", "clip", "vlm", "lpips"]
 TINY_LABEL = "tiny-random"
 
 
@@ -40,7 +40,10 @@ class ModelSpec(BaseModel):
 
     name: str
     role: Role
-    source: str = Field(description="Hub id or local folder; `tiny:<kind>` for a built tiny model.")
+    source: str = Field(
+        description="Hub id or local folder; `tiny:<kind>` for a built tiny model; for lpips a folder (relative: "
+        "under models_path) holding torchvision's alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth."
+    )
     pipeline: str | None = Field(
         default=None, description="diffusers/transformers class name; default: the Auto class for the role."
     )
@@ -135,6 +138,8 @@ PRESETS: dict[str, ModelSpec] = {
         ),
         ModelSpec(name="tiny-clip", role="clip", source="tiny:clip", focus_size=32, dtype="float32"),
         ModelSpec(name="tiny-vlm", role="vlm", source="tiny:vlm", focus_size=56, dtype="float32"),
+        # judge's perceptual distance; no tiny form: random weights would give numbers that mean nothing
+        ModelSpec(name="lpips-alex", role="lpips", source="lpips-alex", dtype="float32", focus_size=1024),
     )
 }
 TINY_FOR_ROLE = {"generator": "tiny", "inpainter": "tiny-inpaint", "clip": "tiny-clip", "vlm": "tiny-vlm"}
@@ -159,10 +164,23 @@ class Loaded:
 
 
 # -- where weights are ------------------------------------------------------------------------------
+def lpips_folder(spec: ModelSpec, models_dir: Path) -> Path:
+    folder = Path(spec.source).expanduser()
+    return folder if folder.is_absolute() else models_dir / folder
+
+
+def lpips_files(folder: Path) -> tuple[Path, Path]:
+    """(AlexNet backbone, linear weights) in an lpips folder; they may be missing."""
+    backbones = sorted(folder.glob("alexnet*.pth"))
+    return backbones[0] if backbones else folder / "alexnet-owt-7be5be79.pth", folder / "alex.pth"
+
+
 def weights_present(spec: ModelSpec, models_dir: Path) -> bool:
     """True when the spec's weights are on this disk (a folder, or the Hugging Face cache)."""
     if spec.tiny_kind:
         return True
+    if spec.role == "lpips":
+        return all(path.is_file() for path in lpips_files(lpips_folder(spec, models_dir)))
     folder = Path(spec.source).expanduser()
     if folder.is_dir():
         return any((folder / f).is_file() for f in ("model_index.json", "config.json"))
@@ -176,11 +194,21 @@ def weights_present(spec: ModelSpec, models_dir: Path) -> bool:
     return False
 
 
-def how_to_get(spec: ModelSpec) -> str:
+def how_to_get(spec: ModelSpec, models_dir: Path | None = None) -> str:
+    if spec.role == "lpips":
+        return _lpips_missing(spec, lpips_folder(spec, models_dir or Path(".")))
     return (
         f"weights for model {spec.name!r} ({spec.source}) are not on this machine. Download them with "
         f"`hf download {spec.source}` on a machine with network access (or point the spec's source at a "
         "local folder in limner.toml), or use the tiny offline profile (LIMNER_PROFILE=tiny)."
+    )
+
+
+def _lpips_missing(spec: ModelSpec, folder: Path) -> str:
+    return (
+        f"LPIPS weights for {spec.name!r} are not in {folder}: put torchvision's AlexNet checkpoint "
+        "(https://download.pytorch.org/models/alexnet-owt-7be5be79.pth) and the lpips package's "
+        "lpips/weights/v0.1/alex.pth there (README: LPIPS)."
     )
 
 
@@ -253,7 +281,17 @@ class ModelCache:
         """The spec itself when its weights can be loaded; a ToolError saying how to get them otherwise."""
         if spec.tiny_kind or weights_present(spec, self.models_dir) or not self.offline:
             return spec
-        raise ToolError(how_to_get(spec))
+        raise ToolError(how_to_get(spec, self.models_dir))
+
+    def unavailable(self, role: str) -> str | None:
+        """Why the role's model cannot be loaded now, without loading it; None when it can."""
+        try:
+            spec = self.spec_for(role)
+        except ToolError as exc:
+            return str(exc)
+        if spec.tiny_kind or weights_present(spec, self.models_dir):
+            return None
+        return how_to_get(spec, self.models_dir)
 
     def describe(self) -> dict[str, str]:
         """Which model each role will use now; logged at start-up."""
@@ -282,6 +320,8 @@ class ModelCache:
         source = spec.source
         if spec.tiny_kind:
             source = str(ensure_tiny(spec.tiny_kind, self.models_dir))
+        elif spec.role == "lpips":
+            source = str(lpips_folder(spec, self.models_dir))
         elif not weights_present(spec, self.models_dir) and (self.offline or self.profile == "real"):
             raise ToolError(how_to_get(spec))
         device = pick_device(spec)
@@ -328,12 +368,35 @@ def _load_transformers(spec: ModelSpec, source: str, dtype: Any, device: str, of
     return model, processor
 
 
+def _load_lpips(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
+    """LPIPS from the two files in its folder (tools/perceptual.py builds the network)."""
+    import torch
+
+    from tools import perceptual
+
+    backbone, linear = lpips_files(Path(source))  # source is the resolved folder
+    if not (backbone.is_file() and linear.is_file()):
+        raise ToolError(_lpips_missing(spec, Path(source)))
+    try:
+        net = perceptual.build(
+            torch.load(backbone, map_location="cpu", weights_only=True),
+            torch.load(linear, map_location="cpu", weights_only=True),
+        )
+    except Exception as exc:  # a truncated download, another network's checkpoint
+        raise ToolError(
+            f"LPIPS weights in {Path(source)} could not be loaded ({type(exc).__name__}: {exc}); replace "
+            "alexnet-owt-7be5be79.pth and alex.pth with fresh copies (README: LPIPS)."
+        ) from None
+    return net.to(device)
+
+
 _LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
     "generator": _load_diffusers,
     "inpainter": _load_diffusers,
     "editor": _load_diffusers,
     "clip": _load_transformers,
     "vlm": _load_transformers,
+    "lpips": _load_lpips,
 }
 
 

@@ -5,8 +5,8 @@ Plain numpy/OpenCV on uint8 RGB arrays of the same size and boolean masks (True 
 - Preservation (RefineEval's metrics): MSE (grey levels squared, 0..65025), PSNR (dB, capped at 100 for
   identical pixels) and SSIM (Wang et al. 2004 on the grey image: 11x11 Gaussian window, sigma 1.5,
   K1 = 0.01, K2 = 0.03; 1 = identical) inside and outside the edit mask, plus every pixel changed outside
-  it (count, share, bounding box, largest difference). LPIPS is reported only when the `lpips` package and
-  its weights are installed; otherwise it is null.
+  it (count, share, bounding box, largest difference). LPIPS is added on the model worker
+  (tools/perceptual.py) when the `lpips` role's weights are present; otherwise it is null.
 - Foreground integrity (Anywhere's quality control): pixel fidelity inside the foreground mask against the
   original (MSE, PSNR, SSIM), and over-extension: the share of pixels in the band between the object's box
   and that box grown by 30 px that look like a continuation of the object, i.e. whose colour falls in the
@@ -49,8 +49,12 @@ class Preservation(BaseModel):
     changed_outside_box: list[int] | None = Field(
         default=None, description="[x0, y0, x1, y1] (exclusive) around every pixel changed outside the mask."
     )
-    lpips_outside: float | None = Field(default=None, description="LPIPS when its weights are installed.")
-    lpips_inside: float | None = None
+    lpips_outside: float | None = Field(
+        default=None,
+        description="LPIPS (AlexNet, v0.1) outside the mask, the whole image without one: 0 = identical; "
+        "null without its weights (see warnings).",
+    )
+    lpips_inside: float | None = Field(default=None, description="LPIPS inside the mask.")
     passed: bool = Field(description="With a mask: no pixel outside it changed. Without: informational.")
 
 
