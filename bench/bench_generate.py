@@ -7,7 +7,8 @@
     wall minus the server's own denoise timing;
 (b) n=4 in one call against 4 calls of n=1 (ratio);
 (c) first call (load) against warm calls;
-(d) tools/list round trip over stdio (target <= 5 ms p50).
+(d) tools/list round trip over stdio (target <= 5 ms p50), through the SDK's Client; also as a minimal host
+    sends it (one line out, one line back, json.loads), which shows the server's and the pipe's share.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,11 +73,57 @@ def direct_pipeline(models_path: Path):
     return call
 
 
+def raw_round_trips(env: dict[str, str], rounds: int = 300) -> None:
+    """tools/list and the trivial call from a minimal host: a line out, a line back, json.loads; interleaved."""
+    from mcp.types import LATEST_PROTOCOL_VERSION
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=str(REPO),
+    )
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": LATEST_PROTOCOL_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    ids = iter(range(1, 10**9))
+
+    def ask(method: str, params: dict) -> float:
+        started = time.perf_counter()
+        request = {"jsonrpc": "2.0", "id": next(ids), "method": method, "params": {**params, "_meta": meta}}
+        server.stdin.write(json.dumps(request).encode() + b"\n")
+        server.stdin.flush()
+        answer = json.loads(server.stdout.readline())
+        elapsed = (time.perf_counter() - started) * 1000
+        assert answer.get("id") == request["id"] and "result" in answer, answer
+        return elapsed
+
+    try:
+        lists, trivial = [], []
+        for i in range(rounds + 20):
+            listed = ask("tools/list", {})
+            called = ask("tools/call", {"name": "jobs", "arguments": {"action": "list"}})
+            if i >= 20:
+                lists.append(listed)
+                trivial.append(called)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    note = "a minimal host (line out, line back, json.loads): the server's and the pipe's share"
+    emit("tools_list_raw_stdio_p50", p50(lists), "ms", None, note=note)
+    emit("trivial_call_raw_stdio_p50", p50(trivial), "ms", None, note=note)
+
+
 async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home, models_path = Path(tmp) / "home", Path(tmp) / "models"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
         env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", LIMNER_MODELS_PATH=str(models_path))
+        raw_round_trips(env)
         params = StdioServerParameters(
             command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(REPO)
         )
