@@ -125,7 +125,8 @@ class Loop:
         )
         if refined is not None:
             final = refined["image"]["id"]
-            self.made.extend(i for i in (refined.get("mask_id"), refined.get("input_id"), final) if i)
+            masks = (refined.get("mask_id"), refined.get("region_mask_id"))
+            self.made.extend(i for i in (*masks, refined.get("input_id"), final) if i)
             say(f"refined {bbox} of {best} -> {final}")
             again = await self.call(
                 "judge",

@@ -69,7 +69,7 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(
                 description="Image reference of the object's mask (white = object), same size as foreground; "
-                "default: the alpha channel, else an automatic GrabCut cut-out."
+                "default: the alpha channel when it has transparent pixels, else an automatic GrabCut cut-out."
             ),
         ] = None,
         placement: Annotated[
@@ -104,7 +104,8 @@ def register(server: MCPServer) -> None:
 
         With `foreground` (a product photo or cut-out) it makes scenes AROUND that object instead: inside
         the object mask every output pixel equals the input (bit for bit when the object keeps its pixel
-        size), and each candidate reports its over-extension; judge with foreground_mask=mask_id to check.
+        size), and each candidate reports its over-extension; to check, judge the candidates of each placement
+        in one call with foreground_mask=<their mask_id> (one judge call per distinct mask_id).
         """
         app = app_context(ctx)
         if foreground is None and (foreground_mask is not None or scenes is not None or placement != "auto"):

@@ -52,7 +52,10 @@ def register(server: MCPServer) -> None:
         ] = None,
         mask: Annotated[
             str | None,
-            Field(description="Edit mask, same size, white = the edited region (refine_region's mask_id)."),
+            Field(
+                description="Edit mask, same size, white = every pixel the edit may change (refine_region's "
+                "mask_id, not its region_mask_id)."
+            ),
         ] = None,
         foreground_mask: Annotated[
             str | None,

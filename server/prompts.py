@@ -40,8 +40,9 @@ Follow this loop with limner's tools. Tool results are structured JSON; the fiel
    - verdict "pass": done; go to 9.
    - a failed item with next_step.action="refine_region" (a local defect: text, logo, face, hand, one
      object): refine_region(image=best_id, bbox=next_step.bbox, prompt=next_step.prompt or what belongs
-     there). Every pixel outside the region stays bit-identical. Then judge(images=[image.id],
-     prompt=..., original=best_id, mask=mask_id) to confirm the fix and that nothing else changed.
+     there). Every pixel outside its mask_id (the region plus a feathered rim) stays bit-identical. Then
+     judge(images=[image.id], prompt=..., original=best_id, mask=mask_id) to confirm the fix and that
+     nothing else changed.
    - next_step.action="strengthen_prompt" or "regenerate" (wrong subject, wrong layout, most checks failed):
      rewrite the prompt with what was missing and generate again with new seeds.
 8. Round limit: at most {MAX_ROUNDS} rounds of judge -> refine/regenerate. Keep the best-so-far (highest
@@ -121,12 +122,15 @@ The product's own pixels must survive: never regenerate the product itself.
    n={CANDIDATES}, repair=true); scenes=[...] tries several scenes in one call. Each candidate has mask_id (the
    product's mask on the canvas) and over_extension (product drawn beyond itself; flagged above 0.03).
    status="running" -> jobs(action="wait", job_id=job.job_id).
-4. judge(images=[candidates[].id], prompt=<scene prompt>, foreground_mask=<that candidate's mask_id>,
-   questions=[is the product intact, is it resting naturally, the constraints]). A failed foreground
-   item means the product was damaged or over-extended: regenerate (new seeds, or a smaller placement),
-   never refine the product. A failed item elsewhere with next_step.action="refine_region":
-   refine_region(image=best_id, bbox=next_step.bbox, prompt=...) on the background only (keep the box off
-   the product), then judge again with original=best_id and mask=mask_id.
+4. Judge one placement at a time: judge takes one foreground_mask for all its images, and each placement
+   has its own mask_id (candidates placed alike share it). For each distinct mask_id, judge(images=[the
+   ids of the candidates with that mask_id], prompt=<scene prompt>, foreground_mask=<that mask_id>,
+   questions=[is the product intact, is it resting naturally, the constraints]), and compare the calls'
+   best candidates by overall. A failed foreground item means the product was damaged or over-extended:
+   regenerate (new seeds, or a smaller placement), never refine the product. A failed item elsewhere
+   with next_step.action="refine_region": refine_region(image=best_id, bbox=next_step.bbox, prompt=...)
+   on the background only (keep the box off the product), then judge again with original=best_id and
+   mask=<refine_region's mask_id>.
 5. At most {MAX_ROUNDS} rounds; keep the best-so-far and return it when the limit is reached.
 6. remember(text=<prompt, placement, seed, what worked>, kind="generation", image=<final id>).
 7. Answer with the final image id, uri and seed, and the lineage resource limner://images/<id>/lineage."""

@@ -113,9 +113,11 @@ def register(server: MCPServer) -> None:
         generating again. Give the region as a bbox, a mask or scribble points, and a prompt describing
         what belongs there. The region is cropped with a margin, zoomed to the model's resolution, refined,
         and blended back: pixels outside the blend mask are copied from the input unchanged (the result's
-        metrics prove it). Then judge the result again, passing mask_id as the mask. backend='classical'
-        needs no model and removes small blemishes. If the work outlives max_wait_s the result has
-        status='running' and a job_id: call jobs(action='wait', job_id=...).
+        metrics prove it). mask_id is that blend mask (the region plus its feathered rim, every pixel that
+        may change); region_mask_id is the region alone. Then judge the result again with
+        original=input_id and mask=mask_id. backend='classical' needs no model and removes small
+        blemishes. If the work outlives max_wait_s the result has status='running' and a job_id: call
+        jobs(action='wait', job_id=...).
         """
         app = app_context(ctx)
         settings = app.settings

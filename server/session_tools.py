@@ -31,7 +31,7 @@ from tools.session_log import SessionLog
 logger = logging.getLogger("limner.session")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 # lineage fields worth showing an agent, besides the parameters
-LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "scores")
+LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "region_mask_id", "scores")
 
 
 def session_log(app: AppContext) -> SessionLog:

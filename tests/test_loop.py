@@ -164,6 +164,9 @@ async def test_product_scene_renders_with_the_product_and_scene_and_uses_foregro
     assert "img_0123456789abcdef" in text and "on a marble counter" in text and "Acme kettle" in text
     assert set(re.findall(r"\b([a-z_]+)\(", text)) <= tools
     assert "foreground=img_0123456789abcdef" in text and "foreground_mask" in text
+    # judge takes one foreground_mask for all its images, so each placement (mask_id) is judged on its own
+    assert "For each distinct mask_id" in text and "foreground_mask=<that mask_id>" in text
+    assert "that candidate's mask_id" not in text
 
 
 async def test_every_tool_description_names_the_next_step_of_the_loop(settings):
@@ -242,9 +245,12 @@ def test_limner_demo_runs_the_whole_loop_offline_and_its_gallery_shows_every_ima
     entries = [json.loads(line) for line in logs[0].read_text().splitlines()]
     called = [e["tool"] for e in entries]
     assert set(called) >= LOOP_TOOLS and all(e["status"] == "ok" for e in entries)
-    assert (
-        called.index("judge") < called.index("refine_region") < len(called) - 1 - called[::-1].index("judge")
-    )
+    last_judge = len(called) - 1 - called[::-1].index("judge")
+    assert called.index("judge") < called.index("refine_region") < last_judge
+    # judging the refinement against its input with its mask_id finds nothing changed outside that mask
+    refined, rejudged = entries[called.index("refine_region")], entries[last_judge]
+    assert rejudged["arguments"]["mask"] == refined["result"]["mask_id"]
+    assert [j["preservation"]["passed"] for j in rejudged["result"]["judgements"]] == [True]
     page = demo_run.gallery.read_text()
     stored = {p.stem for p in (demo_run.home / "images").glob("img_*.png")}
     assert len(stored) >= 5  # three candidates, the refinement and its mask

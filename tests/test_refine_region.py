@@ -121,7 +121,9 @@ async def test_refine_region_keeps_every_pixel_outside_the_blend_mask_for_a_box_
     input_meta = json.loads((home / "images" / f"{out['input_id']}.json").read_text())
     assert meta["parents"] == [out["input_id"]] and input_meta["params"] == {"source": "path"}
     assert np.array_equal(pixels(str(home / "images" / f"{out['input_id']}.png")), before)
-    assert np.array_equal(pixels(str(home / "images" / f"{out['mask_id']}.png")) > 0, stroke_region > 0)
+    assert np.array_equal(
+        pixels(str(home / "images" / f"{out['region_mask_id']}.png")) > 0, stroke_region > 0
+    )
     assert meta["crop_box"] == out["crop_box"] and meta["metrics"] == out["metrics"]
 
 
@@ -315,6 +317,41 @@ async def test_the_classical_backend_removes_a_painted_defect(settings, home):
     assert mse(fixed) < 0.1 * mse(spoiled)
     assert out["backend"] == "classical" and out["model"].startswith("classical") and out["seed"] is None
     assert not out["tiny"] and "classical" in " ".join(out["notes"])
+
+
+async def test_judge_with_the_refinements_mask_id_finds_nothing_changed_outside_it(settings, home):
+    """The documented loop: refine, then judge(original=input, mask=mask_id) must pass preservation."""
+    before = np.asarray(photo("coffee"))
+    path = save(home, Image.fromarray(before), "coffee.png")
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "refine_region",
+                {"image": path, "prompt": "", "bbox": [200, 120, 260, 170], "backend": "classical"},
+            )
+        )
+        judged = structured(
+            await client.call_tool(
+                "judge",
+                {
+                    "image": out["image"]["id"],
+                    "original": out["input_id"],
+                    "mask": out["mask_id"],
+                    "checks": ["preservation"],
+                },
+            )
+        )
+    kept = judged["judgements"][0]["preservation"]
+    assert kept["passed"] and kept["outside"]["changed_pixels"] == 0, kept
+    assert kept["inside"]["changed_pixels"] > 0
+    after = pixels(out["image"]["path"])
+    editable = pixels(str(home / "images" / f"{out['mask_id']}.png")) > 0
+    assert np.array_equal(after[~editable], before[~editable])
+    region = pixels(str(home / "images" / f"{out['region_mask_id']}.png")) > 0
+    assert np.array_equal(region, mask_of(600, 400, (200, 120, 260, 170)))
+    # the editable mask is the blend's support: the region plus its 8 px feathered rim, no more
+    assert (editable & region).sum() == region.sum() and editable.sum() > region.sum()
+    assert out["metrics"]["blend_pixels"] == int(editable.sum())
 
 
 async def test_one_progress_notification_arrives_per_denoising_step(settings, home):

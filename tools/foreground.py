@@ -1,13 +1,14 @@
 """Foreground-conditioned generation (Anywhere): new scenes around an object whose pixels never change.
 
-1. foreground understanding: the object's mask from `foreground_mask`, else the alpha channel, else GrabCut
-   seeded from the border; its box and area;
+1. foreground understanding: the object's mask from `foreground_mask`, else the alpha channel when it has
+   transparent pixels, else GrabCut seeded from the border; its box and area;
 2. template: the object placed on the canvas by `placement` ({x, y, scale} or auto);
 3. background generation: the inpainter paints everything outside the slightly eroded object mask, per scene
    prompt, n candidates with their own seeds;
 4. object integrity: the object's pixels are composited back last (bit for bit inside the mask), and
    over-extension (object-like pixels in a +-30 px band around its box, flagged above 0.03) is measured;
-   with `repair`, a flagged candidate's spill is repainted (up to 2 rounds) and the best kept.
+   with `repair`, a flagged candidate's spill is repainted (up to 2 rounds; only the repainted region takes
+   new pixels) and the best kept.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tools.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
 AUTO_SCALE = 0.45  # the object's longest side as a share of the canvas's shorter side: room for context
 AUTO_Y = 2 / 3  # centred on the lower third
 EDGE_ERODE = 3  # the inpainter may repaint this thin rim of the object's mask (its pixels come back anyway)
+ALPHA_THRESHOLD = 128  # alpha at or above this is the object
 MIN_OBJECT_SHARE = 0.001
 MAX_OBJECT_SHARE = 0.98
 REPAIR_ROUNDS = 2
@@ -73,8 +75,11 @@ class Template:
 
 # -- 1. foreground understanding -------------------------------------------------------------------------
 def understand(image: Image.Image, mask_image: Image.Image | None) -> ForegroundObject:
-    """Find the object: the given mask, else the alpha channel, else GrabCut from the border."""
+    """Find the object: the given mask, else the alpha channel if it marks some pixels transparent, else
+    GrabCut from the border (an opaque alpha channel, as many product photos saved as RGBA have, marks no
+    background, so it is read as an RGB photo)."""
     rgb = np.asarray(image.convert("RGB"))
+    alpha = np.asarray(image.convert("RGBA"))[..., 3] if _has_alpha(image) else None
     if mask_image is not None:
         if mask_image.size != image.size:
             raise ToolError(
@@ -83,16 +88,17 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
             )
         reading = read_mask(mask_image, "foreground_mask")
         mask, source, how = reading.mask, "foreground_mask", reading.how
-    elif _has_alpha(image):
-        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    elif alpha is not None and (alpha < ALPHA_THRESHOLD).any():
         if not alpha.any():
             raise ToolError(
                 "foreground: its alpha channel is zero everywhere, so there is no object; pass a cut-out whose "
                 "object is opaque, or a foreground_mask."
             )
-        mask, source, how = alpha >= 128, "alpha", f"{image.mode} alpha >= 128"
+        mask, source, how = alpha >= ALPHA_THRESHOLD, "alpha", f"{image.mode} alpha >= {ALPHA_THRESHOLD}"
     else:
         mask, source, how = grabcut(rgb), "grabcut", "GrabCut seeded from a 4% border, 5 iterations"
+        if alpha is not None:
+            how += f" ({image.mode} alpha has no pixel below {ALPHA_THRESHOLD}, so it marks no background)"
     share = float(mask.mean())
     if share < MIN_OBJECT_SHARE:
         raise ToolError(
@@ -273,21 +279,24 @@ def run(
     started = time.perf_counter()
     loaded = loaded_fn()
     timings["load"] = round(time.perf_counter() - started, 4)
-    total = steps * len(scene_jobs)
+    # progress must only grow (MCP): one running count of steps; a repair round adds its steps to the total
+    done, total = 0, steps * len(scene_jobs)
     job.total = total
     made: list[Made] = []
 
-    def paint(i: int, sj: SceneJob, image: np.ndarray, region: np.ndarray, seeds) -> list[np.ndarray]:
-        """Inpaint `region` of `image` for scene job i (its progress counts from step i * steps)."""
+    def paint(sj: SceneJob, image: np.ndarray, region: np.ndarray, seeds) -> list[np.ndarray]:
+        """Inpaint `region` of `image` for scene job `sj`; its progress follows the steps already done."""
+        nonlocal done
         t0 = time.perf_counter()
         outs = _inpaint(
-            loaded, job, sj.prompt, image, region, seeds, steps, guidance, negative_prompt, i * steps, total
+            loaded, job, sj.prompt, image, region, seeds, steps, guidance, negative_prompt, done, total
         )
+        done += steps
         timings["model"] += time.perf_counter() - t0
         return outs
 
-    for i, sj in enumerate(scene_jobs):
-        outs = paint(i, sj, sj.template.rgb, ~erode(sj.template.mask, EDGE_ERODE), sj.seeds)
+    for sj in scene_jobs:
+        outs = paint(sj, sj.template.rgb, ~erode(sj.template.mask, EDGE_ERODE), sj.seeds)
         for seed, generated in zip(sj.seeds, outs, strict=True):
             t0 = time.perf_counter()
             image = composite_object(generated, sj.template)
@@ -301,8 +310,12 @@ def run(
                 region = np.zeros_like(sj.template.mask)
                 region[y0:y1, x0:x1] = True
                 region &= ~dilate(sj.template.mask, 3)
-                (again,) = paint(i, sj, image, region, (seed + 1000 * rounds,))
-                candidate = composite_object(again, sj.template)
+                total += steps
+                job.total = total
+                (again,) = paint(sj, image, region, (seed + 1000 * rounds,))
+                # only the region takes the new pixels: the rest of the pipeline's output went through the
+                # VAE again and would drift from the candidate a little more every round
+                candidate = composite_object(np.where(region[..., None], again, image), sj.template)
                 new_share, new_spill = over_extension(candidate, sj.template)
                 if new_share < share:  # keep the best of the rounds
                     image, share, spill = candidate, new_share, new_spill

@@ -11,6 +11,8 @@ The method (seed paper: RefineAnything, section 3.2), as `focus_and_refine` runs
   5. paste back into a copy of the input: pixels where the blend mask is 0 are never written.
 Then `measure` (tools/refine_pixels.py) verifies it on the output pixels that are stored: changed pixels outside the blend mask,
 MSE and SSIM outside it, MSE inside the region, and a seam score along the region boundary.
+The result's mask_id is that blend mask's support (blend > 0) over the whole image, the set judge should
+treat as edited; region_mask_id is the region itself.
 
 Plain functions: `check_request` and `read_region` validate before any model runs; `run` is the work
 (on the model worker for diffusion backends, on a thread for the classical one).
@@ -176,9 +178,9 @@ def check_request(
             f"at least {math.ceil(1 / strength)} or strength."
         )
     guidance = default_guidance if guidance is None else guidance
-    if guidance < 0:
+    if not math.isfinite(guidance) or guidance < 0:
         raise ToolError(
-            f"guidance: {guidance} is negative; use 0 or more (model default {default_guidance})."
+            f"guidance: {guidance} is not allowed; use 0 or more (model default {default_guidance})."
         )
     if seed is None:
         seed = secrets.randbelow(MAX_SEED)
@@ -439,7 +441,12 @@ class RefineResult(BaseModel):
         default=None, description="The input's store id (stored first if it was not)."
     )
     mask_id: str | None = Field(
-        default=None, description="The region mask as stored; pass it to judge as mask."
+        default=None,
+        description="Every pixel the refinement may change (the blend mask above 0: the region, dilated and "
+        "feathered); pass it to judge as mask. Every pixel outside it is bit-identical to the input.",
+    )
+    region_mask_id: str | None = Field(
+        default=None, description="The region itself (the box with paste_back='bbox'), inside mask_id."
     )
     region_box: list[int] = Field(
         default_factory=list, description="Tight box of the region [x1, y1, x2, y2]."
@@ -512,10 +519,21 @@ def run(
 
     started = time.perf_counter()
     plan = refined.focus
-    mask_id = store.put(
+    x1, y1, x2, y2 = plan.crop_box
+    # judge's preservation check passes only if nothing outside its mask changed, so the mask handed to it
+    # is what step 5 may write (blend > 0), not the region: the feathered rim reaches past the region.
+    editable = np.zeros((height, width), dtype=np.uint8)
+    editable[y1:y2, x1:x2] = (refined.blend > 0).view(np.uint8) * np.uint8(255)
+    region_mask_id = store.put(
         Image.fromarray(mask.astype(np.uint8) * 255),
         tool="mask",
-        params={"for": input_id},
+        params={"for": input_id, "mask": "region"},
+        parents=[input_id],
+    ).id
+    mask_id = store.put(
+        Image.fromarray(editable),
+        tool="mask",
+        params={"for": input_id, "mask": "blend > 0"},
         parents=[input_id],
     ).id
     params = {k: v for k, v in asdict(request).items() if k != "notes"}
@@ -531,6 +549,7 @@ def run(
         "tiny": tiny,
         "seed": request.seed if request.backend != "classical" else None,
         "mask_id": mask_id,
+        "region_mask_id": region_mask_id,
         "mask_read": region.how,
     }
     ref = store.put(output, tool="refine_region", params=params, parents=parents, info=info)
@@ -549,6 +568,7 @@ def run(
         image=ref,
         input_id=input_id,
         mask_id=mask_id,
+        region_mask_id=region_mask_id,
         region_box=list(plan.region_box),
         crop_box=list(plan.crop_box),
         margin_px=plan.margin_px,
@@ -564,6 +584,5 @@ def run(
         notes=notes,
         timings=timings,
     )
-    x1, y1, x2, y2 = plan.crop_box
     previews = [output] if (x2 - x1, y2 - y1) == (width, height) else [output, output.crop(plan.crop_box)]
     return result, previews
