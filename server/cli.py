@@ -10,6 +10,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,17 +133,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def reachable_names(bind: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The names a client may put in the Host header: loopback, the bind address, and for an unspecified bind
+    (0.0.0.0, ::) this machine's host name, FQDN and interface addresses; plus `extra` (allowed_hosts)."""
+    names = {"127.0.0.1", "localhost", "::1", *extra}
+    if bind in ("0.0.0.0", "::", ""):
+        import psutil
+
+        names |= {socket.gethostname(), socket.getfqdn()}
+        for addresses in psutil.net_if_addrs().values():
+            names |= {
+                a.address.split("%")[0] for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6)
+            }
+    else:
+        names.add(bind)
+    return sorted(f"[{n}]" if ":" in n else n for n in names if n)
+
+
 def http_app(server: Any, settings: Settings) -> Any:
     """The streamable HTTP app: DNS-rebinding protection on, and a bearer token when one is set."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-    if not is_loopback(settings.host):
-        hosts.append(f"{settings.host}:*")
-        origins.append(f"http://{settings.host}:*")
+    names = reachable_names(settings.host, settings.allowed_hosts)
     security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")],
     )
     app = server.streamable_http_app(transport_security=security, host=settings.host)
     return BearerAuth(app, settings.token) if settings.token else app

@@ -60,13 +60,28 @@ async def run_on_worker(
 
 
 def job_result(job: Job) -> CallToolResult:
+    """The finished job's tool result. Previews go out with the first delivery only: the images are then
+    let go (they are in the store), so finished jobs kept for `jobs` do not hold full-size pixels."""
     try:
         model, images = job.future.result()
     except JobCancelled:
         raise ToolError(
             f"{job.tool} was cancelled at step {job.step}/{job.total}; nothing was stored."
         ) from None
+    except ToolError:
+        raise
+    except Exception as exc:  # the SDK would send only "Error executing tool ..." and drop the reason
+        raise ToolError(failure(job.tool, exc)) from None
+    job.release_images()
     return to_call_result(model, images)
+
+
+def failure(tool: str, exc: BaseException) -> str:
+    """What an agent can act on when model work raised something unexpected (the traceback is on stderr)."""
+    text = f"{tool} failed: {type(exc).__name__}: {exc}"
+    if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
+        return f"{text}. The model ran out of memory: lower n, width/height or focus_size, and call again."
+    return f"{text}. The server's log (stderr) has the details; nothing was stored."
 
 
 class JobInfo(BaseModel):
@@ -108,8 +123,9 @@ def register(server: MCPServer) -> None:
         """Check, wait for or cancel long model work.
 
         Call this when generate, refine_region or judge answered status='running' with a job_id (work that
-        outlived the server's max_wait_s). action='wait' returns the finished result (the same images and
-        fields a direct call returns) or the progress so far when timeout_s runs out.
+        outlived the server's max_wait_s). action='wait' returns the finished result (the fields a direct call
+        returns, with the previews the first time it is delivered; later the ids and URIs lead to the images)
+        or the progress so far when timeout_s runs out.
         """
         app = app_context(ctx)
         if action == "list":
@@ -118,7 +134,8 @@ def register(server: MCPServer) -> None:
         if not job_id:
             raise ToolError(f"job_id: required for action={action!r}; call jobs(action='list') to see jobs.")
         job = app.worker.get(job_id)
-        job.detached = True  # this request waiting on it must not cancel it when it ends
+        if action == "wait":  # a waiter depends on it now: its first request ending must not cancel it
+            job.detached = True
         if action == "cancel":
             job.cancel()
             await wait_for(job, 10.0)

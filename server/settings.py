@@ -61,6 +61,12 @@ class Settings(BaseModel):
     host: str = Field(default="127.0.0.1", description="HTTP transport bind address.")
     port: int = Field(default=8765, ge=0, le=65535, description="HTTP transport port.")
     token: str | None = Field(default=None, description="Bearer token; required when host is not loopback.")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="More names clients may use to reach the HTTP server (a DNS name, a proxy's host), checked "
+        "against the Host header; loopback, the bind address and, for 0.0.0.0 or ::, this machine's name and "
+        "addresses are always allowed.",
+    )
     log_level: str = Field(default="INFO")
     # memory (chromadb)
     chroma_url: str | None = Field(default=None, description="A chroma server URL to share memory.")
@@ -78,8 +84,14 @@ class Settings(BaseModel):
     searxng_url: str | None = Field(default=None, description="Base URL of a SearXNG instance (JSON API).")
     fetch_allow: tuple[str, ...] = Field(
         default=(),
-        description="Origins (scheme://host:port) the safe fetcher may reach even though they are private; "
-        "used only for the SearXNG API URL.",
+        description="Origins (scheme://host:port) on private addresses that only the SearXNG backend may reach: "
+        "its API and its image proxy. fetch_page, image URLs and other downloads never use this list.",
+    )
+    fetch_intranet_allow: tuple[str, ...] = Field(
+        default=(),
+        description="Origins (scheme://host:port) on private addresses that fetch_page, image URLs and search "
+        "image downloads may reach (an intranet site); empty by default. Any URL an agent passes, and any "
+        "redirect from a public page, may then reach them.",
     )
     fetch_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline for one outbound fetch, all redirects included."
@@ -119,7 +131,7 @@ _ENV_PREFIX = "LIMNER_"
 _SCALAR_FIELDS = {
     name
     for name, field in Settings.model_fields.items()
-    if name not in {"roles", "models", "allowed_dirs", "fetch_allow"}
+    if name not in {"roles", "models", "allowed_dirs", "fetch_allow", "fetch_intranet_allow", "allowed_hosts"}
 }
 
 
@@ -159,8 +171,10 @@ def load_settings(
             values[name] = raw
         elif name == "allowed_dirs":
             values[name] = [p for p in raw.split(os.pathsep) if p]
-        elif name == "fetch_allow":
+        elif name in ("fetch_allow", "fetch_intranet_allow"):
             values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+        elif name == "allowed_hosts":
+            values[name] = [h.strip() for h in raw.split(",") if h.strip()]
         elif name.endswith("_model") and name[: -len("_model")] in DEFAULT_ROLES:
             values.setdefault("roles", {})[name[: -len("_model")]] = raw
 
@@ -168,8 +182,9 @@ def load_settings(
     values.update(flags)
     values["home"] = home
 
+    where = path if path.is_file() else "env/flags"
     # user models extend the presets; roles extend the defaults
-    values["models"] = {**PRESETS, **_named_models(values.get("models", {}))}
+    values["models"] = {**PRESETS, **_named_models(values.get("models", {}), where)}
     values["roles"] = {**DEFAULT_ROLES, **values.get("roles", {})}
     try:
         settings = Settings(**values)
@@ -185,11 +200,22 @@ def load_settings(
     return settings
 
 
-def _named_models(raw: Mapping[str, Any]) -> dict[str, ModelSpec]:
+def _named_models(raw: Any, where: Any) -> dict[str, ModelSpec]:
+    if not isinstance(raw, Mapping):
+        raise SettingsError(
+            f"models (in {where}): expected a table of named models ([models.NAME]), got {raw!r}"
+        )
     out = {}
     for name, spec in raw.items():
         if isinstance(spec, ModelSpec):
             out[name] = spec
-        else:
-            out[name] = ModelSpec(name=name, **spec)
+            continue
+        if not isinstance(spec, Mapping):
+            raise SettingsError(
+                f"models.{name} (in {where}): expected a table with role and source, got {spec!r}"
+            )
+        try:
+            out[name] = ModelSpec(**{**spec, "name": name})
+        except ValidationError as exc:
+            raise SettingsError(f"models.{name} (in {where}): invalid model spec:\n{exc}") from exc
     return out

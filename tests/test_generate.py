@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
+from mcp.server.mcpserver import Context
+from mcp_types import CallToolResult
 from PIL import Image
 
+from server.app import build_server
 from tests.conftest import connect, error_text, structured
 
 pytestmark = pytest.mark.anyio
@@ -96,6 +101,10 @@ async def test_a_cancelled_generation_stops_early_and_the_next_call_works(settin
             tg.start_soon(long_call)
             with anyio.fail_after(60):
                 await first_step.wait()
+            # another call looking at the running job must not take it from the request that owns it
+            (running,) = structured(await client.call_tool("jobs", {"action": "list"}))["jobs"]
+            status = {"action": "status", "job_id": running["job_id"]}
+            assert structured(await client.call_tool("jobs", status))["jobs"][0]["status"] == "running"
             tg.cancel_scope.cancel()
 
         after = structured(await client.call_tool("generate", {"prompt": "a dog", "seed": 2}))
@@ -116,6 +125,10 @@ async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_complete
         out = structured(waited)
         assert out["jobs"][0]["status"] == "done"
         assert sum(1 for c in waited.content if c.type == "image") == 2
+        # delivered once: a later look returns the same result without holding the pixels for previews
+        again = await client.call_tool("jobs", {"action": "status", "job_id": job_id})
+        assert structured(again)["result"] == out["result"]
+        assert not [c for c in again.content if c.type == "image"]
     async with connect(make_settings()) as client:
         direct = structured(await client.call_tool("generate", args))
     assert [c["id"] for c in out["result"]["candidates"]] == [c["id"] for c in direct["candidates"]]
@@ -153,7 +166,7 @@ async def test_bad_arguments_get_a_tool_error_naming_the_field_and_nothing_is_st
         before = stored_files(home)
         for arguments, field in BAD_ARGUMENTS:
             text = error_text(await client.call_tool("generate", arguments))
-            assert field in text, (arguments, text)
+            assert re.search(rf"(^|[\s(]){re.escape(field)}: ", text), (arguments, text)
         assert stored_files(home) == before
         assert (
             structured(await client.call_tool("generate", {"prompt": "still up", "seed": 4}))["status"]
@@ -186,6 +199,57 @@ def save_tiny_lora(models_path: Path, dest: Path) -> None:
     )
     pipe.unet.add_adapter(config)
     StableDiffusionPipeline.save_lora_weights(dest, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+
+
+async def test_a_lora_that_is_absent_or_corrupt_is_a_tool_error_that_says_what_to_do(make_settings, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "pytorch_lora_weights.safetensors").write_bytes(b"not a safetensors file")
+    settings = make_settings()
+    tiny = settings.models["tiny"]
+    specs = {
+        name: type(tiny).model_validate({**tiny.model_dump(), "name": name, "lora": [{"source": source}]})
+        for name, source in (("tiny-absent", str(tmp_path / "nowhere")), ("tiny-corrupt", str(corrupt)))
+    }
+    settings = settings.model_copy(update={"models": {**settings.models, **specs}})
+    async with connect(settings) as client:
+        absent = error_text(await client.call_tool("generate", {"prompt": "a chair", "model": "tiny-absent"}))
+        broken = error_text(
+            await client.call_tool("generate", {"prompt": "a chair", "model": "tiny-corrupt"})
+        )
+        assert (
+            structured(await client.call_tool("generate", {"prompt": "a chair", "steps": 2}))["status"]
+            == "done"
+        )
+    assert f"its LoRA '{tmp_path / 'nowhere'}' could not be loaded" in absent and "Point `source`" in absent
+    assert f"its LoRA '{corrupt}' could not be loaded" in broken and "safetensors" in broken
+
+
+async def test_model_work_that_fails_unexpectedly_is_a_tool_error_with_its_reason(settings):
+    from server.jobs_tools import run_on_worker
+
+    server = build_server(settings)
+
+    async def explode(ctx: Context, oom: bool) -> CallToolResult:
+        """A tool whose model work raises something that is not a ToolError."""
+
+        def work(job):
+            raise RuntimeError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB" if oom else "index 7 is out of bounds"
+            )
+
+        return await run_on_worker(ctx, "explode", "a failing test job", work, lambda handle: handle)
+
+    server.add_tool(explode)
+    async with Client(server) as client:
+        oom = error_text(await client.call_tool("explode", {"oom": True}))
+        other = error_text(await client.call_tool("explode", {"oom": False}))
+        assert (
+            structured(await client.call_tool("generate", {"prompt": "a chair", "steps": 2}))["status"]
+            == "done"
+        )
+    assert "explode failed: RuntimeError: CUDA out of memory" in oom and "lower n" in oom
+    assert "explode failed: RuntimeError: index 7 is out of bounds" in other and "stderr" in other
 
 
 async def test_a_model_spec_with_a_lora_adapter_loads_it_and_changes_the_output(

@@ -324,6 +324,50 @@ async def test_http_transport_requires_the_bearer_token_and_checks_the_host_head
     assert stdout == b"", "the HTTP server wrote to stdout; logs belong on stderr"
 
 
+async def test_a_server_bound_to_every_address_answers_to_this_machines_names_and_no_others(
+    home, models_path
+):
+    import psutil
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--http", "--host", "0.0.0.0", "--port", str(port)]
+    env = server_env(home, models_path, LIMNER_TOKEN="s3cret", LIMNER_ALLOWED_HOSTS="limner.example")
+    proc = subprocess.Popen(cmd + ["--token", "s3cret"], env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+    addresses = [
+        a.address
+        for found in psutil.net_if_addrs().values()
+        for a in found
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Authorization": "Bearer s3cret", "Accept": "application/json, text/event-stream"}
+    try:
+        await wait_for_port(port, proc)
+        async with httpx.AsyncClient() as http:
+
+            async def status(host: str) -> int:
+                url = f"http://127.0.0.1:{port}/mcp"
+                return (
+                    await http.post(url, json=body, headers={**headers, "Host": f"{host}:{port}"})
+                ).status_code
+
+            local = await status("127.0.0.1")
+            assert local not in (401, 403, 421)
+            for name in (socket.gethostname(), "limner.example", *addresses):
+                assert await status(name) == local, name
+            assert await status("evil.example") in (403, 421)
+        if addresses:  # a real client over this machine's own network address
+            import httpx2
+
+            authed = httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret"}, timeout=30)
+            url = f"http://{addresses[0]}:{port}/mcp"
+            async with Client(streamable_http_client(url, http_client=authed)) as client:
+                assert "generate" in {t.name for t in (await client.list_tools()).tools}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
     proc = subprocess.run(
         [
@@ -362,3 +406,56 @@ def test_a_settings_mistake_is_reported_with_its_source(tmp_path):
         load_settings(environ={"LIMNER_HOME": str(tmp_path)})
     with pytest.raises(SettingsError, match="unknown"):
         load_settings(environ={"LIMNER_HOME": str(tmp_path / "x"), "LIMNER_GENERATOR_MODEL": "unknown"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[models.mine]\nrole = "generator"\nsorce = "/m"\n', "models.mine"),  # a misspelt key
+        ('[models.mine]\nrole = "painter"\nsource = "/m"\n', "models.mine"),  # no such role
+        ("models = 3\n", "models"),
+        ('[models]\nmine = "sdxl"\n', "models.mine"),
+    ],
+)
+def test_a_bad_model_spec_in_the_toml_file_is_a_settings_error_naming_it(tmp_path, toml, message):
+    (tmp_path / "limner.toml").write_text(toml)
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings(environ={"LIMNER_HOME": str(tmp_path)})
+    assert "limner.toml" in str(raised.value)
+    # and the command line says so in one line on stderr, not with a traceback
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        capture_output=True,
+        env=server_env(tmp_path),
+        cwd=REPO,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode != 0 and b"Traceback" not in proc.stderr and message.encode() in proc.stderr
+
+
+def test_guidance_must_be_a_finite_number():
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools.generate import check_request
+    from tools.models import PRESETS, ModelCache
+
+    models = ModelCache(PRESETS, {}, "tiny", REPO / "unused")
+    for guidance in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ToolError, match="guidance: "):
+            check_request(
+                prompt="x",
+                negative_prompt=None,
+                width=64,
+                height=64,
+                steps=2,
+                guidance=guidance,
+                seed=1,
+                n=1,
+                model=None,
+                models=models,
+                max_pixels=2**20,
+                max_steps=50,
+                max_batch=8,
+                max_prompt_chars=100,
+            )

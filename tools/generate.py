@@ -8,6 +8,7 @@ candidates and builds the result.
 from __future__ import annotations
 
 import inspect
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -112,9 +113,9 @@ def check_request(
             f"{spec.default_steps})."
         )
     guidance = spec.default_guidance if guidance is None else guidance
-    if guidance < 0:
+    if not math.isfinite(guidance) or guidance < 0:
         raise ToolError(
-            f"guidance: {guidance} is negative; use 0 (off) or more ({spec.default_guidance} suits "
+            f"guidance: {guidance} is not allowed; use 0 (off) or more ({spec.default_guidance} suits "
             f"{spec.name})."
         )
     if not 1 <= n <= max_batch:

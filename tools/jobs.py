@@ -73,6 +73,16 @@ class Job:
         if self.cancel_event.is_set():
             raise JobCancelled(self.id)
 
+    def release_images(self) -> None:
+        """Once delivered, keep the structured result but not the images (model work returns (model, images))."""
+        if self.status != "done" or not (
+            isinstance(self.result, tuple) and len(self.result) == 2 and self.result[1]
+        ):
+            return
+        kept = concurrent.futures.Future()
+        kept.set_result((self.result[0], []))
+        self.result, self.future = (self.result[0], []), kept
+
     # -- called from the event loop ----------------------------------------------------------------
     def cancel(self) -> None:
         self.cancel_event.set()

@@ -342,9 +342,16 @@ def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offli
     except OSError as exc:
         raise ToolError(f"{how_to_get(spec)} ({exc})") from None
     for i, lora in enumerate(spec.lora):
-        pipe.load_lora_weights(
-            lora.source, weight_name=lora.weight_name, adapter_name=f"lora{i}", local_files_only=offline
-        )
+        try:
+            pipe.load_lora_weights(
+                lora.source, weight_name=lora.weight_name, adapter_name=f"lora{i}", local_files_only=offline
+            )
+        except (OSError, ValueError) as exc:  # absent, not a LoRA, or offline without a weight_name
+            raise ToolError(
+                f"model {spec.name!r}: its LoRA {lora.source!r} could not be loaded ({exc}). Point `source` "
+                "at a folder or .safetensors file on this machine (with `weight_name` when the folder holds "
+                "several), or download it with `hf download` where there is network access."
+            ) from None
     if spec.lora:
         pipe.set_adapters([f"lora{i}" for i in range(len(spec.lora))], [lo.scale for lo in spec.lora])
     pipe.set_progress_bar_config(disable=True)
