@@ -331,7 +331,8 @@ class MemoryStore:
     ) -> None:
         """The index first, then chromadb (under the write lock). A crash between leaves index rows that
         point at nothing, and the next open rebuilds the index (the counts differ); a failed chromadb write
-        takes its index rows back at once, since a recall that searches among ids fails on a missing one."""
+        takes its index rows back at once, since a recall that searches among ids falls back to chromadb's
+        slower filtered search when it meets a missing one."""
         if self.terms is not None:
             self.terms.add(
                 _entry(i, text, _memory(i, m)) for i, text, m in zip(ids, texts, metas, strict=True)
@@ -446,10 +447,19 @@ class MemoryStore:
             if len(passing) <= MAX_ID_SEARCH:
                 if not passing:
                     return []
-                found = self.collection.query(
-                    query_embeddings=[vector], n_results=min(n, len(passing)), ids=passing, include=[]
-                )
-                return found["ids"][0]
+                from chromadb.errors import InternalError
+
+                try:
+                    found = self.collection.query(
+                        query_embeddings=[vector], n_results=min(n, len(passing)), ids=passing, include=[]
+                    )
+                    return found["ids"][0]
+                except InternalError as exc:
+                    # chromadb fails the whole search ("Error finding id") when one id is missing, and the
+                    # index runs a moment ahead of chromadb while a remember or forget is under way
+                    logger.info(
+                        "id search among %d ids failed (%s); searching with the filter", len(passing), exc
+                    )
         found = self.collection.query(query_embeddings=[vector], n_results=n, where=filt.where(), include=[])
         return found["ids"][0]
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,26 +68,35 @@ class TermIndex:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS tags_tag ON tags (tag)")  # for `matching`
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN ... COMMIT under the lock. Any failure (disk full, a read-only folder) rolls back: left open,
+        the transaction would make every later BEGIN fail and its half-written rows visible to `keep`."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.rollback()  # a no-op when SQLite already rolled back on its own
+                raise
+
     def add(self, entries: Iterable[Entry]) -> None:
         """Index entries in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._transaction() as db:
             for e in entries:
-                self._db.execute(
+                db.execute(
                     "INSERT OR IGNORE INTO docs VALUES (?, ?, ?, ?)", (e.id, e.kind, e.scope, e.created)
                 )
-                self._db.executemany(
+                db.executemany(
                     "INSERT OR IGNORE INTO postings VALUES (?, ?)", ((t, e.id) for t in set(e.terms))
                 )
-                self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", ((e.id, t) for t in e.tags))
-            self._db.execute("COMMIT")
+                db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", ((e.id, t) for t in e.tags))
 
     def delete(self, ids: Sequence[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._transaction() as db:
             for table in ("docs", "postings", "tags"):
-                self._db.executemany(f"DELETE FROM {table} WHERE id = ?", ((i,) for i in ids))
-            self._db.execute("COMMIT")
+                db.executemany(f"DELETE FROM {table} WHERE id = ?", ((i,) for i in ids))
 
     def lookup(self, term: str, limit: int) -> list[str]:
         """Ids of memories with a word starting with `term` (at most `limit`)."""
@@ -129,11 +139,9 @@ class TermIndex:
             return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
 
     def clear(self) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._transaction() as db:
             for table in ("postings", "docs", "tags"):
-                self._db.execute(f"DELETE FROM {table}")
-            self._db.execute("COMMIT")
+                db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         with self._lock:

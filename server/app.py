@@ -204,11 +204,14 @@ def build_server(settings: Settings) -> MCPServer:
             models=models,
             worker=Worker(),
         )
-        # the one safe outbound fetcher; `fetch` lets image references be http(s) URLs
+        # the safe outbound fetchers, alike but for their allow-lists: `fetcher` for pages, image references
+        # (`fetch` lets them be http(s) URLs) and downloads; `searxng_fetcher` for the SearXNG backend's own
+        # requests only, the one place fetch_allow's private origins are reachable
         limits = FetchLimits(total_s=settings.fetch_timeout_s, max_bytes=settings.fetch_max_bytes)
-        fetcher = SafeFetcher(settings.fetch_allow, limits)
-        context.extras.update(fetcher=fetcher, fetch=fetcher.fetch_image)
-        context.extras.setdefault("closers", []).append(fetcher.close)
+        fetcher = SafeFetcher(settings.fetch_intranet_allow, limits)
+        searxng_fetcher = SafeFetcher(settings.fetch_allow, limits)
+        context.extras.update(fetcher=fetcher, searxng_fetcher=searxng_fetcher, fetch=fetcher.fetch_image)
+        context.extras.setdefault("closers", []).extend([fetcher.close, searxng_fetcher.close])
         try:
             yield context
         finally:

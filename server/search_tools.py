@@ -33,7 +33,7 @@ def service(app: AppContext) -> se.SearchService:
                 "search_backend is 'searxng' but searxng_url is not set; set LIMNER_SEARXNG_URL to the "
                 "instance's base URL (and LIMNER_FETCH_ALLOW to its origin when it runs on a private address)."
             )
-        backend: se.Backend = SearxngBackend(settings.searxng_url, fetcher)
+        backend: se.Backend = SearxngBackend(settings.searxng_url, app.extras["searxng_fetcher"])
     else:
         backend = DdgsBackend()
     return app.extras.setdefault(

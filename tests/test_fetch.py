@@ -7,6 +7,7 @@ ever classified, never contacted.
 from __future__ import annotations
 
 import ssl
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import connect, error_text, structured
-from tests.local_web import LocalWeb, encode, huge_png
+from tests.local_web import LocalWeb, encode, huge_png, searxng_routes
 from tools.fetch import FetchError, FetchLimits, SafeFetcher, is_public_address, refusal_reason
 from tools.images import ImageStore, decode_image, resolve_image
 
@@ -93,7 +94,7 @@ async def test_every_loopback_form_is_refused_end_to_end(make_settings):
                 assert "refused" in text and ("loopback" in text or "unspecified" in text), (url, text)
         assert v4.total_hits == 0 and v6.total_hits == 0
         # the same pages are reachable once their origin is allow-listed: the refusals above were the check
-        async with connect(make_settings(fetch_allow=(v4.base,))) as client:
+        async with connect(make_settings(fetch_intranet_allow=(v4.base,))) as client:
             out = structured(await client.call_tool("fetch_page", {"url": v4.base + "/"}))
             assert "Hello from a local page" in out["text"]
 
@@ -114,17 +115,47 @@ async def test_urls_with_other_schemes_or_credentials_are_refused(settings):
 
 
 async def test_a_redirect_from_the_allow_listed_origin_to_another_loopback_address_is_refused(make_settings):
-    with LocalWeb("127.0.0.2") as searx, LocalWeb("127.0.0.1") as inside:
+    with LocalWeb("127.0.0.2") as intranet, LocalWeb("127.0.0.1") as inside:
         inside.static("/secret", PAGE, "text/html")
-        searx.redirect("/go", f"{inside.base}/secret")
-        searx.static("/page", PAGE, "text/html")
-        searx.redirect("/hop", "/page")
-        async with connect(make_settings(fetch_allow=(searx.base,))) as client:
-            text = error_text(await client.call_tool("fetch_page", {"url": f"{searx.base}/go"}))
+        intranet.redirect("/go", f"{inside.base}/secret")
+        intranet.static("/page", PAGE, "text/html")
+        intranet.redirect("/hop", "/page")
+        async with connect(make_settings(fetch_intranet_allow=(intranet.base,))) as client:
+            text = error_text(await client.call_tool("fetch_page", {"url": f"{intranet.base}/go"}))
             assert "refused" in text and "127.0.0.1" in text
-            out = structured(await client.call_tool("fetch_page", {"url": f"{searx.base}/hop"}))
-            assert out["url"] == f"{searx.base}/page" and "Hello" in out["text"]
-        assert inside.total_hits == 0 and searx.hits["/go"] == 1
+            out = structured(await client.call_tool("fetch_page", {"url": f"{intranet.base}/hop"}))
+            assert out["url"] == f"{intranet.base}/page" and "Hello" in out["text"]
+        assert inside.total_hits == 0 and intranet.hits["/go"] == 1
+
+
+async def test_the_searxng_allow_list_opens_its_origin_to_the_searxng_backend_and_nothing_else(make_settings):
+    photo = encode(Image.fromarray(data.astronaut()), "JPEG")
+    with LocalWeb("127.0.0.2") as searx, LocalWeb("127.0.0.3") as intranet, LocalWeb("127.0.0.1") as inside:
+        proxied = f"{searx.base}/image_proxy?url={quote('https://images.example.org/photo.jpg', safe='')}"
+        searxng_routes(searx, {"photo.jpg": photo},
+                       extra_image_urls=[f"{searx.base}/hop", f"{intranet.base}/into-searx.jpg"])  # fmt: skip
+        searx.static("/page", PAGE, "text/html")
+        searx.redirect("/hop", f"{inside.base}/secret.jpg")
+        inside.static("/secret.jpg", photo, "image/jpeg")
+        intranet.redirect("/into-searx", f"{searx.base}/page")
+        intranet.redirect("/into-searx.jpg", proxied)
+        settings = make_settings(search_backend="searxng", searxng_url=searx.base, fetch_allow=(searx.base,),
+                                 fetch_intranet_allow=(intranet.base,))  # fmt: skip
+        async with connect(settings) as client:
+            # fetch_page never reaches the SearXNG origin: not directly, not through another origin's redirect
+            text = error_text(await client.call_tool("fetch_page", {"url": f"{searx.base}/page"}))
+            assert f"refused URL '{searx.base}/page'" in text and "127.0.0.2 (loopback)" in text
+            text = error_text(await client.call_tool("fetch_page", {"url": f"{intranet.base}/into-searx"}))
+            assert "refused" in text and "127.0.0.2 (loopback)" in text
+            # the backend still reaches its instance: the API and the images its proxy serves, nothing more
+            args = {"query": "astronaut", "kind": "images", "max_results": 5, "download_images": True}
+            out = structured(await client.call_tool("search", args))
+            served, hop, into = out["results"]
+            assert served["image"]["width"] == 512 and out["downloaded"] == 1
+            assert "refused" in hop["download_error"] and "127.0.0.1 (loopback)" in hop["download_error"]
+            assert "refused" in into["download_error"] and "127.0.0.2 (loopback)" in into["download_error"]
+        assert searx.hits["/page"] == 0 and searx.hits["/image_proxy"] == 1 and inside.total_hits == 0
+        assert intranet.hits["/into-searx"] == 1 and intranet.hits["/into-searx.jpg"] == 1
 
 
 def test_the_connection_goes_to_the_checked_address_with_the_name_kept_in_the_host_header():
@@ -218,7 +249,7 @@ async def test_a_page_that_never_finishes_sending_is_cut_off_and_the_server_stay
         web.stall("/stall")
         web.drip("/drip")
         web.static("/ok", PAGE, "text/html")
-        async with connect(make_settings(fetch_allow=(web.base,), fetch_timeout_s=1.0)) as client:
+        async with connect(make_settings(fetch_intranet_allow=(web.base,), fetch_timeout_s=1.0)) as client:
             for path in ("/stall", "/drip"):
                 with anyio.fail_after(5):
                     text = error_text(await client.call_tool("fetch_page", {"url": web.base + path}))

@@ -54,6 +54,37 @@ def test_the_store_is_content_addressed_and_keeps_mode_metadata_and_lineage(stor
     assert np.array_equal(np.asarray(store.open(ref16.id)), np.asarray(sixteen))
 
 
+def test_a_cmyk_jpeg_and_other_modes_png_cannot_hold_are_stored_in_the_nearest_mode_it_can(
+    store, photo, tmp_path
+):
+    cmyk = photo.convert("CMYK")
+    buf = io.BytesIO()
+    cmyk.save(buf, "JPEG")  # product photos often come as CMYK JPEGs
+    decoded = resolve("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), store, tmp_path)
+    assert decoded.image.mode == "CMYK"
+    ref = store.put(decoded.image, tool="test")
+    assert ref.mode == "RGB" and store.meta(ref.id)["mode"] == "RGB"
+    assert np.array_equal(np.asarray(store.open(ref.id)), np.asarray(decoded.image.convert("RGB")))
+    counts = np.arange(64 * 64, dtype=np.int32).reshape(64, 64) * 16
+    nearest = [
+        (photo.convert("YCbCr"), "RGB"),
+        (photo.convert("LAB"), "RGB"),
+        (photo.convert("HSV"), "RGB"),
+        (photo.convert("RGBX"), "RGB"),
+        (photo.convert("RGBa"), "RGBA"),
+        (Image.new("PA", (8, 8)), "RGBA"),
+        (Image.new("La", (8, 8)), "LA"),
+        (Image.fromarray(counts), "I;16"),  # mode I: 32-bit
+        (Image.fromarray(counts.astype(np.float32)), "I;16"),  # mode F
+        (Image.new("I;16L", (8, 8)), "I;16"),
+    ]
+    for image, mode in nearest:
+        ref = store.put(image, tool="test")
+        assert ref.mode == mode and store.open(ref.id).mode == mode, image.mode
+        if image.mode in ("I", "F"):  # values within 16 bits are kept exactly
+            assert np.array_equal(np.asarray(store.open(ref.id)), counts)
+
+
 def test_paths_outside_the_allowed_folders_are_refused(store, tmp_path):
     allowed = tmp_path / "allowed"
     allowed.mkdir()
@@ -121,3 +152,37 @@ def test_previews_are_small_and_keep_alpha_as_webp():
     with Image.open(io.BytesIO(raw)) as img:
         assert img.size == (512, 256) and img.format == "WEBP" and content.mime_type == "image/webp"
     assert len(raw) < 1024 * 1024
+
+
+@pytest.mark.anyio
+async def test_bad_image_references_through_a_tool_name_the_field_and_store_nothing(
+    make_settings, tmp_path, photo
+):
+    from tests.conftest import connect, error_text, structured
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    png = encode_png(photo)
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    (folder / "garbage.png").write_bytes(b"not an image at all" * 10)
+    (folder / "good.png").write_bytes(png)
+    settings = make_settings(allowed_dirs=[str(folder)])
+    refs = {
+        "../../etc/passwd": "outside the allowed folders",
+        str(folder / "truncated.png"): "re-export it",
+        str(folder / "garbage.png"): "re-export it",
+        "data:image/png;base64," + base64.b64encode(png[:200]).decode(): "re-export it",
+        "data:image/png;base64,@@@": "standard base64",
+        str(folder): "is not a file",
+        "~nosuchuser1234/x.png": "not a store id",
+        "abc\x00def.png": "not a store id",
+        "just some words": "not a store id",
+    }
+    images = settings.home / "images"
+    async with connect(settings) as client:
+        for ref, message in refs.items():
+            text = error_text(await client.call_tool("judge", {"image": ref, "checks": ["quality"]}))
+            assert "image: " in text and message in text, (ref, text)
+        assert not images.exists() or not any(images.rglob("*.png"))
+        good = await client.call_tool("judge", {"image": str(folder / "good.png"), "checks": ["quality"]})
+        assert structured(good)["judgements"][0]["width"] == photo.width

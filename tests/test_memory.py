@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import os
 import pwd
@@ -20,10 +22,12 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from PIL import Image
+from skimage import data
 
 from memory_store import Embedder, Filter, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
+from memory_store.terms import Entry
 from tests.conftest import REPO, connect, error_text, server_env, structured
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +139,20 @@ async def test_everything_is_still_there_after_a_server_restart(make_settings, t
         assert (settings.images_dir / f"{second['image_id']}.png").is_file()
 
 
+async def test_a_cmyk_jpeg_attached_to_a_memory_is_stored_as_rgb(settings):
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).convert("CMYK").save(buf, "JPEG")  # as product photos often come
+    image = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    async with connect(settings) as client:
+        text = "Product shot of the kettle, front view"
+        out = structured(
+            await client.call_tool("remember", {"text": text, "kind": "reference", "image": image})
+        )
+    assert out["status"] == "stored" and out["image_id"].startswith("img_")
+    with Image.open(settings.images_dir / f"{out['image_id']}.png") as stored:
+        assert stored.mode == "RGB" and stored.size == (512, 512)
+
+
 async def test_a_memory_acknowledged_over_stdio_survives_sigkill_and_the_folder_has_one_owner(
     home, make_settings
 ):
@@ -225,6 +243,46 @@ def test_a_filter_the_nearest_memories_miss_is_searched_among_the_ids_that_pass(
         assert sorted(m.text for m in store.query(query, 5, Filter(kind="plan"))) == sorted(plans)
     finally:
         store.close()
+
+
+def test_an_index_row_that_chromadb_lacks_does_not_fail_a_filtered_recall(seeded, tmp_path, monkeypatch):
+    from memory_store import store as store_module
+
+    folder = tmp_path / "memory"
+    shutil.copytree(seeded, folder)
+    store = MemoryStore.open_local(folder, Embedder())
+    try:
+        plans = ["Shoot the teapot at dusk on slate", "Ask for the logo as SVG"]
+        store.add_many([{"text": text, "kind": "plan", "scope": "default"} for text in plans])
+        monkeypatch.setattr(store_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 hold no plan: id search
+        # a remember or forget in flight on another thread: the index holds an id chromadb does not
+        assert store.terms is not None
+        store.terms.add([Entry("mem_ffffffffffffffff", ["backdrop"], "plan", "default", (), time.time())])
+        found = store.query("a red carbon road bike frame", 5, Filter(kind="plan"))
+        assert sorted(m.text for m in found) == sorted(plans)
+    finally:
+        store.close()
+
+
+async def test_a_write_that_fails_inside_the_term_index_leaves_later_remembers_working(settings):
+    async with connect(settings) as client:
+        structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        # a statement that fails half-way through the index's transaction, as a full disk would
+        db = sqlite3.connect(settings.memory_dir / "terms.sqlite3")
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON tags WHEN NEW.tag = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        db.close()
+        failed = {"text": "Repaint the backdrop teal", "kind": "plan", "tags": ["boom"]}
+        error_text(await client.call_tool("remember", failed))
+        later = {"text": "Book the studio for Thursday", "kind": "plan"}
+        assert structured(await client.call_tool("remember", later))["status"] == "stored"
+        # the failed memory left nothing behind: remembering it again stores it
+        again = structured(await client.call_tool("remember", {**failed, "tags": ["set"]}))
+        assert again["status"] == "stored" and again["tags"] == ["set"]
+        out = structured(await client.call_tool("recall", {"query": "studio backdrop", "kind": "plan"}))
+    assert sorted(m["text"] for m in out["memories"]) == sorted([failed["text"], later["text"]])
 
 
 def test_the_index_filter_agrees_with_chromadb_and_with_the_metadata_check(tmp_path):

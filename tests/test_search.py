@@ -4,6 +4,7 @@ images) and the ddgs adapter fed the library's own result shapes and exceptions.
 from __future__ import annotations
 
 import json
+import shutil
 
 import ddgs
 import pytest
@@ -161,6 +162,34 @@ async def test_downloaded_images_that_are_html_truncated_bombs_or_too_big_get_a_
             assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
 
 
+async def test_a_cmyk_product_photo_is_downloaded_and_stored_as_rgb_beside_the_others(make_settings):
+    photos = {"product.jpg": encode(Image.fromarray(data.astronaut()).convert("CMYK"), "JPEG"),
+              "coffee.png": encode(Image.fromarray(data.coffee()))}  # fmt: skip
+    with LocalWeb("127.0.0.2") as searx:
+        searxng_routes(searx, photos)
+        settings = make_settings(search_backend="searxng", searxng_url=searx.base, fetch_allow=(searx.base,))
+        async with connect(settings) as client:
+            args = {"query": "kettle", "kind": "images", "max_results": 2, "download_images": True}
+            out = structured(await client.call_tool("search", args))
+    assert out["downloaded"] == 2 and out["note"] is None
+    product, coffee = (r["image"] for r in out["results"])
+    assert product["mode"] == "RGB" and (product["width"], product["height"]) == (512, 512)
+    assert coffee["mode"] == "RGB" and (coffee["width"], coffee["height"]) == (600, 400)
+
+
+async def test_an_image_store_that_fails_costs_each_result_its_image_not_the_whole_search(
+    searx, searx_settings
+):
+    async with connect(searx_settings) as client:
+        shutil.rmtree(searx_settings.images_dir)
+        searx_settings.images_dir.write_bytes(b"")  # the store's folder is gone: every write fails
+        args = {"query": "astronaut", "kind": "images", "max_results": 2, "download_images": True}
+        out = structured(await client.call_tool("search", args))
+        assert out["count"] == 2 and out["downloaded"] == 0 and "2 of 2" in out["note"]
+        assert all("NotADirectoryError" in r["download_error"] for r in out["results"])
+        assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
+
+
 # -- ddgs ------------------------------------------------------------------------------------------------
 class FakeDDGS:
     """The `ddgs.DDGS` interface with the shapes ddgs 9.x returns (see ddgs/results.py); no network."""
@@ -277,7 +306,7 @@ def pages():
 
 
 async def test_fetch_page_extracts_the_main_text_title_and_image_urls(make_settings, pages):
-    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+    async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         out = structured(await client.call_tool("fetch_page", {"url": pages.base + "/short"}))
         assert out["title"] == "The Harbour Bridge reopens" and out["next_start"] is None
         assert "teal with copper rivets" in out["text"] and "Paragraph 2" in out["text"]
@@ -287,7 +316,7 @@ async def test_fetch_page_extracts_the_main_text_title_and_image_urls(make_setti
 
 
 async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(make_settings, pages):
-    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+    async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         parts, start = [], 0
         while start is not None:
             out = structured(await client.call_tool("fetch_page", {"url": pages.base + "/long",
@@ -304,8 +333,20 @@ async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(ma
         assert len(full) == out["total_chars"] and all(f"Paragraph {i}:" in full for i in range(60))
 
 
+async def test_a_configured_byte_limit_below_the_tools_own_caps_bounds_pages_and_the_searxng_api(
+    make_settings, pages, searx
+):
+    settings = make_settings(fetch_intranet_allow=(pages.base,), fetch_max_bytes=1000, search_backend="searxng",
+                             searxng_url=searx.base, fetch_allow=(searx.base,))  # fmt: skip
+    async with connect(settings) as client:
+        text = error_text(await client.call_tool("fetch_page", {"url": pages.base + "/long"}))
+        assert "above the limit of 1000 bytes" in text
+        text = error_text(await client.call_tool("search", {"query": "bridge"}))
+        assert "SearXNG" in text and "the limit of 1000 bytes" in text
+
+
 async def test_fetch_page_refuses_non_html_content_and_bad_arguments(make_settings, pages):
-    async with connect(make_settings(fetch_allow=(pages.base,))) as client:
+    async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         for path, kind in (("/photo.png", "image/png"), ("/doc.pdf", "application/pdf")):
             text = error_text(await client.call_tool("fetch_page", {"url": pages.base + path}))
             assert kind in text and "text/html" in text

@@ -10,8 +10,11 @@ Why each guard exists:
 4. Time, bytes and content type are bounded: a connect timeout, a total deadline checked between chunks (a
    server that never finishes is cut off), a byte limit while streaming, and the media type checked before
    the body is read. Image pixels are checked by the decoder in tools/images.py.
-An explicit allow-list of origins (a self-hosted SearXNG) skips only the address check, and only for URLs on
-exactly that origin; a redirect from it to any other private address is refused like any other.
+An explicit allow-list of origins skips only the address check, and only for URLs on exactly those origins; a
+redirect from one to any other private address is refused like any other. Each fetcher has its own list: the
+server gives the SearXNG backend one with `fetch_allow` (a self-hosted instance on a private address), and
+everything else (fetch_page, image references, other downloads) one with `fetch_intranet_allow`, empty unless
+the operator opts in.
 """
 
 from __future__ import annotations
@@ -261,9 +264,11 @@ class SafeFetcher:
         max_bytes: int | None = None,
         raise_for_status: bool = True,
     ) -> Fetched:
-        """GET `url` within the limits; `accept` lists allowed media-type prefixes (checked on 2xx only)."""
+        """GET `url` within the limits; `accept` lists allowed media-type prefixes (checked on 2xx only).
+
+        `max_bytes` can only lower the configured byte limit, never raise it."""
         limits = self.limits
-        max_bytes = max_bytes or limits.max_bytes
+        max_bytes = min(max_bytes or limits.max_bytes, limits.max_bytes)
         deadline = time.monotonic() + limits.total_s
         current = url
         for _hop in range(limits.max_redirects + 1):

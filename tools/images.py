@@ -75,7 +75,12 @@ class ImageStore:
         parents: Sequence[str] = (),
         info: dict[str, Any] | None = None,
     ) -> ImageRef:
-        """Store `image` losslessly; the same pixels always get the same id (first metadata kept)."""
+        """Store `image` losslessly; the same pixels always get the same id (first metadata kept).
+
+        Modes PNG cannot hold (a CMYK product photo, YCbCr, LAB, 32-bit or float) are stored converted to
+        the nearest one it can (`_png_storable`); the returned ref's mode says which.
+        """
+        image = _png_storable(image)
         data = encode_png(image)
         image_id = "img_" + hashlib.sha256(data).hexdigest()[:16]
         png = self.png_path(image_id)
@@ -208,10 +213,9 @@ def resolve_image(
             return Resolved(_decode(data, field, store.max_pixels), None, "data")
 
     # 4. a file inside the allowed folders
-    path = Path(ref).expanduser()
     try:
-        real = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+        real = Path(ref).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # absent, ~nosuchuser, an embedded NUL byte
         raise ToolError(
             f"{field}: {ref!r} is not a store id, limner:// URI, data URI, URL or existing file path."
         ) from None
@@ -222,7 +226,7 @@ def resolve_image(
             "copy the file into one of them or add its folder to LIMNER_ALLOWED_DIRS."
         )
     if not real.is_file():
-        raise ToolError(f"{field}: {ref!r} is not a file.")
+        raise ToolError(f"{field}: {ref!r} is not a file; pass the path of an image file (PNG, JPEG, WebP).")
     return Resolved(_decode(real.read_bytes(), field, store.max_pixels), None, "path")
 
 
@@ -233,7 +237,10 @@ def _b64(payload: str, field: str) -> bytes:
             return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise ToolError(f"{field}: the base64 payload is malformed.") from None
+        raise ToolError(
+            f"{field}: the base64 payload is malformed; encode the whole file as standard base64 "
+            "(data:image/png;base64,...) or pass a file path or store id instead."
+        ) from None
 
 
 def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
@@ -256,12 +263,31 @@ def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ToolError(f"{field}: image is too large to decode safely (decompression bomb guard).") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ToolError(f"{field}: the image data is corrupt or truncated or not an image ({exc}).") from None
+        raise ToolError(
+            f"{field}: the image data is corrupt or truncated or not an image ({exc}); re-export it as PNG "
+            "or JPEG and pass it again."
+        ) from None
     transposed = ImageOps.exif_transpose(img)
     return transposed if transposed is not None else img
 
 
 # -- encoding ---------------------------------------------------------------------------------------
+# Modes Pillow writes to PNG as they are; the others go to the nearest one, alpha kept.
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"})
+_PNG_NEAREST = {"La": "LA", "PA": "RGBA", "RGBa": "RGBA", "I;16L": "I;16", "I;16N": "I;16", "I": "I;16"}
+
+
+def _png_storable(image: Image.Image) -> Image.Image:
+    """`image` in a mode PNG can hold: CMYK, YCbCr, LAB, HSV, RGBX become RGB; 32-bit and float become
+    16-bit (PNG's deepest: values clipped to 0..65535, fractions dropped); premultiplied or palette alpha
+    becomes plain alpha."""
+    if image.mode in _PNG_MODES:
+        return image
+    if image.mode == "F":  # Pillow's F -> I;16 clips at 255; through I it keeps 16 bits
+        image = image.convert("I")
+    return image.convert(_PNG_NEAREST.get(image.mode, "RGB"))
+
+
 def encode_png(image: Image.Image) -> bytes:
     """Lossless, deterministic PNG bytes (no timestamps), so equal pixels hash equal."""
     buf = io.BytesIO()

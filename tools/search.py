@@ -9,6 +9,7 @@ threads (`anyio.to_thread.run_sync`), never on the event loop or the model worke
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import OrderedDict, deque
@@ -31,6 +32,8 @@ MAX_RESULTS = 50
 MAX_DOWNLOADS = 20
 MAX_QUERY_CHARS = 500
 _REGION = re.compile(r"^[a-z]{2}-[a-z]{2}$")
+
+logger = logging.getLogger("limner.search")
 
 
 class SearchHit(BaseModel):
@@ -134,6 +137,11 @@ class Backend(Protocol):
     name: str
 
     def search(self, request: SearchRequest) -> list[SearchHit]: ...
+
+    def own_fetcher(self, url: str) -> SafeFetcher | None:
+        """The backend's own fetcher for an image it serves itself (SearXNG's image proxy), else None: every
+        other image URL goes through the server's ordinary fetcher."""
+        ...
 
 
 # -- the service: limiter, cache, downloads ---------------------------------------------------------
@@ -245,6 +253,10 @@ class SearchService:
                 except ToolError as exc:  # FetchError included: refused, too big, not an image, corrupt
                     error = error or str(exc)
                     continue
+                except Exception as exc:  # a full disk, a bug: this result fails, never the whole search
+                    logger.exception("search result %d: fetching or storing %s failed", i, url)
+                    error = error or f"fetching or storing {url} failed ({type(exc).__name__}: {exc})"
+                    continue
                 hits[i] = hit.model_copy(update={"image": ref, "image_from": label})
                 images[i] = image
                 return
@@ -265,9 +277,8 @@ class SearchService:
 
     def _fetch_and_store(self, request: SearchRequest, hit: SearchHit, url: str, index: int):
         """Blocking: fetch through the safe fetcher, decode with the pixel guard, store with its source."""
-        image = decode_image(
-            self.fetcher.fetch_image(url), f"results[{index}].image_url", self.store.max_pixels
-        )
+        fetcher = self.backend.own_fetcher(url) or self.fetcher
+        image = decode_image(fetcher.fetch_image(url), f"results[{index}].image_url", self.store.max_pixels)
         ref = self.store.put(
             image,
             tool="search",

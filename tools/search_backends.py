@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from tools.fetch import FetchError, SafeFetcher
+import httpx
+
+from tools.fetch import FetchError, SafeFetcher, origin_of
 from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest
 
 
@@ -34,6 +36,9 @@ class DdgsBackend:
     def __init__(self, factory: Callable[..., Any] | None = None, timeout: int = 10) -> None:
         self.factory = factory
         self.timeout = timeout
+
+    def own_fetcher(self, url: str) -> SafeFetcher | None:
+        return None  # ddgs results link to the public web only
 
     def search(self, request: SearchRequest) -> list[SearchHit]:
         from ddgs import DDGS
@@ -92,7 +97,11 @@ class DdgsBackend:
 
 
 class SearxngBackend:
-    """A SearXNG instance's JSON API (`/search?format=json`), reached through the safe fetcher."""
+    """A SearXNG instance's JSON API (`/search?format=json`), reached through the safe fetcher.
+
+    `fetcher` is the server's one fetcher whose allow-list (`fetch_allow`) may admit the instance's private
+    address; it serves the API and the images on the instance's own origin (its image proxy), nothing else.
+    """
 
     name = "searxng"
     MAX_PAGES = 5
@@ -100,6 +109,12 @@ class SearxngBackend:
     def __init__(self, base_url: str, fetcher: SafeFetcher) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.fetcher = fetcher
+
+    def own_fetcher(self, url: str) -> SafeFetcher | None:
+        try:
+            return self.fetcher if origin_of(url) == origin_of(self.base_url) else None
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            return None  # the ordinary fetcher refuses a malformed URL with a clear message
 
     def search(self, request: SearchRequest) -> list[SearchHit]:
         hits: dict[tuple[str, str | None], SearchHit] = {}  # engines repeat results across pages
