@@ -98,9 +98,10 @@ def register(server: MCPServer) -> None:
 
         Call it after you have the facts the model lacks (search, recall), with n=3..4 candidates, then
         call judge on the candidate ids to rank them and learn what to fix. Each candidate comes back with
-        an id (pass it to judge / refine_region), its seed (pass it back to reproduce it exactly) and a
-        preview. Progress is reported per denoising step. If the work outlives the server's max_wait_s the
-        result has status='running' and a job_id: call jobs(action='wait', job_id=...) for the images.
+        an id (pass it to judge / refine_region), its seed (n=1 with it remakes the image up to rounding)
+        and a preview. Progress is reported per denoising step. If the work outlives the server's
+        max_wait_s the result has status='running' and a job_id: call jobs(action='wait', job_id=...) for
+        the images.
 
         With `foreground` (a product photo or cut-out) it makes scenes AROUND that object instead: inside
         the object mask every output pixel equals the input (bit for bit when the object keeps its pixel

@@ -477,3 +477,63 @@ async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_complete
     result = out["result"]
     assert result["status"] == "done" and result["metrics"]["changed_outside_blend"] == 0
     assert_bit_exact(result, np.asarray(photo("astronaut", 96)), mask_of(96, 96, (20, 20, 50, 50)))
+
+
+class FakeQwenImageEditPlus:
+    """Stands in for QwenImageEditPlusPipeline (its weights cannot exist here): the same call signature,
+    records what it is given, and returns the crop unchanged as a float array, as output_type='np' does."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(
+        self,
+        image=None,
+        prompt=None,
+        negative_prompt=None,
+        true_cfg_scale=4.0,
+        height=None,
+        width=None,
+        num_inference_steps=50,
+        generator=None,
+        output_type="pil",
+        callback_on_step_end=None,
+    ):
+        self.calls.append({"image": image, "prompt": prompt, "height": height, "width": width})
+        for step in range(num_inference_steps):
+            callback_on_step_end(self, step, None, {})
+
+        class Out:
+            images = [np.asarray(image[0], dtype=np.float32) / 255.0]
+
+        return Out()
+
+
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_an_editor_without_a_mask_input_gets_crop_reference_and_mask_as_refineanything_does(with_reference):
+    from tools.jobs import Job
+    from tools.refine_region import RefineRequest, diffusion_refiner
+
+    crop = data.astronaut()[100:164, 200:296]
+    mask = np.zeros(crop.shape[:2], np.uint8)
+    mask[10:40, 20:70] = 255
+    reference = Image.fromarray(data.coffee()).resize((64, 48))
+    request = RefineRequest(
+        prompt="a sharp logo", backend="editor", model="qwen-image-edit", margin=64, focus=True,
+        focus_size=64, size_factor=16, steps=3, strength=1.0, guidance=4.0, seed=1, blend_dilate=7,
+        blend_blur=11, paste_back="mask",
+    )  # fmt: skip
+    pipe = FakeQwenImageEditPlus()
+    job = Job(id="job_1", tool="refine_region", description="test")
+    out = diffusion_refiner(pipe, request, job, reference if with_reference else None)(crop, mask)
+    (call,) = pipe.calls
+    images = call["image"]
+    assert len(images) == (3 if with_reference else 2)  # X = [I_c, I_ref, M_c]
+    assert np.array_equal(np.asarray(images[0]), crop)
+    if with_reference:
+        assert images[1].size == reference.size
+    cue = np.asarray(images[-1])
+    assert cue.shape == crop.shape and set(np.unique(cue)) == {0, 255}
+    assert np.array_equal(cue[..., 0] > 0, mask > 0)
+    assert (call["height"], call["width"]) == mask.shape and job.step == 3
+    assert out.shape == crop.shape

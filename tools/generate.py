@@ -40,7 +40,10 @@ class GenerateRequest:
 
 class Candidate(ImageRef):
     index: int = Field(description="Position in this call's batch (0-based).")
-    seed: int = Field(description="Seed of this candidate; pass it back to reproduce it exactly.")
+    seed: int = Field(
+        description="Seed of this candidate. The same call (seed, n, every parameter) gives the same pixels; "
+        "n=1 with this seed remakes it up to rounding (batched maths round slightly differently)."
+    )
     # foreground-conditioned candidates only
     scene: str | None = Field(default=None, description="The scene prompt this candidate was painted with.")
     placement: dict[str, float] | None = Field(

@@ -388,9 +388,10 @@ def diffusion_refiner(
 ) -> Refiner:
     """A diffusers inpainting or editing pipeline; one progress report per denoising step.
 
-    Inpainters (AutoPipelineForInpainting) get image + mask_image. Editors get image = [crop, reference]
-    when a reference is given (QwenImageEditPlusPipeline's multi-image input) and the mask when the
-    pipeline takes one; the blend mask protects the background either way.
+    Inpainters (AutoPipelineForInpainting) get image + mask_image. Editors without a mask input
+    (QwenImageEditPlusPipeline's multi-image input) get RefineAnything's X = [I_c, I_ref, M_c]: the crop, the
+    reference when given, and the crop's mask as a white-on-black image, the spatial cue its LoRA was
+    trained on. The blend mask protects the background either way.
     """
     from tools.generate import step_callback
 
@@ -407,9 +408,14 @@ def diffusion_refiner(
         h, w = mask.shape
         crop = Image.fromarray(rgb)
         total = max(1, int(request.steps * request.strength)) if "strength" in params else request.steps
+        if "mask_image" in params:
+            image: Any = crop
+        else:  # the mask travels as the last image
+            cue = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8)).convert("RGB")
+            image = [crop, *([reference.convert("RGB")] if reference is not None else []), cue]
         kwargs: dict[str, Any] = {
             "prompt": request.prompt,
-            "image": [crop, reference.convert("RGB")] if reference is not None else crop,
+            "image": image,
             "height": h,
             "width": w,
             "num_inference_steps": request.steps,
