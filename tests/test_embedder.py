@@ -145,3 +145,55 @@ def test_a_store_from_chromadbs_defaults_is_tuned_on_open_and_keeps_its_memories
         assert [m.id for m in store.query("Velotrix titanium frame", 1)] == [kept]
     finally:
         store.close()
+
+
+# -- any sentence-transformers model: the plain path where it computes the same vectors, the library elsewhere
+def saved_model(folder: Path, pooling: str, dense: int | None = None) -> Path:
+    """A sentence-transformers model saved by the installed library (its file layout), on MiniLM's weights."""
+    from sentence_transformers import SentenceTransformer, models
+
+    base = models.Transformer(embedder_module.resolve_source("all-MiniLM-L6-v2"))
+    modules = [base, models.Pooling(384, pooling_mode=pooling)]  # MiniLM's 384 dimensions
+    modules.append(models.Dense(384, dense) if dense else models.Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return folder
+
+
+def library_vectors(folder: Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    return model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+
+
+@pytest.mark.parametrize(
+    ("pooling", "dense", "runtime"),
+    [
+        ("cls", None, "torch"),  # CLS pooling: the old reader took every folder saved by v5+ as mean
+        ("max", None, "torch"),
+        ("mean", None, "torch"),
+        ("weightedmean", None, "sentence-transformers"),  # not computed here: the library runs it
+        ("mean", 32, "sentence-transformers"),  # a Dense layer after pooling
+    ],
+)
+def test_every_sentence_transformers_recipe_gives_the_librarys_own_vectors(tmp_path, pooling, dense, runtime):
+    folder = saved_model(tmp_path / "model", pooling, dense)
+    embedder = Embedder(str(folder), runtime="torch")
+    vectors = embedder.embed(TEXTS)
+    assert embedder.active_runtime == runtime and embedder.dim == (dense or 384)
+    assert np.allclose(vectors, library_vectors(folder), atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_hub_id_in_the_local_cache_is_read_from_its_snapshot(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--acme--tiny-embed"
+    saved_model(repo / "snapshots" / "0123abcd", "cls")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    embedder = Embedder("acme/tiny-embed", runtime="torch")
+    assert np.allclose(embedder.embed(TEXTS), library_vectors(repo / "snapshots" / "0123abcd"), atol=1e-5)
+    with pytest.raises(EmbedderError, match="acme/not-cached"):
+        Embedder("acme/not-cached", runtime="torch").embed(["x"])
