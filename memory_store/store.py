@@ -40,6 +40,8 @@ COLLECTION = "limner_memory"
 RRF_K = 60  # the usual RRF constant: flattens the head of each ranking
 VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
 TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
+TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
+TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
 MAX_TERMS = 8
 FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
 MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pass than this
@@ -476,23 +478,32 @@ class MemoryStore:
     def _term_hits(self, terms: list[str], filt: Filter | None) -> list[tuple[str, list[str]]]:
         """For each term, the ids of memories with a word starting with it (more than TERM_CAP: common)."""
         if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
-            out = []
-            for term in terms:
-                found = self.collection.get(
-                    where=None if filt is None else filt.where(),
-                    where_document={"$contains": term},
-                    limit=TERM_CAP + 1,
-                    include=["documents"],
-                )
-                starts_word = re.compile(r"(?<!\w)" + re.escape(term))
-                docs = zip(found["ids"], found["documents"], strict=True)
-                out.append((term, [i for i, doc in docs if starts_word.search(doc)]))
-            return out
+            return [(term, self._server_term_hits(term, filt)) for term in terms]
         hits = [(term, self.terms.lookup(term, TERM_CAP + 1)) for term in terms]
         if filt is not None:  # the filter applies to the few ids the words found
             kept = self._keep(list({i for _, ids in hits if len(ids) <= TERM_CAP for i in ids}), filt)
             hits = [(t, ids if len(ids) > TERM_CAP else [i for i in ids if i in kept]) for t, ids in hits]
         return hits
+
+    def _server_term_hits(self, term: str, filt: Filter | None) -> list[str]:
+        """Ids of memories with a word starting with `term`, from a chroma server's substring search. Matches
+        inside words ("ann" in "planning") can outnumber the word starts, so the substring matches are read in
+        pages until more than TERM_CAP word starts are found or none are left (TERM_SCAN at most)."""
+        starts_word = re.compile(r"(?<!\w)" + re.escape(term))
+        ids: list[str] = []
+        for offset in range(0, TERM_SCAN, TERM_PAGE):
+            found = self.collection.get(
+                where=None if filt is None else filt.where(),
+                where_document={"$contains": term},
+                limit=TERM_PAGE,
+                offset=offset,
+                include=["documents"],
+            )
+            docs = zip(found["ids"], found["documents"], strict=True)
+            ids += [i for i, doc in docs if starts_word.search(doc)]
+            if len(ids) > TERM_CAP or len(found["ids"]) < TERM_PAGE:
+                return ids
+        return ids + [""] * (TERM_CAP + 1 - len(ids))  # unsettled after TERM_SCAN: common, by its length
 
     def _fetch(
         self, ids: list[str], vector: np.ndarray, fused: dict[str, float], matched: dict[str, list[str]]

@@ -522,6 +522,15 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
             gone = structured(await second.call_tool("forget", {"ids": [stored["id"]]}))
             assert gone["removed"] == 1
             assert structured(await first.call_tool("recall", {"query": "Velotrix"}))["memories"] == []
+            # a name whose letters sit inside many other words ("ann" in "planning") is still found by its
+            # word start: the substring matches are read past the first TERM_CAP + 1
+            for i in range(60):
+                text = f"Campaign {i}: the planning channel wants banner {i} checked by the scanner"
+                structured(await first.call_tool("remember", {"text": text, "kind": "plan"}))
+            rare_fact = {"text": "Ann Lee signs off every logo change.", "kind": "fact"}
+            rare = structured(await first.call_tool("remember", rare_fact))
+            out = structured(await second.call_tool("recall", {"query": "Ann", "k": 3}))
+            assert out["memories"][0]["id"] == rare["id"] and "ann" in out["memories"][0]["matched_terms"]
         assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
     finally:
         process.terminate()
