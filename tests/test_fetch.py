@@ -257,3 +257,38 @@ async def test_a_page_that_never_finishes_sending_is_cut_off_and_the_server_stay
             assert (
                 "Hello" in structured(await client.call_tool("fetch_page", {"url": web.base + "/ok"}))["text"]
             )
+
+
+def test_a_compressed_body_is_decoded_within_the_byte_limit():
+    import gzip
+    import tracemalloc
+    import zlib
+
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    bodies = {
+        "/gzip.html": (gzip.compress(PAGE), "gzip"),
+        "/deflate.html": (zlib.compress(PAGE), "deflate"),
+        "/raw-deflate.html": (raw_deflate.compress(PAGE) + raw_deflate.flush(), "deflate"),
+        "/bomb.html": (gzip.compress(b"\0" * (40 * 2**20)), "gzip"),  # 40 KB on the wire, 40 MB decoded
+        "/corrupt.html": (gzip.compress(PAGE)[:-12] + b"garbage!garb", "gzip"),
+        "/brotli.html": (b"\x1b\x10\x00", "br"),
+    }
+    with LocalWeb("127.0.0.2") as web:
+        for path, (body, coding) in bodies.items():
+            web.static(path, body, "text/html", **{"Content-Encoding": coding})
+        fetcher = SafeFetcher(allow=(web.base,), limits=FetchLimits(max_bytes=2**20))
+        for path in ("/gzip.html", "/deflate.html", "/raw-deflate.html"):
+            assert fetcher.fetch_page(web.base + path).data == PAGE, path
+        tracemalloc.start()
+        try:
+            with pytest.raises(FetchError, match="more than the limit of 1048576 bytes"):
+                fetcher.fetch_page(web.base + "/bomb.html")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 2**20, peak  # decoding the whole chunk first held all 40 MB at once
+        with pytest.raises(FetchError, match="corrupt gzip body"):
+            fetcher.fetch_page(web.base + "/corrupt.html")
+        with pytest.raises(FetchError, match="does not decode"):
+            fetcher.fetch_page(web.base + "/brotli.html")
+        fetcher.close()
