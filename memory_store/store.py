@@ -405,7 +405,7 @@ class MemoryStore:
         term_score: dict[str, float] = {}
         matched: dict[str, list[str]] = {}
         for term, ids in self._term_hits(query_terms(text), filt):
-            if not ids or len(ids) > TERM_CAP:
+            if not ids:  # none, or common (None)
                 continue
             weight = math.log(1 + total / max(len(ids), 1))
             for mem_id in ids:
@@ -475,20 +475,23 @@ class MemoryStore:
         found = self.collection.get(ids=ids, include=["metadatas"])
         return {i for i, m in zip(found["ids"], found["metadatas"], strict=True) if filt.matches(m)}
 
-    def _term_hits(self, terms: list[str], filt: Filter | None) -> list[tuple[str, list[str]]]:
-        """For each term, the ids of memories with a word starting with it (more than TERM_CAP: common)."""
+    def _term_hits(self, terms: list[str], filt: Filter | None) -> list[tuple[str, list[str] | None]]:
+        """For each term, the ids of memories with a word starting with it; None when more than TERM_CAP
+        have one (a common term, left to the vector ranking)."""
         if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
             return [(term, self._server_term_hits(term, filt)) for term in terms]
-        hits = [(term, self.terms.lookup(term, TERM_CAP + 1)) for term in terms]
+        found = [(term, self.terms.lookup(term, TERM_CAP + 1)) for term in terms]
+        hits = [(term, ids if len(ids) <= TERM_CAP else None) for term, ids in found]
         if filt is not None:  # the filter applies to the few ids the words found
-            kept = self._keep(list({i for _, ids in hits if len(ids) <= TERM_CAP for i in ids}), filt)
-            hits = [(t, ids if len(ids) > TERM_CAP else [i for i in ids if i in kept]) for t, ids in hits]
+            kept = self._keep(list({i for _, ids in hits for i in ids or ()}), filt)
+            hits = [(t, None if ids is None else [i for i in ids if i in kept]) for t, ids in hits]
         return hits
 
-    def _server_term_hits(self, term: str, filt: Filter | None) -> list[str]:
-        """Ids of memories with a word starting with `term`, from a chroma server's substring search. Matches
-        inside words ("ann" in "planning") can outnumber the word starts, so the substring matches are read in
-        pages until more than TERM_CAP word starts are found or none are left (TERM_SCAN at most)."""
+    def _server_term_hits(self, term: str, filt: Filter | None) -> list[str] | None:
+        """Ids of memories with a word starting with `term`, from a chroma server's substring search (None:
+        common). Matches inside words ("ann" in "planning") can outnumber the word starts, so the substring
+        matches are read in pages until more than TERM_CAP word starts are found or none are left; a term
+        still unsettled after TERM_SCAN substring matches counts as common."""
         starts_word = re.compile(r"(?<!\w)" + re.escape(term))
         ids: list[str] = []
         for offset in range(0, TERM_SCAN, TERM_PAGE):
@@ -501,9 +504,11 @@ class MemoryStore:
             )
             docs = zip(found["ids"], found["documents"], strict=True)
             ids += [i for i, doc in docs if starts_word.search(doc)]
-            if len(ids) > TERM_CAP or len(found["ids"]) < TERM_PAGE:
+            if len(ids) > TERM_CAP:
+                return None
+            if len(found["ids"]) < TERM_PAGE:
                 return ids
-        return ids + [""] * (TERM_CAP + 1 - len(ids))  # unsettled after TERM_SCAN: common, by its length
+        return None
 
     def _fetch(
         self, ids: list[str], vector: np.ndarray, fused: dict[str, float], matched: dict[str, list[str]]

@@ -171,10 +171,8 @@ def load_settings(
             values[name] = raw
         elif name == "allowed_dirs":
             values[name] = [p for p in raw.split(os.pathsep) if p]
-        elif name in ("fetch_allow", "fetch_intranet_allow"):
+        elif name in ("fetch_allow", "fetch_intranet_allow", "allowed_hosts"):
             values[name] = [p.strip() for p in raw.split(",") if p.strip()]
-        elif name == "allowed_hosts":
-            values[name] = [h.strip() for h in raw.split(",") if h.strip()]
         elif name.endswith("_model") and name[: -len("_model")] in DEFAULT_ROLES:
             values.setdefault("roles", {})[name[: -len("_model")]] = raw
 

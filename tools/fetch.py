@@ -413,21 +413,22 @@ def _inflater(url: str, encoding: str) -> Callable[[bytes, int], Iterator[bytes]
             f"{url!r} sent its body encoded as {encoding!r}, which the fetcher does not decode; use another "
             "source for it."
         )
-    state = {"decoder": zlib.decompressobj(zlib.MAX_WBITS | 32), "fresh": True}  # a gzip or zlib header
+    decoder, fresh = zlib.decompressobj(zlib.MAX_WBITS | 32), True  # a gzip or zlib header
 
     def inflate(data: bytes, room: int) -> Iterator[bytes]:
+        nonlocal decoder, fresh
         try:
             try:
-                out = state["decoder"].decompress(data, room)
+                out = decoder.decompress(data, room)
             except zlib.error:
-                if not (state["fresh"] and codings == ["deflate"]):
+                if not (fresh and codings == ["deflate"]):
                     raise
-                state["decoder"] = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate sent without its zlib header
-                out = state["decoder"].decompress(data, room)
-            state["fresh"] = False
+                decoder = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate sent without its zlib header
+                out = decoder.decompress(data, room)
+            fresh = False
             yield out
-            while state["decoder"].unconsumed_tail:
-                yield state["decoder"].decompress(state["decoder"].unconsumed_tail, room)
+            while decoder.unconsumed_tail:
+                yield decoder.decompress(decoder.unconsumed_tail, room)
         except zlib.error as exc:
             raise FetchError(f"{url!r} sent a corrupt {codings[0]} body ({exc}); retry later.") from None
 

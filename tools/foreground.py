@@ -79,7 +79,7 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
     GrabCut from the border (an opaque alpha channel, as many product photos saved as RGBA have, marks no
     background, so it is read as an RGB photo)."""
     rgb = np.asarray(image.convert("RGB"))
-    alpha = np.asarray(image.convert("RGBA"))[..., 3] if _has_alpha(image) else None
+    alpha = np.asarray(image.convert("RGBA"))[..., 3] if mask_image is None and _has_alpha(image) else None
     if mask_image is not None:
         if mask_image.size != image.size:
             raise ToolError(
