@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,19 @@ def test_paths_outside_the_allowed_folders_are_refused(store, tmp_path):
     allowed.mkdir()
     outside = tmp_path / "secret.png"
     outside.write_bytes(encode_png(Image.new("RGB", (8, 8))))
-    for ref in ("../../etc/passwd", "/etc/passwd", str(outside), str(allowed / ".." / "secret.png")):
-        with pytest.raises(ToolError, match="image: .*(outside the allowed folders|not a store id)"):
+    refs = [
+        "../../etc/passwd",
+        "/etc/passwd",
+        str(outside),
+        str(allowed / ".." / "secret.png"),
+        os.path.relpath(outside),  # relative to wherever the server was started
+        str(tmp_path / "absent.png"),
+    ]
+    for ref in refs:  # the same answer whether or not the file exists: no probing outside the folders
+        with pytest.raises(ToolError, match="image: .*not a store id.*outside the allowed folders"):
             resolve(ref, store, allowed)
+    with pytest.raises(ToolError, match="no file at"):
+        resolve(str(allowed / "absent.png"), store, allowed)
 
 
 def test_a_symlink_out_of_the_allowed_folder_is_refused(store, tmp_path):
@@ -166,9 +177,12 @@ async def test_bad_image_references_through_a_tool_name_the_field_and_store_noth
     (folder / "truncated.png").write_bytes(png[: len(png) // 2])
     (folder / "garbage.png").write_bytes(b"not an image at all" * 10)
     (folder / "good.png").write_bytes(png)
+    (tmp_path / "outside.png").write_bytes(png)
     settings = make_settings(allowed_dirs=[str(folder)])
     refs = {
         "../../etc/passwd": "outside the allowed folders",
+        os.path.relpath(tmp_path / "outside.png"): "outside the allowed folders",
+        str(folder / "absent.png"): "no file at",
         str(folder / "truncated.png"): "re-export it",
         str(folder / "garbage.png"): "re-export it",
         "data:image/png;base64," + base64.b64encode(png[:200]).decode(): "re-export it",

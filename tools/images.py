@@ -212,19 +212,23 @@ def resolve_image(
         if data.startswith(_IMAGE_MAGIC):
             return Resolved(_decode(data, field, store.max_pixels), None, "data")
 
-    # 4. a file inside the allowed folders
+    # 4. a file inside the allowed folders. The folder check comes first, so a path outside them
+    # gets the same answer whether or not something exists there (no probing of the disk).
+    not_a_reference = (
+        f"{field}: {ref!r} is not a store id, limner:// URI, data URI, URL or existing file path"
+    )
     try:
-        real = Path(ref).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):  # absent, ~nosuchuser, an embedded NUL byte
-        raise ToolError(
-            f"{field}: {ref!r} is not a store id, limner:// URI, data URI, URL or existing file path."
-        ) from None
+        real = Path(ref).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # ~nosuchuser, an embedded NUL byte
+        raise ToolError(not_a_reference + ".") from None
     if not any(real.is_relative_to(d) for d in readable_dirs):
         allowed = ", ".join(str(d) for d in readable_dirs)
         raise ToolError(
-            f"{field}: path {ref!r} is outside the allowed folders ({allowed}); "
-            "copy the file into one of them or add its folder to LIMNER_ALLOWED_DIRS."
+            f"{not_a_reference}; read as a path it is outside the allowed folders ({allowed}). Copy the "
+            "file into one of them or add its folder to LIMNER_ALLOWED_DIRS."
         )
+    if not real.exists():
+        raise ToolError(not_a_reference + f"; no file at {str(real)!r}.")
     if not real.is_file():
         raise ToolError(f"{field}: {ref!r} is not a file; pass the path of an image file (PNG, JPEG, WebP).")
     return Resolved(_decode(real.read_bytes(), field, store.max_pixels), None, "path")
