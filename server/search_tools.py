@@ -81,8 +81,8 @@ def register(server: MCPServer) -> None:
         released last month, a landmark's current look, a logo, a person's outfit). Use kind='images' with
         download_images=true to keep reference images: each comes back with an id to pass to generate,
         judge or refine_region. Read a promising page with fetch_page; remember the facts you will use. The
-        same query within a few minutes answers from a cache (cached=true). Errors say whether and when to
-        retry.
+        same query within a few minutes answers from a cache (cached=true) and tries again only the image
+        downloads that failed. Errors say whether and when to retry.
         """
         app = app_context(ctx)
         request = se.check_request(

@@ -188,6 +188,17 @@ async def test_an_image_store_that_fails_costs_each_result_its_image_not_the_who
         assert out["count"] == 2 and out["downloaded"] == 0 and "2 of 2" in out["note"]
         assert all("NotADirectoryError" in r["download_error"] for r in out["results"])
         assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
+        # the failures are not kept: the same search, once the store is back, downloads from the cached results
+        searx_settings.images_dir.unlink()
+        searx_settings.images_dir.mkdir()
+        asked = searx.hits["/search"]
+        again = await client.call_tool("search", args)
+        out = structured(again)
+        assert out["cached"] is True and searx.hits["/search"] == asked  # the backend is not asked again
+        assert out["downloaded"] == 2 and out["note"] is None
+        assert all(r["image"] and r["download_error"] is None for r in out["results"])
+        assert len([c for c in again.content if c.type == "image"]) == 2
+        assert len(list(searx_settings.images_dir.glob("*.png"))) == 2
 
 
 # -- ddgs ------------------------------------------------------------------------------------------------

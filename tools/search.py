@@ -167,6 +167,11 @@ class TTLCache:
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
 
+    def update(self, key: Any, value: Any) -> None:
+        """Replace a live entry's value; it keeps its expiry."""
+        if key in self._items:
+            self._items[key] = (self._items[key][0], value)
+
 
 class SearchService:
     """One per server process: the backend, a sliding-window limiter, the cache and image downloads."""
@@ -190,6 +195,10 @@ class SearchService:
     async def search(self, request: SearchRequest) -> tuple[SearchResult, list[Image.Image]]:
         key = request.cache_key(self.backend.name)
         if (hit := self.cache.get(key)) is not None:
+            if request.download_images and hit.downloaded < hit.count:
+                # the results are reused, but downloads that failed (a host down, a full disk) are tried again
+                hit, _ = await self._download(request, hit)
+                self.cache.update(key, hit)
             images = await anyio.to_thread.run_sync(self._stored_images, hit) if hit.downloaded else []
             return hit.model_copy(update={"cached": True}), images
         self._admit()
@@ -257,22 +266,24 @@ class SearchService:
                     logger.exception("search result %d: fetching or storing %s failed", i, url)
                     error = error or f"fetching or storing {url} failed ({type(exc).__name__}: {exc})"
                     continue
-                hits[i] = hit.model_copy(update={"image": ref, "image_from": label})
+                hits[i] = hit.model_copy(update={"image": ref, "image_from": label, "download_error": None})
                 images[i] = image
                 return
             hits[i] = hit.model_copy(update={"download_error": error or "the result has no image URL"})
 
         async with anyio.create_task_group() as tg:
             for i, hit in enumerate(hits):
-                tg.start_soon(one, i, hit)
-        failed = len(hits) - len(images)
+                if hit.image is None:  # on a cached result, only the ones that failed before
+                    tg.start_soon(one, i, hit)
+        downloaded = sum(h.image is not None for h in hits)
+        failed = len(hits) - downloaded
         note = None
         if failed:
             note = (
                 f"{failed} of {len(hits)} images could not be downloaded; see download_error per result "
                 "(search again or pick other results for more references)."
             )
-        updated = result.model_copy(update={"results": hits, "downloaded": len(images), "note": note})
+        updated = result.model_copy(update={"results": hits, "downloaded": downloaded, "note": note})
         return updated, [images[i] for i in sorted(images)]
 
     def _fetch_and_store(self, request: SearchRequest, hit: SearchHit, url: str, index: int):
