@@ -85,6 +85,22 @@ def test_a_clean_photograph_passes_every_quality_check():
         )
 
 
+def test_flat_graphics_and_pixel_doubled_photographs_are_no_jpeg_grid():
+    box = np.full((256, 256, 3), 240, np.uint8)
+    box[64:192, 16:48] = (200, 30, 30)  # both vertical edges fall on the same 8-px phase
+    moon = np.stack([data.moon()] * 3, axis=-1)  # scikit-image's own 2x nearest-upscaled photograph
+    doubled = [
+        cv2.resize(photo(n), None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
+        for n in PHOTOS
+        for k in (2, 4)
+    ]
+    for pixels in (box, np.full((64, 64, 3), 128, np.uint8), moon, *doubled):
+        blockiness = quality(pixels).blockiness
+        assert blockiness.raw < 1.1 and blockiness.passed, blockiness
+    for name in PHOTOS:  # while a real grid still fails
+        assert not quality(jpeg(photo(name, 512), 10)).blockiness.passed
+
+
 def _request(tmp_path, questions):
     image = Image.fromarray(photo("coffee", 128))
     return jd.check_request(
