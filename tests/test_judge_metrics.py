@@ -177,6 +177,12 @@ def test_a_failed_question_is_localised_on_the_grid_crop_the_tiny_clip_matches_b
     for question in questions:
         text = clip_embed_texts(clip, [question])[0][0]
         assert found[question] == boxes[int((crops @ text).argmax())]
+    for size in ((1, 40), (40, 1), (1, 1), (3, 2)):  # images a pixel thin still localise, on real crops
+        thin = image.resize(size)
+        assert all(
+            x1 > x0 and y1 > y0 and x1 <= size[0] and y1 <= size[1] for x0, y0, x1, y1 in grid_boxes(*size)
+        )
+        assert set(localise(clip, thin, questions)) == set(questions)
 
 
 def test_preservation_computed_around_the_changes_equals_the_whole_image_computation():

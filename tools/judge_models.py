@@ -126,10 +126,11 @@ def vlm_working_copy(image: Image.Image, processor: Any) -> Image.Image:
 def grid_boxes(width: int, height: int) -> list[list[int]]:
     """3x3 overlapping crops of half the image each (stride a quarter): where a question is localised."""
     boxes = []
+    side_x, side_y = max(1, width // 2), max(1, height // 2)  # a 1-px image still gets non-empty crops
     for gy in range(3):
         for gx in range(3):
             x0, y0 = gx * width // 4, gy * height // 4
-            boxes.append([x0, y0, x0 + width // 2, y0 + height // 2])
+            boxes.append([x0, y0, x0 + side_x, y0 + side_y])
     return boxes
 
 
