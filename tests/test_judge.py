@@ -244,6 +244,27 @@ async def test_an_edit_inside_the_mask_shows_no_change_outside_and_one_changed_p
     assert found["items"][0]["next_step"]["bbox"] == [60, 40, 140, 100]
 
 
+async def test_a_change_only_in_alpha_or_in_the_low_bits_of_a_16_bit_image_is_still_found(settings):
+    mask = np.zeros((128, 128), bool)
+    mask[40:100, 30:90] = True
+    rgba = np.dstack([photo("astronaut"), np.full((128, 128), 255, np.uint8)])
+    erased = rgba.copy()
+    erased[5:15, 5:15, 3] = 0  # 100 pixels outside the mask made transparent, their colour kept
+    deep = photo("astronaut")[..., 0].astype(np.uint16) * 257
+    nudged = deep.copy()
+    nudged[110:128, 100:120] ^= 1  # 360 pixels outside, only the lowest of 16 bits
+    cases = [(rgba, erased, 100, [5, 5, 15, 15]), (deep, nudged, 360, [100, 110, 120, 128])]
+    async with connect(settings) as client:
+        for original, image, count, box in cases:
+            args = {"original": data_uri(original), "mask": mask_uri(mask), "checks": ["preservation"]}
+            same = structured(await client.call_tool("judge", {"image": data_uri(original), **args}))
+            assert same["judgements"][0]["preservation"]["passed"]
+            found = structured(await client.call_tool("judge", {"image": data_uri(image), **args}))
+            kept = found["judgements"][0]["preservation"]
+            assert kept["outside"]["changed_pixels"] == count and kept["changed_outside_box"] == box
+            assert not kept["passed"] and found["judgements"][0]["verdict"] == "fix"
+
+
 def composite() -> tuple[np.ndarray, np.ndarray]:
     """A square crop of the coffee photo placed on the astronaut photo, and its foreground mask."""
     background = photo("astronaut", 320)[:240, :320].copy()

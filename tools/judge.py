@@ -120,6 +120,7 @@ class JudgeRequest:
     min_alignment: float
     reference: Image.Image | None = None
     original: Any = None
+    original_image: Image.Image | None = None  # as given: alpha and bit depth, for hidden_changes
     mask: Any = None  # bool array, True = edited region
     mask_box: list[int] | None = None
     foreground_mask: Any = None
@@ -239,6 +240,7 @@ def check_request(
             )
     if original is not None:
         request.original = qual.to_array(original.image)
+        request.original_image = original.image
     if mask is not None:
         request.mask = read_mask(mask.image, "mask").mask
         box = tight_bbox(request.mask)
@@ -254,12 +256,13 @@ def check_request(
 def model_free(request: JudgeRequest) -> list[dict[str, Any]]:
     """Quality, preservation and foreground integrity of every image (no model)."""
     out = []
-    for arr in request.arrays:
+    for arr, given in zip(request.arrays, request.images, strict=True):
         found: dict[str, Any] = {}
         if "quality" in request.checks:
             found["quality"] = qual.quality(arr)
         if "preservation" in request.checks:
-            found["preservation"] = pres.preservation(arr, request.original, request.mask)
+            hidden = pres.hidden_changes(given.image, request.original_image)
+            found["preservation"] = pres.preservation(arr, request.original, request.mask, hidden)
         if "foreground" in request.checks:
             found["foreground"] = pres.foreground_integrity(arr, request.foreground_mask, request.original)
         out.append(found)

@@ -5,7 +5,8 @@ Plain numpy/OpenCV on uint8 RGB arrays of the same size and boolean masks (True 
 - Preservation (RefineEval's metrics): MSE (grey levels squared, 0..65025), PSNR (dB, capped at 100 for
   identical pixels) and SSIM (Wang et al. 2004 on the grey image: 11x11 Gaussian window, sigma 1.5,
   K1 = 0.01, K2 = 0.03; 1 = identical) inside and outside the edit mask, plus every pixel changed outside
-  it (count, share, bounding box, largest difference). LPIPS is added on the model worker
+  it (count, share, bounding box, largest difference). The metrics see 8-bit RGB; the count also sees
+  alpha and the low bits of 16-bit images (`hidden_changes`), so no changed pixel goes unreported. LPIPS is added on the model worker
   (tools/perceptual.py) when the `lpips` role's weights are present; otherwise it is null.
 - Foreground integrity (Anywhere's quality control): pixel fidelity inside the foreground mask against the
   original (MSE, PSNR, SSIM), and over-extension: the share of pixels in the band between the object's box
@@ -19,6 +20,7 @@ import math
 
 import cv2
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
@@ -108,6 +110,21 @@ def _differences(image: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, n
     return delta, cv2.max(cv2.max(b, g), r)  # OpenCV's per-channel ops beat numpy's strided reductions
 
 
+def hidden_changes(image: Image.Image, original: Image.Image) -> np.ndarray | None:
+    """Pixels that changed where 8-bit RGB cannot see it: in alpha, or below the top 8 bits of a 16-bit
+    or 32-bit image. None when neither image carries alpha or more than 8 bits (nothing is hidden)."""
+    deep = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+    if image.mode in deep and original.mode in deep:
+        kind = "F" if "F" in (image.mode, original.mode) else "I"
+        a, b = np.asarray(image.convert(kind)), np.asarray(original.convert(kind))
+    elif any(im.has_transparency_data for im in (image, original)):
+        a, b = np.asarray(image.convert("RGBA")), np.asarray(original.convert("RGBA"))
+    else:
+        return None
+    moved = a != b
+    return moved.any(axis=-1) if moved.ndim == 3 else moved
+
+
 def _region_stats(
     image: np.ndarray, original: np.ndarray, delta: np.ndarray, diff: np.ndarray, region: np.ndarray | None
 ) -> tuple[RegionStats, list[int] | None]:
@@ -161,12 +178,17 @@ def _region_stats(
     return stats, box
 
 
-def preservation(image: np.ndarray, original: np.ndarray, mask: np.ndarray | None) -> Preservation:
+def preservation(
+    image: np.ndarray, original: np.ndarray, mask: np.ndarray | None, hidden: np.ndarray | None = None
+) -> Preservation:
     """How much of `original` survived in `image`; `mask` (True = edited region) splits inside/outside.
+    `hidden` (see hidden_changes) adds the pixels whose change 8-bit RGB does not show to the counts.
 
     Each region's metrics see only that region's changes (the other region is taken from the original),
     so an untouched outside scores exactly MSE 0 and SSIM 1 however much the inside changed."""
     delta, diff = _differences(image, original)
+    if hidden is not None:  # a difference of at least 1 where only alpha or the low bits moved
+        diff = cv2.max(diff, hidden.view(np.uint8))
     if mask is None:
         outside, changed_box = _region_stats(image, original, delta, diff, None)
         return Preservation(
