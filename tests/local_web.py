@@ -125,6 +125,31 @@ class LocalWeb:
 
         self.routes[path] = handler
 
+    def drip_headers(self, path: str) -> None:
+        """The status line and headers a byte every 20 ms, never ending: the body is never reached."""
+
+        def handler(req: BaseHTTPRequestHandler, q: dict) -> None:
+            req.close_connection = True
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + b"X-Pad: " + b"a" * 10**6
+            for byte in head:
+                if self.release.wait(0.02):
+                    return
+                req.wfile.write(bytes([byte]))
+                req.wfile.flush()
+
+        self.routes[path] = handler
+
+    def processing(self, path: str) -> None:
+        """`102 Processing` every 100 ms for ever: informational answers, never the final one."""
+
+        def handler(req: BaseHTTPRequestHandler, q: dict) -> None:
+            req.close_connection = True
+            while not self.release.wait(0.1):
+                req.wfile.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+                req.wfile.flush()
+
+        self.routes[path] = handler
+
     def endless(self, path: str, content_type: str = "image/png") -> None:
         """64 KiB chunks until the client hangs up, with no Content-Length."""
 

@@ -248,9 +248,11 @@ async def test_a_page_that_never_finishes_sending_is_cut_off_and_the_server_stay
     with LocalWeb("127.0.0.2") as web:
         web.stall("/stall")
         web.drip("/drip")
+        web.drip_headers("/drip-headers")
+        web.processing("/processing")
         web.static("/ok", PAGE, "text/html")
         async with connect(make_settings(fetch_intranet_allow=(web.base,), fetch_timeout_s=1.0)) as client:
-            for path in ("/stall", "/drip"):
+            for path in ("/stall", "/drip", "/drip-headers", "/processing"):
                 with anyio.fail_after(5):
                     text = error_text(await client.call_tool("fetch_page", {"url": web.base + path}))
                 assert "did not finish within 1 s" in text and "retry" in text

@@ -7,9 +7,10 @@ Why each guard exists:
    is refused whole. The connection then goes to the checked IP (Host header and TLS SNI keep the name), so a
    DNS answer that changes between check and connect (rebinding) cannot steer it.
 3. Redirects are followed by hand, at most `max_redirects`, and each hop is checked again.
-4. Time, bytes and content type are bounded: a connect timeout, a total deadline checked between chunks (a
-   server that never finishes is cut off), a byte limit while streaming, and the media type checked before
-   the body is read. Image pixels are checked by the decoder in tools/images.py.
+4. Time, bytes and content type are bounded: a connect timeout, a total deadline that every socket read and
+   write is held to (`_DeadlineBackend`: headers dripped a byte at a time or endless `102 Processing` are
+   cut off like a body that never finishes), a byte limit while streaming, and the media type checked
+   before the body is read. Image pixels are checked by the decoder in tools/images.py.
 An explicit allow-list of origins skips only the address check, and only for URLs on exactly those origins; a
 redirect from one to any other private address is refused like any other. Each fetcher has its own list: the
 server gives the SearXNG backend one with `fetch_allow` (a self-hosted instance on a private address), and
@@ -24,11 +25,13 @@ import logging
 import re
 import socket
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -188,6 +191,62 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+# -- the total deadline, down at the sockets ------------------------------------------------------------
+# httpx bounds each read, not a whole request: a server that drips its headers a byte at a time, or sends
+# `102 Processing` for ever, is never cut off. Every socket read and write of a fetch is therefore given at
+# most the time left until that fetch's deadline, which `SafeFetcher.get` sets for its own thread (a fetch
+# runs on one thread, and keep-alive is off, so a connection never serves two fetches).
+_deadline = threading.local()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def _left(self, timeout: float | None, error: type[Exception]) -> float | None:
+        at = getattr(_deadline, "at", None)
+        if at is None:
+            return timeout
+        left = at - time.monotonic()
+        if left <= 0:
+            raise error("the fetch's total time limit has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> _DeadlineStream:
+        left = self._left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return _DeadlineStream(super().connect_tcp(host, port, timeout, local_address, socket_options))
+
+
+def _deadline_transport(verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:
+    """httpx's own transport (its request mapping and error types) on a pool whose sockets keep the
+    deadline. httpx 0.28 takes no network backend, so its pool is rebuilt with the same TLS context."""
+    transport = httpx.HTTPTransport(verify=verify, trust_env=False)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=transport._pool._ssl_context,
+        max_connections=100,  # httpx's default
+        max_keepalive_connections=0,  # connections are keyed by IP; an https one must never serve another name
+        network_backend=_DeadlineBackend(),
+    )
+    return transport
+
+
 class SafeFetcher:
     """Blocking GETs with every guard above; call it from a thread (`anyio.to_thread.run_sync`)."""
 
@@ -202,12 +261,12 @@ class SafeFetcher:
         self.allow = frozenset(origin_of(a.rstrip("/")) for a in allow)
         self.limits = limits or FetchLimits()
         self.resolver = resolver
-        # Keep-alive off: connections are keyed by IP, and an https connection must never serve another name.
         self._client = httpx.Client(
-            verify=verify,
+            transport=_deadline_transport(
+                verify
+            ),  # keep-alive off, every socket operation held to the deadline
             trust_env=False,  # a proxy from the environment would connect on our behalf, unchecked
             follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
         )
 
@@ -271,6 +330,16 @@ class SafeFetcher:
         limits = self.limits
         max_bytes = min(max_bytes or limits.max_bytes, limits.max_bytes)
         deadline = time.monotonic() + limits.total_s
+        _deadline.at = deadline
+        try:
+            return self._get(url, accept, max_bytes, deadline, raise_for_status)
+        finally:
+            _deadline.at = None
+
+    def _get(
+        self, url: str, accept: Sequence[str], max_bytes: int, deadline: float, raise_for_status: bool
+    ) -> Fetched:
+        limits = self.limits
         current = url
         for _hop in range(limits.max_redirects + 1):
             target = self.check(current)
