@@ -200,15 +200,19 @@ def searxng_routes(web: LocalWeb, images: dict[str, bytes], extra_image_urls: Se
 
     Image results link through the instance's own `/image_proxy` (SearXNG's image_proxy feature); each URL
     in `extra_image_urls` is returned as a plain `img_src`. The returned dict can be changed by the test:
-    `status` (answer every search with it) and `retry_after` (a Retry-After header with it).
+    `status` (answer every search with it), `retry_after` (a Retry-After header with it) and `body` (answer
+    every search with these bytes instead of results).
     """
-    state: dict[str, Any] = {"status": 200, "retry_after": None}
+    state: dict[str, Any] = {"status": 200, "retry_after": None, "body": None}
     proxied = {f"https://images.example.org/{name}": data for name, data in images.items()}
 
     def search(req: BaseHTTPRequestHandler, q: dict) -> None:
         if state["status"] != 200:
             headers = {"Retry-After": str(state["retry_after"])} if state["retry_after"] else {}
             send(req, state["status"], b'{"error": "busy"}', "application/json", headers)
+            return
+        if state["body"] is not None:
+            send(req, 200, state["body"], "application/json")
             return
         query, category = q.get("q", [""])[0], q.get("categories", ["general"])[0]
         page = int(q.get("pageno", ["1"])[0])

@@ -117,6 +117,16 @@ async def test_a_json_api_switched_off_is_an_error_that_says_not_to_retry(searx,
         assert "search.formats" in text and "Retrying will not help" in text
 
 
+async def test_answers_that_are_not_searxng_json_are_a_clear_error(searx, searx_settings):
+    async with connect(searx_settings) as client:
+        for i, body in enumerate([b'{"results": null}', b'{"results": {"a": 1}}', b"[1, 2]", b"<html>"]):
+            searx.state.update(body=body)
+            text = error_text(await client.call_tool("search", {"query": f"odd {i}"}))
+            assert "not its JSON format" in text and "Retrying will not help" in text, text
+        searx.state.update(body=None)
+        assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
+
+
 async def test_bad_search_input_gets_clear_errors_and_the_server_stays_up(searx, searx_settings):
     bad = [
         ({"query": ""}, "query: empty"),

@@ -166,9 +166,9 @@ class SearxngBackend:
         try:
             results = json.loads(got.data).get("results", [])
         except (ValueError, AttributeError):
-            raise BackendError(
-                "SearXNG answered something that is not its JSON format", retry_after=None
-            ) from None
+            results = None
+        if results is None or not isinstance(results, list):  # {"results": null} too
+            raise BackendError("SearXNG answered something that is not its JSON format", retry_after=None)
         return [r for r in results if isinstance(r, dict)]
 
     def _hit(self, kind: str, r: dict[str, Any]) -> SearchHit:
