@@ -1,7 +1,8 @@
 """The session: a log of every tool call (middleware), the lineage and session-log resources, the gallery.
 
 Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
-`AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` and rewrites the
+`AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` (first refusing, for
+every tool at once, arguments that hold a lone UTF-16 surrogate: valid JSON, but no text) and rewrites the
 session's gallery (`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
 transport serves the live page at `/gallery` (behind the same bearer token as /mcp) and earlier sessions'
 pages at `/gallery/<session>`.
@@ -19,7 +20,7 @@ import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, TextContent
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
@@ -68,23 +69,57 @@ class SessionLogMiddleware:
         arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
         started, clock = time.time(), time.perf_counter()
         log = session_log(app)
-        try:
-            result = await call_next(ctx)
-        except BaseException as exc:
-            log.record(
-                tool, arguments, started, time.perf_counter() - clock, error=f"{type(exc).__name__}: {exc}"
+        if (field := unpaired_surrogate(arguments)) is not None:
+            # JSON can carry "\ud800", which no tool, store or log can encode: one answer for every tool
+            result: HandlerResult = CallToolResult(
+                content=[
+                    TextContent(
+                        text=f"Error executing tool {tool}: {field}: holds a lone UTF-16 surrogate (an unpaired "
+                        "\\ud800-\\udfff escape), which is not text; send valid Unicode."
+                    )
+                ],
+                is_error=True,
             )
-            raise
+        else:
+            try:
+                result = await call_next(ctx)
+            except BaseException as exc:
+                _record(log, tool, arguments, started, clock, error=f"{type(exc).__name__}: {exc}")
+                raise
         structured, is_error = unpack(result)
-        entry = log.record(
-            tool, arguments, started, time.perf_counter() - clock, result=structured, is_error=is_error
-        )
-        if entry.inputs or entry.outputs or tool == "judge":
+        entry = _record(log, tool, arguments, started, clock, result=structured, is_error=is_error)
+        if entry is not None and (entry.inputs or entry.outputs or tool == "judge"):
             try:
                 await refresh_gallery(app)
             except Exception:  # the gallery is a view: never fail the tool call because of it
                 logger.exception("could not write the session gallery")
         return result
+
+
+def _record(log: SessionLog, tool: str, arguments: dict, started: float, clock: float, **how: Any):
+    """Append to the log; a log that cannot be written (a full disk) never replaces the tool's answer."""
+    try:
+        return log.record(tool, arguments, started, time.perf_counter() - clock, **how)
+    except Exception:
+        logger.exception("could not write the session log entry for %s", tool)
+        return None
+
+
+def unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (`text`, `images[1]`) of the first string holding a lone UTF-16 surrogate, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "arguments"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+        for part in (key, item) if isinstance(key, str) else (item,):  # a key can hold one too
+            if (found := unpaired_surrogate(part, where)) is not None:
+                return found
+    return None
 
 
 def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool]:

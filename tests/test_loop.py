@@ -237,6 +237,28 @@ async def test_the_session_log_lists_each_call_with_its_images_status_and_timing
     assert gallery_ids(Path(log["gallery_path"]).read_text()) == set(ids)
 
 
+async def test_a_lone_surrogate_in_any_argument_is_a_tool_error_naming_it_and_nothing_is_stored(settings):
+    calls = [
+        ("remember", {"text": "Zorblax \ud800 frame", "kind": "fact"}, "text"),
+        ("remember", {"text": "Zorblax frame", "kind": "fact", "source": "\udcff"}, "source"),
+        ("recall", {"query": "Zorblax \ud800"}, "query"),
+        ("search", {"query": "x", "kind": "x\ud800"}, "kind"),
+        ("fetch_page", {"url": "http://example.com/\ud800"}, "url"),
+        ("judge", {"images": ["img_0000000000000000", "\udfff"]}, "images[1]"),
+        ("generate", {"prompt": "a kite", "negative_prompt": "blur \udbff"}, "negative_prompt"),
+    ]
+    async with connect(settings) as client:
+        for tool, args, field in calls:
+            text = error_text(await client.call_tool(tool, args))
+            assert f"{tool}: {field}: " in text and "lone UTF-16 surrogate" in text, (tool, text)
+        assert structured(await client.call_tool("recall", {"query": "Zorblax"}))["memories"] == []
+        assert structured(await client.call_tool("remember", {"text": "Zorblax frame", "kind": "fact"}))
+        log = json.loads((await client.read_resource("limner://session/log")).contents[0].text)
+    lines = [json.loads(line) for line in Path(log["log_path"]).read_text().splitlines()]
+    assert [e["tool"] for e in lines] == [c[0] for c in calls] + ["recall", "remember"]
+    assert lines[0]["status"] == "tool_error" and lines[0]["arguments"]["text"] == "Zorblax \\ud800 frame"
+
+
 # -- limner demo ------------------------------------------------------------------------------------------------
 def test_limner_demo_runs_the_whole_loop_offline_and_its_gallery_shows_every_image_it_made(demo_run):
     assert "skipping" not in demo_run.result.stderr, demo_run.result.stderr

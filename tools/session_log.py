@@ -81,12 +81,12 @@ class SessionLog:
         with self._lock:
             entry = LogEntry(
                 seq=len(self.entries) + 1,
-                tool=tool,
+                tool=shorten(tool),
                 arguments=shorten(arguments),
                 started=round(started, 3),
                 duration_s=round(duration_s, 4),
                 status=status,
-                error=error[:500] if error else None,
+                error=shorten(error[:500]) if error else None,
                 inputs=inputs,
                 outputs=outputs,
                 result=kept,
@@ -132,10 +132,11 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def shorten(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_ARG_CHARS:
-        return value[:80] + f"... ({len(value)} characters)"
+    if isinstance(value, str):
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate as its escape
+        return value[:80] + f"... ({len(value)} characters)" if len(value) > MAX_ARG_CHARS else value
     if isinstance(value, dict):
-        return {k: shorten(v) for k, v in value.items()}
+        return {shorten(k): shorten(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [shorten(v) for v in value]
     return value
