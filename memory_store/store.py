@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -172,6 +173,7 @@ class MemoryStore:
         # chromadb's count() took ~9 ms at 100,000 memories; an embedded store has one owner (this
         # process), so the count is kept here. A shared server's count changes under us: asked every time.
         self._count: int | None = None
+        self._stale: set[str] = set()  # forgotten in chromadb, not yet in the term index (see _drop_terms)
         if terms is not None and terms.count() != self.count():
             self._rebuild_terms()
 
@@ -294,7 +296,7 @@ class MemoryStore:
         first, taken back on a failed write, rebuilt after a crash): a look-up there took 0.05 ms against
         chromadb's 0.8. A chroma server is asked in chunks (its SQLite takes ~32k variables a query)."""
         if self.terms is not None:
-            return self.terms.keep(ids)
+            return self.terms.keep(ids) - self._stale
         have: set[str] = set()
         for start in range(0, len(ids), 1000):
             have.update(self.collection.get(ids=ids[start : start + 1000], include=[])["ids"])
@@ -336,6 +338,10 @@ class MemoryStore:
         takes its index rows back at once, since a recall that searches among ids falls back to chromadb's
         slower filtered search when it meets a missing one."""
         if self.terms is not None:
+            if self._stale:  # a forgotten memory's old rows go before it can be remembered again
+                self._drop_terms(())
+                if self._stale & set(ids):
+                    raise sqlite3.OperationalError("the term index is locked by another process; retry")
             self.terms.add(
                 _entry(i, text, _memory(i, m)) for i, text, m in zip(ids, texts, metas, strict=True)
             )
@@ -366,9 +372,25 @@ class MemoryStore:
         with self._write:
             for start in range(0, len(ids), 1000):
                 self.collection.delete(ids=list(ids[start : start + 1000]))
-                if self.terms is not None:
-                    self.terms.delete(ids[start : start + 1000])
+                self._drop_terms(ids[start : start + 1000])
             self._count = None  # some ids may not have existed: count again when next asked
+
+    def _drop_terms(self, ids: Sequence[str]) -> None:
+        """Take forgotten ids out of the term index, with any an earlier try left behind. chromadb, the
+        source of truth, has already dropped them, so a failure here (another process holding the index
+        past SQLite's busy timeout) is logged and the ids are kept aside: never reported as existing, and
+        taken out again before the next write."""
+        if self.terms is None:
+            return
+        try:
+            self.terms.delete([*self._stale, *ids])
+        except sqlite3.Error:
+            logger.exception(
+                "could not take %d forgotten memories out of the term index; will retry", len(ids)
+            )
+            self._stale.update(ids)
+            return
+        self._stale.clear()
 
     # -- reading ---------------------------------------------------------------------------------
     def count(self) -> int:

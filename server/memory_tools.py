@@ -7,12 +7,16 @@ worker, so memory keeps answering while a generation runs.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from memory_store import MemoryStore
@@ -20,12 +24,30 @@ from server.app import AppContext, app_context
 from tools import memory
 from tools.memory import MAX_K, MAX_TEXT_CHARS, ForgetResult, Kind, RecallResult, RememberResult
 
+logger = logging.getLogger("limner.memory")
+
 TagList = Annotated[
     list[str] | None,
     Field(
         description="Short labels (letters, digits, - _ . :), case-insensitive, e.g. ['bike', 'client:acme']."
     ),
 ]
+
+
+async def in_store(app: AppContext, work: Callable[..., Any], *args: Any) -> Any:
+    """Run one memory operation on a worker thread. A storage failure (a full disk, another program
+    holding the folder) is logged and becomes a tool error saying so; a failed write changes nothing."""
+    try:
+        return await anyio.to_thread.run_sync(work, *args)
+    except Exception as exc:
+        if not isinstance(exc, sqlite3.Error | OSError) and not type(exc).__module__.startswith("chromadb"):
+            raise
+        logger.exception("memory %s failed", work.__name__)
+        where = app.settings.chroma_url or app.settings.memory_dir
+        raise ToolError(
+            f"the memory store could not {work.__name__} ({type(exc).__name__}: {exc}); retry, and if it keeps "
+            f"failing check the free disk space and that no other program is using {where}."
+        ) from None
 
 
 async def open_memory(app: AppContext) -> MemoryStore:
@@ -95,7 +117,7 @@ def register(server: MCPServer) -> None:
                 put = partial(app.images.put, resolved.image, tool="remember", params={"source": source})
                 image_id = (await anyio.to_thread.run_sync(put)).id
         store = await open_memory(app)
-        return await anyio.to_thread.run_sync(memory.remember, store, request, image_id)
+        return await in_store(app, memory.remember, store, request, image_id)
 
     @server.tool()
     async def recall(
@@ -128,7 +150,7 @@ def register(server: MCPServer) -> None:
         app = app_context(ctx)
         request = memory.check_recall(query, k, kind, tags, scope, since, max_chars)
         store = await open_memory(app)
-        return await anyio.to_thread.run_sync(memory.recall, store, request)
+        return await in_store(app, memory.recall, store, request)
 
     @server.tool()
     async def forget(
@@ -154,9 +176,10 @@ def register(server: MCPServer) -> None:
 
         Call it when a memory turned out wrong or superseded (e.g. a near-duplicate reported by remember).
         With a filter it is a dry run unless dry_run=false: check the listed matches first. Ids that do not
-        exist are reported in missing_ids; the others are still removed.
+        exist are reported in missing_ids; the others are still removed. A forgotten memory leaves recall
+        at once, but chromadb's write-ahead log can keep its text on disk until later writes prune it.
         """
         app = app_context(ctx)
         request = memory.check_forget(ids, kind, tags, scope, before, dry_run)
         store = await open_memory(app)
-        return await anyio.to_thread.run_sync(memory.forget, store, request)
+        return await in_store(app, memory.forget, store, request)

@@ -285,6 +285,29 @@ async def test_a_write_that_fails_inside_the_term_index_leaves_later_remembers_w
     assert sorted(m["text"] for m in out["memories"]) == sorted([failed["text"], later["text"]])
 
 
+async def test_a_forget_the_term_index_cannot_follow_still_forgets_and_the_memory_can_come_back(settings):
+    async with connect(settings) as client:
+        mem = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))["id"]
+        db = sqlite3.connect(
+            settings.memory_dir / "terms.sqlite3"
+        )  # the index refuses deletes, as when locked
+        db.execute("CREATE TRIGGER stuck BEFORE DELETE ON docs BEGIN SELECT RAISE(ABORT, 'locked'); END")
+        db.commit()
+        assert structured(await client.call_tool("forget", {"ids": [mem]}))["removed"] == 1
+        assert structured(await client.call_tool("recall", {"query": FACT}))["memories"] == []
+        assert "locked" in error_text(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        db.execute("DROP TRIGGER stuck")
+        db.commit()
+        again = structured(
+            await client.call_tool("remember", {"text": FACT, "kind": "fact", "tags": ["back"]})
+        )
+        assert again["status"] == "stored" and again["id"] == mem and again["tags"] == ["back"]
+        found = structured(await client.call_tool("recall", {"query": FACT, "tags": ["back"]}))["memories"]
+        assert [m["id"] for m in found] == [mem]
+    assert db.execute("SELECT tag FROM tags WHERE id = ?", (mem,)).fetchall() == [("back",)]
+    db.close()
+
+
 def test_the_index_filter_agrees_with_chromadb_and_with_the_metadata_check(tmp_path):
     """Three implementations of one filter: the SQLite index (embedded recall), `Filter.matches` (recall on a
     chroma server) and chromadb's own `where` (forget). On every filter they must pick the same memories."""
