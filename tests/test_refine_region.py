@@ -203,6 +203,56 @@ async def test_rgba_keeps_its_alpha_and_l_and_16_bit_keep_their_mode(settings, h
             assert lineage["params"] == {"source": "data"} and lineage["mode"] == mode
 
 
+async def test_a_transparent_colour_key_and_a_colour_profile_are_kept_in_the_output(settings, home):
+    from PIL import ImageCms
+
+    image = photo("coffee", 96, 64)
+    pixels_in = np.asarray(image).copy()
+    pixels_in[:8, :] = (0, 255, 0)  # the key colour: a transparent band along the top, outside the region
+    keyed = Image.fromarray(pixels_in)
+    keyed.info["transparency"] = (0, 255, 0)
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    box = (30, 20, 60, 50)
+    async with connect(settings) as client:
+        keyed_out = structured(
+            await client.call_tool(
+                "refine_region", {"image": save(home, keyed, "keyed.png"), "prompt": "", "bbox": list(box)}
+            )
+        )
+        profiled_out = structured(
+            await client.call_tool(
+                "refine_region",
+                {
+                    "image": save(home, image, "profiled.png", icc_profile=profile),
+                    "prompt": "",
+                    "bbox": list(box),
+                },
+            )
+        )
+    assert keyed_out["image"]["mode"] == "RGBA" and any("colour key" in n for n in keyed_out["notes"])
+    expected = np.dstack(
+        [pixels_in, np.where((pixels_in == (0, 255, 0)).all(axis=2), 0, 255).astype(np.uint8)]
+    )
+    after = assert_bit_exact(keyed_out, expected, mask_of(96, 64, box))
+    assert (after[:8, :, 3] == 0).all()  # still transparent
+    with Image.open(profiled_out["image"]["path"]) as stored:
+        assert stored.info.get("icc_profile") == profile
+    assert_bit_exact(profiled_out, np.asarray(image), mask_of(96, 64, box))
+
+
+async def test_a_32_bit_input_beyond_16_bits_says_it_was_clipped(settings, home):
+    wide = Image.fromarray(np.tile(np.arange(0, 131072, 2048, dtype=np.int32), (64, 1)), mode="I")
+    args = {
+        "image": save(home, wide, "wide.tif"),
+        "prompt": "",
+        "bbox": [8, 8, 24, 24],
+        "backend": "classical",
+    }
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("refine_region", args))
+    assert out["image"]["mode"] == "I;16" and any("clipped to 16 bits" in n for n in out["notes"])
+
+
 async def test_an_exif_rotated_input_is_refined_upright(settings, home):
     image = photo("chelsea", 90, 60)
     exif = Image.Exif()

@@ -44,29 +44,39 @@ class Pixels:
     colour: int  # how many leading channels are colour (the rest, alpha, is never written)
     full: float  # the full-scale value (255 or 65535)
     note: str | None = None
+    icc_profile: bytes | None = None  # the input's colour profile, given to the output as it is
 
 
 def to_pixels(image: Image.Image) -> Pixels:
     note = None
-    if image.mode not in NATIVE_MODES:
-        if image.mode in ("P", "PA"):
-            target: str | None = "RGBA" if image.has_transparency_data else "RGB"
-        else:
-            target = CONVERTED_MODES.get(image.mode)
+    target: str | None = None
+    if image.mode in ("P", "PA"):
+        target = "RGBA" if image.has_transparency_data else "RGB"
+    elif image.mode in ("RGB", "L") and image.has_transparency_data:  # a tRNS colour key: made real alpha
+        target = image.mode + "A"
+    elif image.mode not in NATIVE_MODES:
+        target = CONVERTED_MODES.get(image.mode)
         if target is None:
             raise ToolError(
                 f"image: mode {image.mode} cannot be refined; save it as an 8- or 16-bit PNG (RGB, RGBA, L)."
             )
-        note = f"the input (mode {image.mode}) was converted to {target}; the output is {target}"
+    if image.mode == "I" and np.asarray(image).max(initial=0) > 65535:
+        note = "the input's 32-bit values above 65535 were clipped to 16 bits (PNG's deepest); the output is I;16"
+    icc = image.info.get("icc_profile") or None
+    if target is not None:
+        kind = "transparent colour key" if target in ("RGBA", "LA") and image.mode in ("RGB", "L") else "mode"
+        note = f"the input ({kind} {image.mode}) was converted to {target}; the output is {target}"
         image = image.convert(target)
     colour, full = NATIVE_MODES[image.mode]
-    return Pixels(np.asarray(image), image.mode, colour, float(full), note)
+    return Pixels(np.asarray(image), image.mode, colour, float(full), note, icc)
 
 
-def from_pixels(array: np.ndarray, mode: str) -> Image.Image:
+def from_pixels(array: np.ndarray, px: Pixels) -> Image.Image:
     image = Image.fromarray(array)
-    if image.mode != mode:  # numpy lost the mode (never expected): fail loudly, never convert pixels
-        raise RuntimeError(f"refine_region built a {image.mode} image from a {mode} input")
+    if image.mode != px.mode:  # numpy lost the mode (never expected): fail loudly, never convert pixels
+        raise RuntimeError(f"refine_region built a {image.mode} image from a {px.mode} input")
+    if px.icc_profile:
+        image.info["icc_profile"] = px.icc_profile
     return image
 
 

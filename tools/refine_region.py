@@ -517,7 +517,7 @@ def run(
         blend_blur=request.blend_blur,
     )
     timings.update(refined.timings)
-    output = from_pixels(refined.pixels, px.mode)
+    output = from_pixels(refined.pixels, px)
 
     started = time.perf_counter()
     metrics = measure(px.array, refined.pixels, mask, refined.focus.crop_box, refined.blend, px)
