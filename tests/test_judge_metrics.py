@@ -185,6 +185,24 @@ def test_a_failed_question_is_localised_on_the_grid_crop_the_tiny_clip_matches_b
         assert set(localise(clip, thin, questions)) == set(questions)
 
 
+def test_over_extension_of_a_thin_object_in_a_large_image_is_measured_as_at_full_resolution():
+    from tools import preservation as pres
+
+    side = 1600  # the band's crop is far above BAND_WORK_SIDE: the analysis runs on a smaller copy
+    scene = cv2.resize(data.coffee(), (side, side), interpolation=cv2.INTER_CUBIC)
+    for width in (3, 6, 40):  # poles 3, 6 and 40 px wide
+        fg = np.zeros((side, side), bool)
+        fg[50:-50, 800 : 800 + width] = True
+        clean = scene.copy()
+        clean[fg] = (20, 200, 20)
+        spilled = clean.copy()
+        spilled[50:-50, 775 : 825 + width] = (20, 200, 20)  # painted 25 px past the object on both sides
+        assert pres.foreground_integrity(clean, fg, None).over_extension <= pres.OVER_EXTENSION_LIMIT
+        found = pres.foreground_integrity(spilled, fg, None).over_extension
+        full = pres.foreground_integrity(spilled, fg, None, work_side=10**6).over_extension
+        assert found > 0.5 and abs(found - full) < 0.08, (width, found, full)
+
+
 def test_preservation_computed_around_the_changes_equals_the_whole_image_computation():
     from tools.preservation import preservation
 

@@ -12,6 +12,7 @@ Plain numpy/OpenCV on uint8 RGB arrays of the same size and boolean masks (True 
   original (MSE, PSNR, SSIM), and over-extension: the share of pixels in the band between the object's box
   and that box grown by 30 px that look like a continuation of the object, i.e. whose colour falls in the
   palette of the object's own border pixels and that are connected to the object. Flagged above 0.03.
+  Large crops are measured on a smaller copy, never so small that the object or the band gets thin.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ BAND_PX = 30
 OVER_EXTENSION_LIMIT = 0.03
 FIDELITY_MIN_PSNR = 30.0
 COLOUR_TOLERANCE = 10  # RGB distance in grey levels; 8..12 keeps intact composites under 0.03
-BAND_WORK_SIDE = 320  # the band analysis runs on a crop scaled down to at most this many pixels a side
+BAND_WORK_SIDE = 320  # the band analysis runs on a crop scaled down to at most this many pixels a side,
+MIN_WORK_THICKNESS = 6  # unless the object would be thinner than this many pixels there,
+MIN_WORK_BAND = 12  # or the band narrower than this many (a coarser band misjudges the share)
 
 
 class RegionStats(BaseModel):
@@ -229,7 +232,11 @@ def _continues_object(crop: np.ndarray, crop_fg: np.ndarray) -> np.ndarray:
 
 
 def foreground_integrity(
-    image: np.ndarray, fg: np.ndarray, original: np.ndarray | None, band_px: int = BAND_PX
+    image: np.ndarray,
+    fg: np.ndarray,
+    original: np.ndarray | None,
+    band_px: int = BAND_PX,
+    work_side: int = BAND_WORK_SIDE,
 ) -> ForegroundIntegrity:
     """Anywhere's checks: is the object unchanged, and does it spill into the band around its box?"""
     h, w = fg.shape
@@ -244,14 +251,31 @@ def foreground_integrity(
     band = np.ones((gy1 - gy0, gx1 - gx0), bool)
     band[y0 - gy0 : y1 - gy0, x0 - gx0 : x1 - gx0] = False
     crop, crop_fg = image[gy0:gy1, gx0:gx1], fg[gy0:gy1, gx0:gx1]
-    scale = min(1.0, BAND_WORK_SIDE / max(band.shape))
-    if scale < 1.0:  # the share is a ratio of areas, so a smaller copy measures the same thing faster
-        size = (max(1, round(band.shape[1] * scale)), max(1, round(band.shape[0] * scale)))
+    # the share is a ratio of areas, so a smaller copy measures the same thing faster; but never so small
+    # that the object's thin parts fall under MIN_WORK_THICKNESS pixels (its area over its box's longer
+    # side estimates its thickness: a 6 px pole in a 3000 px box measures 6)
+    thickness = max(1.0, float(np.count_nonzero(crop_fg)) / max(1, x1 - x0, y1 - y0))
+    scale = min(
+        1.0, max(work_side / max(band.shape), MIN_WORK_THICKNESS / thickness, MIN_WORK_BAND / band_px)
+    )
+    source = crop_fg  # the object pixels whose colour a continuation must match
+    if scale < 1.0:
+        ch, cw = band.shape
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-        crop_fg = cv2.resize(crop_fg.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-        band = cv2.resize(band.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        cover = cv2.resize(crop_fg.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        crop_fg = cover >= 0.5
+        # colours from pixels wholly inside the object: a border pixel's is partly background
+        pure = cover >= 0.999
+        source = pure if pure.any() else crop_fg
+        # the band: small pixels wholly outside the box, so none holds a part of the object
+        sx, sy = size[0] / cw, size[1] / ch
+        bx0, by0 = math.floor((x0 - gx0) * sx), math.floor((y0 - gy0) * sy)
+        bx1, by1 = math.ceil((x1 - gx0) * sx), math.ceil((y1 - gy0) * sy)
+        band = np.ones((size[1], size[0]), bool)
+        band[by0:by1, bx0:bx1] = False
     # 3. pixels that continue the object's colour and touch it through other such pixels
-    like = _continues_object(crop, crop_fg)
+    like = _continues_object(crop, source)
     _, labels = cv2.connectedComponents((like | crop_fg).astype(np.uint8), connectivity=8)
     object_labels = np.unique(labels[crop_fg])
     continuation = like & band & np.isin(labels, object_labels[object_labels > 0])
