@@ -459,3 +459,35 @@ def test_guidance_must_be_a_finite_number():
                 max_batch=8,
                 max_prompt_chars=100,
             )
+
+
+def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
+    import gc
+    import threading
+    import weakref
+
+    from tools.jobs import JobCancelled, Worker
+
+    worker, release = Worker(), threading.Event()
+    first = worker.submit("generate", "blocks the worker", lambda job: release.wait(10))
+    queued = worker.submit("generate", "waits behind it", lambda job: "never run")
+    queued.cancel()
+    assert queued.status == "cancelled" and isinstance(queued.future.exception(timeout=0), JobCancelled)
+
+    class Latents:  # stands in for the tensors a pipeline's frames hold
+        pass
+
+    held: list[weakref.ref] = []
+
+    def failing(job):
+        latents = Latents()
+        held.append(weakref.ref(latents))
+        raise RuntimeError("out of memory")
+
+    failed = worker.submit("generate", "fails", failing)
+    release.set()
+    assert first.future.result(timeout=10) is True
+    assert str(failed.future.exception(timeout=10)) == "out of memory" and failed.status == "failed"
+    gc.collect()
+    assert held[0]() is None  # the frame's locals went with the traceback
+    assert queued.status == "cancelled" and queued.started is None  # it never ran
