@@ -10,9 +10,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from tools.models import PRESETS, ModelSpec
 
@@ -67,7 +67,10 @@ class Settings(BaseModel):
         "against the Host header; loopback, the bind address and, for 0.0.0.0 or ::, this machine's name and "
         "addresses are always allowed.",
     )
-    log_level: str = Field(default="INFO")
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+    ] = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     # memory (chromadb)
     chroma_url: str | None = Field(default=None, description="A chroma server URL to share memory.")
     embedder: str = Field(
@@ -152,15 +155,24 @@ def load_settings(
     home = Path(flags.get("home") or default_home(environ)).expanduser()
 
     # 1. the TOML file: --config, else LIMNER_CONFIG, else $LIMNER_HOME/limner.toml when present
-    path = config or (Path(environ["LIMNER_CONFIG"]) if "LIMNER_CONFIG" in environ else home / "limner.toml")
+    named = config or (Path(environ["LIMNER_CONFIG"]).expanduser() if environ.get("LIMNER_CONFIG") else None)
+    path = named or home / "limner.toml"
     values: dict[str, Any] = {}
     if path.is_file():
         try:
             values = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config file {path}: {exc}") from exc
-    elif config is not None:
-        raise SettingsError(f"config file {path} does not exist")
+    elif named is not None:
+        how = "--config" if config is not None else "LIMNER_CONFIG"
+        raise SettingsError(f"config file {path} (from {how}) does not exist")
+    if "home" in values:  # a named file may say where home is, unless --home or LIMNER_HOME already did
+        if named is None:
+            raise SettingsError(
+                f"home: set in {path}, which is read from the home folder itself; use --home or LIMNER_HOME."
+            )
+        if not flags.get("home") and "LIMNER_HOME" not in environ:
+            home = Path(str(values["home"])).expanduser()
 
     # 2. LIMNER_* variables for scalar settings and the two lists (os.pathsep / comma separated)
     for key, raw in environ.items():

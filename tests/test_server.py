@@ -408,6 +408,36 @@ def test_a_settings_mistake_is_reported_with_its_source(tmp_path):
         load_settings(environ={"LIMNER_HOME": str(tmp_path / "x"), "LIMNER_GENERATOR_MODEL": "unknown"})
 
 
+def test_home_and_the_config_path_are_honoured_or_refused_never_ignored(tmp_path):
+    named = tmp_path / "my.toml"
+    named.write_text(f'home = "{tmp_path / "data"}"\nmax_wait_s = 5\n')
+    env = {"HOME": str(tmp_path / "user")}
+    taken = load_settings(environ=env, config=named)
+    assert taken.home == tmp_path / "data" and taken.max_wait_s == 5
+    assert load_settings(environ={**env, "LIMNER_CONFIG": str(named)}).home == tmp_path / "data"
+    over = load_settings(flags={"home": tmp_path / "flag"}, environ=env, config=named)
+    assert over.home == tmp_path / "flag"  # the command line wins, as for every setting
+    with pytest.raises(SettingsError, match="typo.toml.*LIMNER_CONFIG.*does not exist"):
+        load_settings(environ={**env, "LIMNER_CONFIG": str(tmp_path / "typo.toml")})
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "limner.toml").write_text('home = "/elsewhere"\n')
+    with pytest.raises(SettingsError, match="home: set in .*LIMNER_HOME"):
+        load_settings(environ={"LIMNER_HOME": str(tmp_path / "h")})
+
+
+def test_the_log_level_takes_any_case_and_a_wrong_one_is_a_one_line_error(tmp_path):
+    assert load_settings(flags={"log_level": "debug"}, environ={"HOME": str(tmp_path)}).log_level == "DEBUG"
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--log-level", "verbose"],
+        capture_output=True,
+        env=server_env(tmp_path),
+        cwd=REPO,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode != 0 and b"Traceback" not in proc.stderr and b"log_level" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
