@@ -149,43 +149,41 @@ def register(server: MCPServer) -> None:
 
 
 async def _foreground(ctx, request, foreground, foreground_mask, placement, scenes, repair):
-    """generate with a foreground: understand the object, template it, paint scenes around it (on the worker)."""
+    """generate with a foreground: understand the object, template it, paint scenes around it. Only the
+    arguments are checked here; finding the object (GrabCut: 1.6 s at 512 px, 18 s at 2048) is part of the
+    job, so max_wait_s and cancellation cover it."""
     app = app_context(ctx)
     settings = app.settings
-    # resolving may fetch a URL and GrabCut takes a moment: keep both off the event loop
+    # resolving may fetch a URL: off the event loop
     source = await anyio.to_thread.run_sync(app.resolve, foreground, "foreground")
+    if min(source.image.size) < fg.MIN_SIDE:
+        raise ToolError(
+            f"foreground: {source.image.width}x{source.image.height} px is too small to hold an object; pass a "
+            f"photo or cut-out at least {fg.MIN_SIDE} px a side."
+        )
     mask_image = None
     if foreground_mask:
         mask_image = (await anyio.to_thread.run_sync(app.resolve, foreground_mask, "foreground_mask")).image
-    obj = await anyio.to_thread.run_sync(fg.understand, source.image, mask_image)
-    placements = [fg.auto_placement(obj, request.width, request.height)] if placement == "auto" else placement
-    if not placements:
+    if placement != "auto" and not placement:
         raise ToolError("placement: an empty list; pass 'auto' or at least one {x, y, scale}.")
-    templates = [
-        fg.place(obj, p, request.width, request.height, f"placement[{i}]") for i, p in enumerate(placements)
-    ]
     if scenes is not None and (not scenes or any(not s.strip() for s in scenes)):
         raise ToolError("scenes: pass a non-empty list of non-empty scene prompts, or leave it out.")
     scene_list = scenes if scenes is not None else [""]
     for i, scene in enumerate(scene_list):
         gen.check_text(f"scenes[{i}]", scene, settings.max_prompt_chars)
     n = len(request.seeds)
-    count = len(templates) * len(scene_list) * n
+    places = 1 if placement == "auto" else len(placement)
+    count = places * len(scene_list) * n
     if count > settings.max_batch:
         raise ToolError(
-            f"n: placements x scenes x n = {len(templates)} x {len(scene_list)} x {n} = {count} candidates, above "
+            f"n: placements x scenes x n = {places} x {len(scene_list)} x {n} = {count} candidates, above "
             f"the limit of {settings.max_batch} per call; lower n or split the scenes over several calls."
         )
-    # the object's source goes into the store too, so every candidate's lineage reaches it
-    parent = source.id or app.images.put(source.image, tool="input", params={"field": "foreground"}).id
     base = request.seeds[0]
-    scene_jobs = []
-    for t_index, template in enumerate(templates):
-        for scene in scene_list:
-            k = len(scene_jobs) * n
-            prompt = f"{request.prompt}, {scene.strip()}" if scene.strip() else request.prompt
-            seeds = tuple(base + k + i for i in range(n))
-            scene_jobs.append(fg.SceneJob(template, t_index, scene.strip() or request.prompt, prompt, seeds))
+    if base + count - 1 > gen.MAX_SEED:  # every candidate's seed must be one generate takes back
+        raise ToolError(
+            f"seed: {base} leaves no room for {count} candidates; use 0..{gen.MAX_SEED - count + 1}."
+        )
     params = {
         "prompt": request.prompt,
         "width": request.width,
@@ -193,10 +191,29 @@ async def _foreground(ctx, request, foreground, foreground_mask, placement, scen
         "steps": request.steps,
         "guidance": request.guidance,
         "model": request.model,
-        "foreground": parent,
     }
 
     def work(job):
+        # 1. the object, and its placements on the canvas
+        job.message = "foreground: finding the object"  # no progress step yet: the scenes' steps follow
+        obj = fg.understand(source.image, mask_image)
+        job.check_cancelled()
+        chosen = [fg.auto_placement(obj, request.width, request.height)] if placement == "auto" else placement
+        templates = [
+            fg.place(obj, p, request.width, request.height, f"placement[{i}]") for i, p in enumerate(chosen)
+        ]
+        # 2. the object's source goes into the store too, so every candidate's lineage reaches it
+        parent = source.id or app.images.put(source.image, tool="input", params={"field": "foreground"}).id
+        scene_jobs = []
+        for t_index, template in enumerate(templates):
+            for scene in scene_list:
+                k = len(scene_jobs) * n
+                prompt = f"{request.prompt}, {scene.strip()}" if scene.strip() else request.prompt
+                seeds = tuple(base + k + i for i in range(n))
+                scene_jobs.append(
+                    fg.SceneJob(template, t_index, scene.strip() or request.prompt, prompt, seeds)
+                )
+        # 3. the scenes around it
         made, loaded, timings = fg.run(
             scene_jobs,
             lambda: app.models.get("inpainter", request.model),
@@ -206,12 +223,14 @@ async def _foreground(ctx, request, foreground, foreground_mask, placement, scen
             negative_prompt=request.negative_prompt,
             repair=repair,
         )
-        return fg.store_results(made, templates, obj, parent, loaded, timings, app.images, params)
+        return fg.store_results(
+            made, templates, obj, parent, loaded, timings, app.images, {**params, "foreground": parent}
+        )
 
     return await run_on_worker(
         ctx,
         "generate",
-        f"foreground: {count} x {request.width}x{request.height} px around {obj.info.box}: {request.prompt[:50]}",
+        f"foreground: {count} x {request.width}x{request.height} px: {request.prompt[:50]}",
         work,
         lambda handle: GenerateResult(status="running", prompt=request.prompt, job=handle),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from types import SimpleNamespace
 
+import anyio
 import cv2
 import numpy as np
 import pytest
@@ -328,6 +329,12 @@ async def test_bad_foreground_inputs_get_clear_errors_and_the_server_stays_up(se
         ({"foreground": cutout, "n": 5, "scenes": ["a", "b"]}, "above the limit"),
         ({"foreground_mask": cutout}, "foreground"),
         ({"foreground": "img_0000000000000000"}, "foreground"),
+        ({"foreground": data_uri(photo.resize((1, 1)))}, "foreground: 1x1 px is too small"),
+        ({"foreground": data_uri(photo.resize((2, 40)))}, "foreground: 2x40 px is too small"),
+        (
+            {"foreground": cutout, "seed": 2**31 - 2, "scenes": ["a", "b", "c"]},
+            "seed: 2147483646 leaves no room",
+        ),
     ]
     async with connect(settings) as client:
         for extra, expected in cases:
@@ -336,3 +343,18 @@ async def test_bad_foreground_inputs_get_clear_errors_and_the_server_stays_up(se
                 assert needle in text, (extra, text)
         ok = await client.call_tool("generate", {"prompt": "x", "foreground": cutout, "steps": 1})
         assert structured(ok)["status"] == "done"
+
+
+async def test_finding_the_object_is_part_of_the_job_so_max_wait_s_and_cancel_cover_it(make_settings):
+    big = Image.fromarray(data.astronaut())  # GrabCut on 512 px takes seconds on these cores
+    async with connect(make_settings(max_wait_s=0.2)) as client:
+        started = anyio.current_time()
+        out = structured(
+            await client.call_tool("generate", {"prompt": "x", "foreground": data_uri(big), "steps": 1})
+        )
+        assert out["status"] == "running" and anyio.current_time() - started < 1.0
+        job = out["job"]["job_id"]
+        listed = structured(await client.call_tool("jobs", {"action": "list"}))["jobs"]
+        assert [j["message"] for j in listed if j["job_id"] == job] == ["foreground: finding the object"]
+        cancelled = structured(await client.call_tool("jobs", {"action": "cancel", "job_id": job}))
+        assert cancelled["jobs"][0]["status"] == "cancelled" and cancelled["jobs"][0]["step"] == 0

@@ -33,6 +33,7 @@ AUTO_Y = 2 / 3  # centred on the lower third
 EDGE_ERODE = 3  # the inpainter may repaint this thin rim of the object's mask (its pixels come back anyway)
 ALPHA_THRESHOLD = 128  # alpha at or above this is the object
 MIN_OBJECT_SHARE = 0.001
+MIN_SIDE = 8  # px: a smaller foreground holds no object (and GrabCut's border leaves it no inside)
 MAX_OBJECT_SHARE = 0.98
 REPAIR_ROUNDS = 2
 
