@@ -160,8 +160,28 @@ def http_app(server: Any, settings: Settings) -> Any:
         allowed_hosts=[f"{n}:*" for n in names],
         allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")],
     )
-    app = server.streamable_http_app(transport_security=security, host=settings.host)
+    app = HostCheck(server.streamable_http_app(transport_security=security, host=settings.host), security)
     return BearerAuth(app, settings.token) if settings.token else app
+
+
+class HostCheck:
+    """ASGI middleware: the SDK's Host and Origin check (DNS-rebinding protection) for every route. The SDK
+    runs it for /mcp only, and /gallery shows the session's prompts and images."""
+
+    def __init__(self, app: Any, security: Any) -> None:
+        from mcp.server.transport_security import TransportSecurityMiddleware
+
+        self.app, self.check = app, TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            from starlette.requests import Request
+
+            refused = await self.check.validate_request(Request(scope))
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BearerAuth:

@@ -318,6 +318,12 @@ async def test_http_transport_requires_the_bearer_token_and_checks_the_host_head
             assert "generate" in {t.name for t in tools}
             out = structured(await client.call_tool("generate", {"prompt": "a boat", "steps": 2}))
             assert out["status"] == "done"
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http:
+            gallery = f"http://127.0.0.1:{port}/gallery"
+            assert "a boat" in (await http.get(gallery)).text
+            # the page shows the session's prompts: a rebinding page must not read it either
+            for headers in ({"Host": "evil.example:80"}, {"Origin": "http://evil.example"}):
+                assert (await http.get(gallery, headers=headers)).status_code in (403, 421)
     finally:
         proc.terminate()
         stdout, _ = proc.communicate(timeout=30)
