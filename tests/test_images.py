@@ -200,3 +200,13 @@ async def test_bad_image_references_through_a_tool_name_the_field_and_store_noth
         assert not images.exists() or not any(images.rglob("*.png"))
         good = await client.call_tool("judge", {"image": str(folder / "good.png"), "checks": ["quality"]})
         assert structured(good)["judgements"][0]["width"] == photo.width
+
+
+def test_metadata_updates_from_several_threads_are_all_kept(store, photo):
+    from concurrent.futures import ThreadPoolExecutor
+
+    image_id = store.put(photo, tool="test").id
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: store.update_meta(image_id, **{f"score_{i}": i}), range(200)))
+    meta = store.meta(image_id)
+    assert all(meta[f"score_{i}"] == i for i in range(200)) and meta["tool"] == "test"

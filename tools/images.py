@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class ImageStore:
     def __init__(self, root: Path, max_pixels: int = 8192 * 8192) -> None:
         self.root = root
         self.max_pixels = max_pixels
+        self._meta_lock = threading.Lock()  # update_meta reads, changes and writes: one at a time
         root.mkdir(parents=True, exist_ok=True)
 
     # -- out -------------------------------------------------------------------------------------
@@ -112,10 +114,12 @@ class ImageStore:
         )
 
     def update_meta(self, image_id: str, **fields: Any) -> None:
-        """Add fields (scores, notes) to an image's metadata; the pixels never change."""
-        meta = self.meta(image_id)
-        meta.update(fields)
-        _atomic_write(self.root / f"{image_id}.json", json.dumps(meta, default=str).encode())
+        """Add fields (scores, notes) to an image's metadata; the pixels never change. Two judges scoring
+        the same image at once both keep their fields (within this process)."""
+        with self._meta_lock:
+            meta = self.meta(image_id)
+            meta.update(fields)
+            _atomic_write(self.root / f"{image_id}.json", json.dumps(meta, default=str).encode())
 
     # -- in --------------------------------------------------------------------------------------
     def exists(self, image_id: str) -> bool:
