@@ -210,3 +210,34 @@ def test_metadata_updates_from_several_threads_are_all_kept(store, photo):
         list(pool.map(lambda i: store.update_meta(image_id, **{f"score_{i}": i}), range(200)))
     meta = store.meta(image_id)
     assert all(meta[f"score_{i}"] == i for i in range(200)) and meta["tool"] == "test"
+
+
+def test_masks_are_read_the_way_painting_tools_save_them_and_ambiguous_ones_are_refused():
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools.masks import read_mask
+
+    region = np.zeros((40, 60), bool)
+    region[10:30, 20:45] = True
+    white = np.where(region, 255, 0).astype(np.uint8)
+    strokes = np.dstack([white, white, white, white])  # white strokes on transparent black
+    readable = {
+        "L": Image.fromarray(white),
+        "1": Image.fromarray(white).convert("1"),
+        "I;16": Image.fromarray(white.astype(np.uint16) * 257),
+        "RGB": Image.fromarray(np.dstack([white] * 3)),
+        "RGBA strokes": Image.fromarray(strokes, "RGBA"),
+        "RGBA uniform colour": Image.fromarray(np.dstack([np.full_like(white, 200)] * 3 + [white]), "RGBA"),
+    }
+    for name, image in readable.items():
+        assert np.array_equal(read_mask(image, "mask").mask, region), name
+    disagreeing = strokes.copy()
+    disagreeing[..., 3] = np.where(region, 0, 255)  # colour says one region, alpha the other
+    refused = {
+        "transparency and varying colour": Image.fromarray(disagreeing, "RGBA"),
+        "not single-channel": Image.fromarray(np.dstack([white, 255 - white, white])),
+        "not binary": Image.fromarray(np.full((40, 60), 128, np.uint8)),
+    }
+    for message, image in refused.items():
+        with pytest.raises(ToolError, match=f"mask: .*{message}"):
+            read_mask(image, "mask")
