@@ -89,7 +89,7 @@ def conversion_ms(image: Image.Image) -> float:
     for _ in range(5):
         started = time.perf_counter()
         px = rp.to_pixels(image)
-        rp.from_pixels(px.array.copy(), px.mode)
+        rp.from_pixels(px.array.copy(), px)
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 
