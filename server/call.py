@@ -10,6 +10,7 @@ Exit status: 0 done, 1 the tool answered with an error or the server could not b
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -100,7 +101,11 @@ async def _call(settings: Settings, tool: str, arguments: dict[str, Any], url: s
         print(f"limner call: {tool} failed: {' '.join(texts)}", file=sys.stderr)
         return 1
     body = result.structured_content if result.structured_content is not None else {"content": texts}
-    print(json.dumps(body, indent=2, default=str))
+    try:
+        print(json.dumps(body, indent=2, default=str), flush=True)
+    except BrokenPipeError:  # `limner call ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -85,7 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"limner: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    try:
+        return _run(args, flags, settings)
+    except KeyboardInterrupt:  # Ctrl-C: the conventional status, no traceback
+        return 130
+
+
+def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) -> int:
     if args.command == "serve":
+        try:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(
+                f"limner: cannot use home {settings.home}: {exc}; pass --home or LIMNER_HOME.",
+                file=sys.stderr,
+            )
+            return 2
         return serve(settings, http=args.http)
     if args.command == "call":
         from server.call import run_call

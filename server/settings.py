@@ -199,9 +199,13 @@ def load_settings(
     try:
         settings = Settings(**values)
     except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
         raise SettingsError(
-            f"invalid settings (from {path if path.is_file() else 'env/flags'}):\n{exc}"
-        ) from exc
+            f"invalid settings (from {path if path.is_file() else 'env/flags'}): {problems}"
+        ) from None
     for role, name in settings.roles.items():
         if name not in settings.models:
             raise SettingsError(

@@ -527,3 +527,30 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
     gc.collect()
     assert held[0]() is None  # the frame's locals went with the traceback
     assert queued.status == "cancelled" and queued.started is None  # it never ran
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["serve", "--port", "99999"], 2, b"port: Input should be less than or equal to 65535"),
+        (["serve", "--max-wait-s", "-1"], 2, b"max_wait_s: Input should be greater than or equal to 0"),
+        (["serve", "--home", "{file}"], 2, b"cannot use home"),
+        (["demo", "--home", "{file}"], 1, b"limner demo: failed: MCPError: Connection closed"),
+        (["demo", "--profile", "real"], 1, b"limner demo: failed: generate answered with an error"),
+    ],
+)
+def test_user_mistakes_on_the_command_line_are_one_line_without_a_traceback(tmp_path, args, code, message):
+    home = tmp_path / "home"
+    (tmp_path / "a-file").write_text("")
+    argv = [a.replace("{file}", str(tmp_path / "a-file")) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", *argv],
+        capture_output=True,
+        env=server_env(home, tmp_path / "models"),
+        cwd=REPO,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == code and b"Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+    assert proc.stdout == b""
+    assert sum(b"invalid settings" in line for line in proc.stderr.splitlines()) <= 1
