@@ -259,6 +259,6 @@ def build_server(settings: Settings) -> MCPServer:
     judge_tools.register(server)
     from server import prompts, session_tools
 
-    session_tools.register(server)
+    session_tools.register(server, settings)
     prompts.register(server)
     return server

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from server.app import AppContext, app_context
+from server.settings import Settings
 from tools.gallery import write_gallery
 from tools.images import URI_PREFIX
 from tools.session_log import SessionLog
@@ -86,8 +87,10 @@ class SessionLogMiddleware:
             except BaseException as exc:
                 _record(log, tool, arguments, started, clock, error=f"{type(exc).__name__}: {exc}")
                 raise
-        structured, is_error = unpack(result)
-        entry = _record(log, tool, arguments, started, clock, result=structured, is_error=is_error)
+        structured, is_error, reason = unpack(result)
+        entry = _record(
+            log, tool, arguments, started, clock, result=structured, is_error=is_error, reason=reason
+        )
         if entry is not None and (entry.inputs or entry.outputs or tool == "judge"):
             try:
                 await refresh_gallery(app)
@@ -122,16 +125,21 @@ def unpaired_surrogate(value: Any, path: str = "") -> str | None:
     return None
 
 
-def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool]:
-    """The structured content and error flag of a tools/call result, in model or wire form."""
+def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The structured content, error flag and (for an error) its text of a tools/call result, in model or
+    wire form."""
     if isinstance(result, CallToolResult):
-        return result.structured_content, bool(result.is_error)
-    if isinstance(result, dict):
-        return result.get("structuredContent"), bool(result.get("isError"))
-    return None, False
+        structured, is_error = result.structured_content, bool(result.is_error)
+        texts = [c.text for c in result.content if isinstance(c, TextContent)]
+    elif isinstance(result, dict):
+        structured, is_error = result.get("structuredContent"), bool(result.get("isError"))
+        texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
+    else:
+        return None, False, None
+    return structured, is_error, " ".join(texts) if is_error else None
 
 
-def register(server: MCPServer) -> None:
+def register(server: MCPServer, settings: Settings) -> None:
     seen: dict[str, AppContext] = {}
     server.middleware.append(SessionLogMiddleware(seen))
 
@@ -203,10 +211,10 @@ def register(server: MCPServer) -> None:
     @server.custom_route("/gallery/{session}", methods=["GET"])
     async def past_gallery(request: Request) -> Response:
         session = request.path_params["session"].removesuffix(".html")
-        app = seen.get("app")
-        if not SESSION_ID.match(session) or app is None:
+        if not SESSION_ID.match(session):
             return PlainTextResponse("no such session gallery\n", status_code=404)
-        path = app.settings.home / "gallery" / f"{session}.html"
+        # from the settings, not a request's context: earlier sessions' pages are there before any MCP call
+        path = settings.home / "gallery" / f"{session}.html"
         if not path.is_file():
             return PlainTextResponse(f"no gallery for session {session}\n", status_code=404)
         return FileResponse(path, media_type="text/html")

@@ -10,7 +10,8 @@ process never writes into the protocol; both come back on exit. Where asyncio ca
 
 End of input means the client has gone, as with the SDK: requests still running are cancelled. Here the end
 is seen at once, not one thread hop per line later, so a script that pipes requests in and closes the pipe
-straight away gets answers only for what finished before; `limner call` (or a file on stdin) is for that.
+straight away gets answers only for what finished before; `limner call` is for that (a file on stdin is
+served by the SDK's transport, which also ends at end of input).
 """
 
 from __future__ import annotations

@@ -231,6 +231,7 @@ async def test_the_session_log_lists_each_call_with_its_images_status_and_timing
     assert ok["duration_s"] > 0 and ok["arguments"] == {"prompt": "a kite", "n": 2, "seed": 1, "steps": 2}
     assert ok["result"]["candidates"][0]["seed"] == 1
     assert failed["status"] == "tool_error" and failed["outputs"] == []
+    assert "prompt" in failed["error"] and "5000" in failed["error"]  # why it failed is in the log too
     assert "(5000 characters)" in failed["arguments"]["prompt"]
     assert log["images"] == ids
     assert Path(log["log_path"]).read_text().count("\n") == 2

@@ -296,9 +296,17 @@ async def test_http_transport_requires_the_bearer_token_and_checks_the_host_head
     proc = subprocess.Popen(
         cmd, env=server_env(home, models_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
+    earlier = home / "gallery" / "20260101-000000-abcdef.html"  # a page an earlier session left
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_text("<html><body>yesterday's session</body></html>")
     try:
         await wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}/mcp"
+        async with httpx.AsyncClient(
+            headers={"Authorization": "Bearer s3cret"}
+        ) as http:  # before any MCP call
+            page = await http.get(f"http://127.0.0.1:{port}/gallery/20260101-000000-abcdef")
+            assert page.status_code == 200 and "yesterday's session" in page.text
         async with httpx.AsyncClient() as http:
             body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
             assert (await http.post(url, json=body)).status_code == 401

@@ -35,7 +35,7 @@ class LogEntry(BaseModel):
     started: float = Field(description="Unix time the call arrived.")
     duration_s: float
     status: Status = Field(description="ok; running (answered with a job handle); tool_error; error.")
-    error: str | None = None
+    error: str | None = Field(default=None, description="Why the call failed (tool_error or error).")
     inputs: list[str] = Field(default_factory=list, description="Image ids the call was given.")
     outputs: list[str] = Field(default_factory=list, description="Image ids the call made or returned.")
     result: dict[str, Any] | None = Field(default=None, description="The structured result (if small).")
@@ -62,8 +62,10 @@ class SessionLog:
         result: dict[str, Any] | None = None,
         is_error: bool = False,
         error: str | None = None,
+        reason: str | None = None,
     ) -> LogEntry:
-        """Append one call. `result` is the structured content of a successful call."""
+        """Append one call. `result` is the structured content of a successful call; `error` an exception
+        that escaped the tool, `reason` the text of a tool error."""
         arguments = arguments or {}
         inputs = list(image_ids(arguments))
         outputs = [i for i in image_ids(result) if i not in inputs] if result else []
@@ -86,7 +88,7 @@ class SessionLog:
                 started=round(started, 3),
                 duration_s=round(duration_s, 4),
                 status=status,
-                error=shorten(error[:500]) if error else None,
+                error=shorten((error or reason)[:500]) if error or reason else None,
                 inputs=inputs,
                 outputs=outputs,
                 result=kept,
