@@ -13,7 +13,8 @@ import pydantic_core
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp.types import Tool
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, Tool
 
 from server.settings import Settings
 from tools.fetch import FetchLimits, SafeFetcher
@@ -85,6 +86,23 @@ class LimnerServer(MCPServer):
     def add_tool(self, *args: Any, **kwargs: Any) -> None:
         self._listing, self._wire = None, {}
         super().add_tool(*args, **kwargs)
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
+    ) -> Any:
+        """The SDK's, but an unknown prompt or a missing argument is the client's mistake (JSON-RPC invalid
+        params, naming what there is), not an internal error with a traceback in the log."""
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:
+            cause = str(exc.__cause__ or exc)
+            if not cause.startswith(("Unknown prompt", "Missing required arguments")):
+                raise
+            prompts = {p.name: p for p in await self.list_prompts()}
+            wanted = prompts[name].arguments or [] if name in prompts else []
+            needs = ", ".join(f"{a.name}{'' if a.required else ' (optional)'}" for a in wanted)
+            hint = f"prompts: {', '.join(prompts)}" if name not in prompts else f"{name} takes: {needs}"
+            raise MCPError(code=INVALID_PARAMS, message=f"{cause}; {hint}.") from None
 
     def remove_tool(self, name: str) -> None:
         self._listing, self._wire = None, {}

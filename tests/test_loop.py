@@ -149,6 +149,24 @@ async def test_close_context_gap_renders_the_request_and_constraints_naming_only
         assert phrase in text, phrase
 
 
+async def test_an_unknown_prompt_or_a_missing_argument_is_invalid_params_naming_what_there_is(settings):
+    cases = [
+        ("nope", {}, "Unknown prompt: nope; prompts: close_context_gap, product_scene"),
+        (
+            "close_context_gap",
+            {},
+            "Missing required arguments: {'request'}; close_context_gap takes: request,",
+        ),
+        ("product_scene", {"product_image": "img_0123456789abcdef"}, "'scene'"),
+    ]
+    async with connect(settings) as client:
+        for name, arguments, message in cases:
+            with pytest.raises(MCPError) as raised:
+                await client.get_prompt(name, arguments)
+            assert raised.value.code == -32602 and message in raised.value.message, raised.value.message
+        assert (await client.get_prompt("close_context_gap", {"request": "a cat"})).messages  # still up
+
+
 async def test_product_scene_renders_with_the_product_and_scene_and_uses_foreground_generation(settings):
     async with connect(settings) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
