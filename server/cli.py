@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--max-wait-s", dest="max_wait_s", type=float, help="answer with a job handle after this"
         )
-        sp.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR")
+        sp.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     serve = sub.add_parser("serve", help="run the MCP server (stdio unless --http)")
     common(serve)
@@ -226,7 +226,8 @@ async def serve_http(server: Any, settings: Settings) -> None:
     import uvicorn
 
     app = http_app(server, settings)
-    logger.info("limner serving MCP at http://%s:%s/mcp", settings.host, settings.port)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address in a URL
+    logger.info("limner serving MCP at http://%s:%s/mcp", host, settings.port)
     # log_config=None: uvicorn logs through our stderr handler instead of its own stdout one
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None
