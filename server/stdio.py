@@ -8,6 +8,9 @@ Like the SDK, while serving fd 0 reads the null device and fd 1 goes to stderr, 
 process never writes into the protocol; both come back on exit. Where asyncio cannot watch the descriptors
 (Windows, stdin or stdout a regular file) the SDK's own transport serves instead.
 
+A line the SDK would drop without a word (not JSON, not one JSON-RPC object, a request with a method or
+params of the wrong type) is answered here with its JSON-RPC error instead, so the client never waits for it.
+
 End of input means the client has gone, as with the SDK: requests still running are cancelled. Here the end
 is seen at once, not one thread hop per line later, so a script that pipes requests in and closes the pipe
 straight away gets answers only for what finished before; `limner call` is for that (a file on stdin is
@@ -17,6 +20,7 @@ served by the SDK's transport, which also ends at end of input).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import stat
@@ -32,20 +36,61 @@ logger = logging.getLogger("limner")
 MAX_LINE = 1 << 30  # one JSON-RPC message per line; images travel inline, so a line may be large
 
 
-class _Lines:
-    """What `stdio_server` reads: an async iterator of text lines."""
+CHECKED_LINE = (
+    1 << 16
+)  # lines up to 64 KiB are checked here (json.loads: microseconds); larger go as they are
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+
+class _Lines:
+    """What `stdio_server` reads: an async iterator of text lines.
+
+    The SDK drops a line it cannot read without a word, so a client that sent a malformed request waits for
+    ever. Lines that are not JSON, not one JSON-RPC object, or a request whose method or params have the
+    wrong type are answered here with the JSON-RPC error (-32700 parse error, -32600 invalid request, with
+    the request's id where it has one) and logged; the SDK never sees them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
 
     def __aiter__(self) -> _Lines:
         return self
 
     async def __anext__(self) -> str:
-        line = await self._reader.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                raise StopAsyncIteration
+            text = line.decode("utf-8", errors="replace")
+            refusal = _refusal(text) if len(line) <= CHECKED_LINE and text.strip() else None
+            if refusal is None:
+                return text
+            logger.warning("stdio: refused a message: %s", refusal["error"]["message"])
+            self._writer.write(json.dumps(refusal).encode() + b"\n")  # one write: never inside another line
+
+
+def _refusal(text: str) -> dict[str, Any] | None:
+    """The JSON-RPC error answering a malformed line, or None for a line to hand to the SDK."""
+
+    def error(code: int, message: str, msg_id: Any = None) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
+
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        return error(-32700, f"parse error: the line is not JSON ({exc}); send one JSON-RPC message per line")
+    if not isinstance(message, dict):
+        return error(-32600, "invalid request: send one JSON-RPC object per line (batches are not supported)")
+    msg_id = message.get("id")
+    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        return error(-32600, "invalid request: id must be a string or an integer")
+    if message.get("jsonrpc") != "2.0":
+        return error(-32600, 'invalid request: "jsonrpc" must be "2.0"', msg_id)
+    if "method" in message:
+        if not isinstance(message["method"], str):
+            return error(-32600, "invalid request: method must be a string", msg_id)
+        if "params" in message and not isinstance(message["params"], dict):
+            return error(-32602, "invalid params: params must be an object", msg_id)
+    return None
 
 
 class _Writer:
@@ -118,7 +163,7 @@ async def serve_stdio() -> AsyncIterator[tuple[Any, Any]]:
         return
     reader, writer, restore = claimed
     try:
-        async with stdio_server(stdin=_Lines(reader), stdout=_Writer(writer)) as streams:  # type: ignore[arg-type]
+        async with stdio_server(stdin=_Lines(reader, writer), stdout=_Writer(writer)) as streams:  # type: ignore[arg-type]
             yield streams
     finally:
         writer.close()

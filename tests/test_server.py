@@ -222,6 +222,54 @@ def test_stdio_mode_writes_nothing_but_protocol_to_stdout(home, models_path):
     assert b"limner serving MCP over stdio" in proc.stderr
 
 
+def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_answering(home, models_path):
+    import json
+    import select
+    import time
+
+    from mcp.types import LATEST_PROTOCOL_VERSION
+
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": LATEST_PROTOCOL_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    lines = [
+        b"not json at all",
+        json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": "x"}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 3, "method": 42}).encode(),
+        json.dumps({"jsonrpc": "1.0", "id": 4, "method": "tools/list"}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": meta}}).encode(),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(home, models_path),
+        cwd=REPO,
+    )
+    for line in lines:
+        proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+    answers, deadline = [], time.monotonic() + 60
+    while len(answers) < len(lines):  # a line the server drops would leave readline waiting for ever
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(
+                f"only {len(answers)} of {len(lines)} lines were answered (ids {[a.get('id') for a in answers]})"
+            )
+        answers.append(json.loads(proc.stdout.readline()))
+    out, err = proc.communicate(b"", timeout=60)
+    assert out == b"" and proc.returncode == 0
+    codes = [(a["id"], a.get("error", {}).get("code")) for a in answers]
+    assert codes == [(None, -32700), (None, -32600), (2, -32602), (3, -32600), (4, -32600), (5, None)]
+    assert len(answers[-1]["result"]["tools"]) == 9
+    assert err.count(b"stdio: refused a message") == 5
+
+
 async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0_and_1(home, models_path):
     import base64
     import io
