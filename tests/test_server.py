@@ -360,6 +360,10 @@ async def test_http_transport_requires_the_bearer_token_and_checks_the_host_head
             assert (await http.post(url, json=body)).status_code == 401
             wrong = await http.post(url, json=body, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401
+            for header in ("Basic s3cret", "s3cret", "Bearer s3cre", "Bearer s3cretx"):
+                assert (await http.post(url, json=body, headers={"Authorization": header})).status_code == 401
+            lower = await http.post(url, json=body, headers={"Authorization": "bearer s3cret"})
+            assert lower.status_code != 401  # the scheme is case-insensitive
             rebinding = await http.post(
                 url, json=body, headers={"Authorization": "Bearer s3cret", "Host": "evil.example:80"}
             )
