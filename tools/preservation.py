@@ -6,8 +6,9 @@ Plain numpy/OpenCV on uint8 RGB arrays of the same size and boolean masks (True 
   identical pixels) and SSIM (Wang et al. 2004 on the grey image: 11x11 Gaussian window, sigma 1.5,
   K1 = 0.01, K2 = 0.03; 1 = identical) inside and outside the edit mask, plus every pixel changed outside
   it (count, share, bounding box, largest difference). The metrics see 8-bit RGB; the count also sees
-  alpha and the low bits of 16-bit images (`hidden_changes`), so no changed pixel goes unreported. LPIPS is added on the model worker
-  (tools/perceptual.py) when the `lpips` role's weights are present; otherwise it is null.
+  alpha and the low bits of 16-bit images (`hidden_changes`), so no changed pixel goes unreported. LPIPS
+  is added on the model worker (tools/perceptual.py) when the `lpips` role's weights are present;
+  otherwise it is null.
 - Foreground integrity (Anywhere's quality control): pixel fidelity inside the foreground mask against the
   original (MSE, PSNR, SSIM), and over-extension: the share of pixels in the band between the object's box
   and that box grown by 30 px that look like a continuation of the object, i.e. whose colour falls in the
