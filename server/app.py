@@ -172,16 +172,23 @@ def slim(schema: Any, *, fold_nullable: bool = False, omit_null: bool = False, n
     return _fold_nullable(out) if fold_nullable else out
 
 
+def _non_null_branch(node: dict[str, Any]) -> Any:
+    """X of `anyOf: [X, {type: null}]` (either order), else None."""
+    branches = node.get("anyOf")
+    if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
+        return None
+    return branches[0] if branches[1] == {"type": "null"} else branches[1]
+
+
 def _left_out(prop: Any) -> Any:
     """`{anyOf: [X, {type: null}], default: null, ...}` -> `{...X, ...}` for an argument: null and leaving it
     out mean the same to the tool, so the listing offers only the latter (as zod's `.optional()` does). The
     tool still accepts an explicit null; the agent reads one plain type and the client walks half the nodes."""
     if not isinstance(prop, dict) or prop.get("default", ...) is not None:
         return prop
-    branches = prop.get("anyOf")
-    if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
+    other = _non_null_branch(prop)
+    if other is None:
         return prop
-    other = branches[0] if branches[1] == {"type": "null"} else branches[1]
     rest = {key: value for key, value in prop.items() if key not in ("anyOf", "default")}
     if not isinstance(other, dict) or other.keys() & rest.keys():
         return prop
@@ -189,10 +196,7 @@ def _left_out(prop: Any) -> Any:
 
 
 def _fold_nullable(node: dict[str, Any]) -> dict[str, Any]:
-    branches = node.get("anyOf")
-    if not (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
-        return node
-    other = branches[0] if branches[1] == {"type": "null"} else branches[1]
+    other = _non_null_branch(node)
     if (
         not isinstance(other, dict)
         or not isinstance(other.get("type"), str)

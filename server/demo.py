@@ -39,9 +39,8 @@ def run_demo(settings: Settings, serve_flags: Sequence[str]) -> int:
 
     try:
         summary = anyio.run(_demo, settings, list(serve_flags))
-    except (
-        Exception
-    ) as exc:  # a step's DemoError, or the server gone: one line, not the task groups' tracebacks
+    except Exception as exc:
+        # a step's DemoError, or the server gone: one line, not the task groups' tracebacks
         while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
             exc = exc.exceptions[0]
         say(f"failed: {exc}" if isinstance(exc, DemoError) else f"failed: {type(exc).__name__}: {exc}")

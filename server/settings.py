@@ -131,10 +131,11 @@ class SettingsError(ValueError):
 
 
 _ENV_PREFIX = "LIMNER_"
+_COMMA_LISTS = ("fetch_allow", "fetch_intranet_allow", "allowed_hosts")  # comma-separated in LIMNER_*
 _SCALAR_FIELDS = {
     name
     for name, field in Settings.model_fields.items()
-    if name not in {"roles", "models", "allowed_dirs", "fetch_allow", "fetch_intranet_allow", "allowed_hosts"}
+    if name not in {"roles", "models", "allowed_dirs", *_COMMA_LISTS}
 }
 
 
@@ -183,7 +184,7 @@ def load_settings(
             values[name] = raw
         elif name == "allowed_dirs":
             values[name] = [p for p in raw.split(os.pathsep) if p]
-        elif name in ("fetch_allow", "fetch_intranet_allow", "allowed_hosts"):
+        elif name in _COMMA_LISTS:
             values[name] = [p.strip() for p in raw.split(",") if p.strip()]
         elif name.endswith("_model") and name[: -len("_model")] in DEFAULT_ROLES:
             values.setdefault("roles", {})[name[: -len("_model")]] = raw
@@ -203,9 +204,7 @@ def load_settings(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']} (got {e.get('input')!r})"
             for e in exc.errors()
         )
-        raise SettingsError(
-            f"invalid settings (from {path if path.is_file() else 'env/flags'}): {problems}"
-        ) from None
+        raise SettingsError(f"invalid settings (from {where}): {problems}") from None
     for role, name in settings.roles.items():
         if name not in settings.models:
             raise SettingsError(

@@ -262,9 +262,8 @@ class SafeFetcher:
         self.limits = limits or FetchLimits()
         self.resolver = resolver
         self._client = httpx.Client(
-            transport=_deadline_transport(
-                verify
-            ),  # keep-alive off, every socket operation held to the deadline
+            # keep-alive off, every socket operation held to the deadline
+            transport=_deadline_transport(verify),
             trust_env=False,  # a proxy from the environment would connect on our behalf, unchecked
             follow_redirects=False,
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},

@@ -83,8 +83,7 @@ def _colour_mask(
         if int(colour.max()) - int(colour.min()) <= CHANNEL_TOLERANCE:
             return alpha.astype(np.float32) / 255.0, "the alpha channel (colour is uniform)"
         # white strokes on transparent black, as painting tools save them: both readings give one mask
-        grey = colour.mean(axis=2) if colour.shape[2] == 3 else colour[..., 0].astype(np.float32)
-        if np.array_equal(grey >= 127.5, alpha >= 128):
+        if np.array_equal(colour.mean(axis=2) >= 127.5, alpha >= 128):
             return alpha.astype(np.float32) / 255.0, "the alpha channel (the colour marks the same pixels)"
         raise ToolError(
             f"{field}: the mask ({original_mode} {size}) has both transparency and varying colour, so it is "

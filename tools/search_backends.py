@@ -167,7 +167,7 @@ class SearxngBackend:
             results = json.loads(got.data).get("results", [])
         except (ValueError, AttributeError):
             results = None
-        if results is None or not isinstance(results, list):  # {"results": null} too
+        if not isinstance(results, list):  # {"results": null} too
             raise BackendError("SearXNG answered something that is not its JSON format", retry_after=None)
         return [r for r in results if isinstance(r, dict)]
 
