@@ -152,12 +152,13 @@ async def _claim() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Callable
 @asynccontextmanager
 async def serve_stdio() -> AsyncIterator[tuple[Any, Any]]:
     """The (read, write) message streams of `stdio_server`, over the thread-free wire where possible."""
+    why = "Windows, or stdin or stdout is a regular file"
     try:
         claimed = await _claim()
     except (OSError, ValueError, RuntimeError) as exc:  # e.g. a loop that cannot watch these pipes
-        logger.info("stdio: the SDK's threaded transport serves (%s)", exc)
-        claimed = None
+        why, claimed = str(exc), None
     if claimed is None:
+        logger.info("stdio: the SDK's threaded transport serves (%s)", why)
         async with stdio_server() as streams:
             yield streams
         return

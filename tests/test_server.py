@@ -298,25 +298,37 @@ async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0
             assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2")
 
 
-def test_requests_from_a_file_on_stdin_are_served_by_the_sdks_transport(home, models_path, tmp_path):
-    requests = tmp_path / "requests.jsonl"
+def test_where_a_regular_file_is_on_stdio_the_sdks_transport_serves(home, models_path, tmp_path):
+    # a regular file on stdout (as on stdin) cannot be watched by the event loop, so the SDK's threaded
+    # transport serves; stdin stays open until both answers are in, since end of input cancels what is
+    # still running (with a file on stdin that would race the last request)
+    import time
+
+    out_path = tmp_path / "answers.jsonl"
     hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
     lines = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}},
     ]
-    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with requests.open("rb") as stdin:
-        proc = subprocess.run(
+    with out_path.open("wb") as stdout:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve"],
-            stdin=stdin,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
             env=server_env(home, models_path),
             cwd=REPO,
-            timeout=60,
         )
-    answers = {m["id"]: m for m in map(json.loads, proc.stdout.decode().splitlines())}
+        proc.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while out_path.read_bytes().count(b"\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, err = proc.communicate(b"", timeout=60)
+    assert proc.returncode == 0
+    assert b"the SDK's threaded transport serves (Windows, or stdin or stdout is a regular file)" in err
+    answers = {m["id"]: m for m in map(json.loads, out_path.read_text().splitlines())}
     assert answers[1]["result"]["serverInfo"]["name"] == "limner"
     assert "generate" in {t["name"] for t in answers[2]["result"]["tools"]}
 
