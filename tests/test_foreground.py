@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from types import SimpleNamespace
 
 import anyio
@@ -101,6 +102,36 @@ async def test_an_rgba_cutout_keeps_every_object_pixel_exactly(settings, home):
     for candidate in out["candidates"]:
         assert_object_exact(candidate, home, rgb, out["foreground"]["box"])
         assert candidate["over_extension"] is not None and isinstance(candidate["passed"], bool)
+
+
+async def test_a_colour_keyed_cutout_is_read_by_its_key_not_by_grabcut(settings, home):
+    """An RGB PNG whose tRNS key marks the backdrop (as older tools save cut-outs) is a cut-out."""
+    disc = np.asarray(cat_cutout(48))
+    rgb = disc[..., :3].copy()
+    rgb[disc[..., 3] == 0] = (0, 255, 0)
+    keyed_object = (disc[..., 3] > 0) & np.all(rgb == (0, 255, 0), axis=-1)
+    rgb[keyed_object] = (0, 254, 0)  # the key colour is the backdrop only
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG", transparency=(0, 255, 0))
+    keyed = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    async with connect(settings) as client:
+        out = structured(
+            await client.call_tool(
+                "generate",
+                {
+                    "prompt": "a cat on a sofa",
+                    "foreground": keyed,
+                    "placement": [{"x": 0.5, "y": 0.6, "scale": 44 / 128}],
+                    "width": 128,
+                    "height": 128,
+                    "steps": 2,
+                    "seed": 3,
+                },
+            )
+        )
+    assert out["foreground"]["mask_source"] == "alpha"
+    assert out["foreground"]["box"] == [2, 2, 46, 46]  # the disc, not the whole 48 px square
+    assert_object_exact(out["candidates"][0], home, rgb, out["foreground"]["box"])
 
 
 async def test_a_separate_mask_keeps_the_masked_object_exact(settings, home):

@@ -165,6 +165,20 @@ def test_previews_are_small_and_keep_alpha_as_webp():
     assert len(raw) < 1024 * 1024
 
 
+def test_a_colour_keyed_png_previews_with_its_key_transparent():
+    """A tRNS colour key (an RGB PNG whose green means transparent) is alpha too, not a green backdrop."""
+    rgb = Image.new("RGB", (64, 64), (0, 255, 0))
+    rgb.paste((200, 30, 30), (16, 16, 48, 48))
+    buf = io.BytesIO()
+    rgb.save(buf, "PNG", transparency=(0, 255, 0))
+    with Image.open(io.BytesIO(buf.getvalue())) as keyed:
+        content = preview(keyed)
+    with Image.open(io.BytesIO(base64.b64decode(content.data))) as img:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+    assert content.mime_type == "image/webp"
+    assert alpha[0, 0] == 0 and alpha[32, 32] == 255
+
+
 @pytest.mark.anyio
 async def test_bad_image_references_through_a_tool_name_the_field_and_store_nothing(
     make_settings, tmp_path, photo

@@ -123,7 +123,8 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
 
 
 def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    """An alpha channel, or a PNG tRNS key (a palette entry or, in an RGB or L cut-out, one colour)."""
+    return image.has_transparency_data
 
 
 def grabcut(rgb: np.ndarray, border: float = 0.04, iterations: int = 5) -> np.ndarray:

@@ -309,14 +309,15 @@ def preview(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> ImageConten
     img = image
     if img.mode in ("I;16", "I;16B", "I", "F"):
         img = ImageOps.autocontrast(img.convert("F").point(lambda v: v / 256).convert("L"))
-    img = img.copy()
+    alpha = img.has_transparency_data  # an alpha channel or a tRNS key (made alpha before resampling)
+    img = img.convert("RGBA" if alpha else "RGB")
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img.convert("RGBA").save(buf, "WEBP", quality=80)
+    if alpha:
+        img.save(buf, "WEBP", quality=80)
         mime = "image/webp"
     else:
-        img.convert("RGB").save(buf, "JPEG", quality=85)
+        img.save(buf, "JPEG", quality=85)
         mime = "image/jpeg"
     return ImageContent(type="image", data=base64.b64encode(buf.getvalue()).decode(), mime_type=mime)
 
