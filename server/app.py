@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,6 +76,9 @@ class LimnerServer(MCPServer):
     2. Sent from its wire form: the SDK dumps, validates and dumps again the 41 KB on every tools/list
        (~2 ms of a 7 ms stdio round trip). A middleware keeps the first answer per protocol version as JSON
        and answers later ones from it (decoded afresh each time: nobody shares the cached objects).
+    3. Each output schema carries an `$id` made from its content. JSON-schema validators cache a compiled
+       schema by `$id`: the TypeScript SDK's client (Claude Desktop, Claude Code) compiles every output schema
+       with AJV on every tools/list, 67 ms for this listing, and with the `$id` only once per connection.
     Both are made again whenever a tool is added or removed.
     """
 
@@ -115,7 +120,7 @@ class LimnerServer(MCPServer):
                     update={
                         "description": inspect.cleandoc(tool.description or ""),
                         "input_schema": slim(tool.input_schema, omit_null=True),
-                        "output_schema": slim(tool.output_schema, fold_nullable=True),
+                        "output_schema": identified(tool.name, slim(tool.output_schema, fold_nullable=True)),
                     }
                 )
                 for tool in await super().list_tools()
@@ -170,6 +175,15 @@ def slim(schema: Any, *, fold_nullable: bool = False, omit_null: bool = False, n
         elif not (key == "title" and isinstance(value, str)):
             out[key] = slim(value, **flags, names=key in NAME_KEYWORDS)
     return _fold_nullable(out) if fold_nullable else out
+
+
+def identified(tool: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The schema with an `$id` naming the tool and its content: equal content, equal id (so a validator's
+    cache by id is never stale), and a changed schema a new one."""
+    if schema is None or "$id" in schema:
+        return schema
+    digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+    return {"$id": f"urn:limner:schema:{tool}:output:{digest}", **schema}
 
 
 def _non_null_branch(node: dict[str, Any]) -> Any:

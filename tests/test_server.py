@@ -39,6 +39,34 @@ async def test_every_tool_is_listed_with_a_description_and_input_and_output_sche
             assert schema.get("description"), f"{tool.name}.{prop} has no description"
 
 
+async def test_each_output_schema_has_an_id_made_from_its_content_so_validators_compile_it_once(settings):
+    """Validators cache a compiled schema by `$id` (the TypeScript SDK's AJV recompiled all nine on every
+    tools/list without one); the id must change whenever the schema does, and `$ref`s resolve under it."""
+    import hashlib
+
+    import jsonschema
+
+    from server.app import identified
+
+    async with connect(settings) as client:
+        tools = {t.name: t.output_schema for t in (await client.list_tools()).tools}
+        again = {t.name: t.output_schema for t in (await client.list_tools(cache_mode="bypass")).tools}
+    for name, schema in tools.items():
+        content = {key: value for key, value in schema.items() if key != "$id"}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        assert schema["$id"] == f"urn:limner:schema:{name}:output:{digest}" == again[name]["$id"]
+    assert len({schema["$id"] for schema in tools.values()}) == len(tools)
+    changed = json.loads(json.dumps(tools["jobs"]))
+    changed.pop("$id")
+    changed["required"] = [*changed.get("required", []), "extra"]
+    assert identified("jobs", changed)["$id"] != tools["jobs"]["$id"]
+
+    validator = jsonschema.Draft202012Validator(tools["judge"])  # its judgements are `$ref`s to `$defs`
+    judgement = {"index": 0, "width": 8, "height": 8, "verdict": "pass", "overall": 0.5, "items": []}
+    assert validator.is_valid({"status": "done", "judgements": [judgement]})
+    assert not validator.is_valid({"status": "done", "judgements": [{**judgement, "verdict": "maybe"}]})
+
+
 async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_title(settings):
     def titles(node, properties=False):
         if isinstance(node, dict):
