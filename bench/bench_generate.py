@@ -7,8 +7,10 @@
     wall minus the server's own denoise timing;
 (b) n=4 in one call against 4 calls of n=1 (ratio);
 (c) first call (load) against warm calls;
-(d) tools/list round trip over stdio (target <= 5 ms p50), through the SDK's Client; also as a minimal host
-    sends it (one line out, one line back, json.loads), which shows the server's and the pipe's share.
+(d) tools/list round trip over stdio (target <= 5 ms p50) through three clients: the TypeScript SDK's Client,
+    which Claude Desktop and Claude Code are built on (needs node; `npm install --prefix bench/ts` once, else
+    that figure is skipped with a note); the Python SDK's Client; and a minimal host (one line out, one line
+    back, json.loads), which shows the server's and the pipe's share.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,12 +121,32 @@ def raw_round_trips(env: dict[str, str], rounds: int = 300) -> None:
     emit("trivial_call_raw_stdio_p50", p50(trivial), "ms", None, note=note)
 
 
+def ts_round_trips(env: dict[str, str]) -> None:
+    """(d) through the TypeScript SDK's Client (bench/ts/tools_list.mjs), when node and the SDK are there."""
+    script = REPO / "bench" / "ts" / "tools_list.mjs"
+    node = shutil.which("node")
+    if (
+        node is None
+        or not (REPO / "bench" / "ts" / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir()
+    ):
+        why = "node is not on PATH" if node is None else "run `npm install --prefix bench/ts` first"
+        print(json.dumps({"name": "tools_list_ts_stdio_p50", "skipped": why}), flush=True)
+        return
+    done = subprocess.run(
+        [node, str(script), sys.executable, str(REPO)], env=env, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bench/ts/tools_list.mjs failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    print(done.stdout, end="", flush=True)
+
+
 async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home, models_path = Path(tmp) / "home", Path(tmp) / "models"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
         env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", LIMNER_MODELS_PATH=str(models_path))
         raw_round_trips(env)
+        ts_round_trips(env)
         params = StdioServerParameters(
             command=sys.executable, args=["-m", "server.cli", "serve"], env=env, cwd=str(REPO)
         )
