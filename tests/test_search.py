@@ -336,6 +336,33 @@ async def test_fetch_page_extracts_the_main_text_title_and_image_urls(make_setti
                                  "https://cdn.example.org/pier.png"]  # fmt: skip
 
 
+async def test_fetch_page_decodes_title_text_and_image_urls_with_the_pages_own_charset(make_settings):
+    """The charset comes from the header, else a meta tag, else UTF-8 when it fits, else windows-1252 (the
+    web's default), and the title and image URLs are decoded with the same one as the text."""
+    title = "Café Straße Zürich – Ærøskøbing"
+    body = "".join(
+        f"<p>Færgen {i} til Ærøskøbing sejler fra Svendborg; the café is in Zürich.</p>" for i in range(6)
+    )
+    html = f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1>{body}"
+    html += "<img src='/bilder/café.jpg'></article></body></html>"
+    plain = "El niño comió piña en Año Nuevo. " * 8
+    with LocalWeb("127.0.0.2") as web:
+        web.static("/header-utf8", html.encode(), "text/html; charset=utf-8")
+        web.static("/header-1252", html.encode("cp1252"), "text/html; charset=windows-1252")
+        web.static("/meta-1252", html.replace("<head>", "<head><meta charset='iso-8859-1'>").encode("cp1252"),
+                   "text/html")  # fmt: skip
+        web.static("/undeclared-html", html.encode("cp1252"), "text/html")
+        web.static("/undeclared-plain", plain.encode("latin-1"), "text/plain")
+        async with connect(make_settings(fetch_intranet_allow=(web.base,))) as client:
+            for path in ("/header-utf8", "/header-1252", "/meta-1252", "/undeclared-html"):
+                out = structured(await client.call_tool("fetch_page", {"url": web.base + path}))
+                assert out["title"] == title, path
+                assert "Færgen 3 til Ærøskøbing" in out["text"], path
+                assert out["images"] == [f"{web.base}/bilder/café.jpg"], path
+            out = structured(await client.call_tool("fetch_page", {"url": web.base + "/undeclared-plain"}))
+            assert out["text"] == plain.strip()
+
+
 async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(make_settings, pages):
     async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         parts, start = [], 0

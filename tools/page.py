@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -76,10 +78,11 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
     if not text:
         text = trafilatura.html2txt(raw) or ""
 
-    # 3. title and images from the DOM
+    # 3. title and images from the DOM, parsed from the same decoded text (libxml2 on the bytes would ignore
+    # a charset given only in the header)
     title, images = "", []
     try:
-        tree = lxml.html.fromstring(fetched.data)
+        tree = lxml.html.fromstring(raw.encode("utf-8"), parser=lxml.html.HTMLParser(encoding="utf-8"))
         tree.make_links_absolute(fetched.url, resolve_base_href=True, handle_failures="discard")
         title = " ".join(tree.xpath("string(//title)").split())
         og = tree.xpath("//meta[@property='og:image' or @name='twitter:image']/@content")
@@ -94,17 +97,37 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
     return PageText(fetched.url, title, text.strip(), tuple(images))
 
 
-def _decode(data: bytes, charset: str | None) -> str:
-    """The declared charset, else UTF-8, else trafilatura's own detection."""
-    from trafilatura.utils import decode_file
+# a meta charset in the first 1024 bytes, as browsers look for it: <meta charset=x> or http-equiv's content
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+# labels that mean windows-1252 on the web (WHATWG Encoding): its 0x80-0x9F are letters and punctuation
+_WINDOWS_1252 = {
+    "iso-8859-1",
+    "iso8859-1",
+    "latin1",
+    "latin-1",
+    "l1",
+    "ascii",
+    "us-ascii",
+    "cp819",
+    "windows-1252",
+}
 
-    for encoding in (charset, "utf-8"):
-        if encoding:
-            try:
-                return data.decode(encoding)
-            except (LookupError, UnicodeDecodeError):
-                continue
-    return decode_file(data)
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """As a browser decodes a page: a byte-order mark, the header's charset, a meta charset, else UTF-8 when the
+    bytes are UTF-8, else windows-1252 (the web's default for undeclared pages)."""
+    boms = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+    bom = next((encoding for mark, encoding in boms if data.startswith(mark)), None)
+    meta = _META_CHARSET.search(data[:1024])
+    for label in (bom, charset, meta and meta.group(1).decode("ascii"), "utf-8"):
+        if not label:
+            continue
+        encoding = "cp1252" if label.strip().lower() in _WINDOWS_1252 else label.strip()
+        try:
+            return data.decode(encoding)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("cp1252", errors="replace")
 
 
 def paginate(page: PageText, start: int, max_chars: int, cached: bool) -> PageResult:
