@@ -73,6 +73,32 @@ async def test_searxng_web_and_news_results_are_normalised_and_paged(searx, sear
         assert news["count"] == 3 and news["results"][0]["date"] == "2026-10-01T08:00:00"
 
 
+async def test_results_keep_only_web_links_each_page_once_and_text_fields_as_text(searx, searx_settings):
+    """A javascript:, data: or ftp: link is no result to pass on; a #fragment is the same page; a field that
+    is not text (null, a list, a number) is empty, not its Python repr."""
+    junk = [
+        {"url": "javascript:alert(document.cookie)", "title": "script"},
+        {"url": "data:text/html,<script>alert(1)</script>", "title": "data"},
+        {"url": "ftp://files.example.org/f.txt", "title": "ftp"},
+        {"url": "  https://example.org/spaced  ", "title": "spaced", "content": ["a", "list"]},
+        {"url": "https://example.org/a#top", "title": "a, at its top"},
+        {"url": "https://example.org/a", "title": "a again"},
+        {"url": "https://example.org/b", "title": None, "content": 5, "publishedDate": 0},
+        {"url": None, "title": "no link at all"},
+    ]
+    searx.state.update(body=json.dumps({"results": junk}).encode())
+    async with connect(searx_settings) as client:
+        out = structured(await client.call_tool("search", {"query": "links", "max_results": 10}))
+    assert [r["url"] for r in out["results"]] == [
+        "https://example.org/spaced",
+        "https://example.org/a#top",
+        "https://example.org/b",
+    ]
+    assert out["count"] == 3 and out["results"][0]["snippet"] == ""
+    assert out["results"][2]["title"] == "" and out["results"][2]["snippet"] == ""
+    assert out["results"][2]["date"] is None
+
+
 async def test_the_same_query_within_minutes_answers_from_the_cache(searx, searx_settings):
     async with connect(searx_settings) as client:
         args = {"query": "Eiffel Tower 2026", "kind": "images", "max_results": 2, "download_images": True}

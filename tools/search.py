@@ -16,6 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urldefrag, urlsplit
 
 import anyio
 from mcp.server.mcpserver.exceptions import ToolError
@@ -65,6 +66,36 @@ class SearchResult(BaseModel):
     results: list[SearchHit]
     downloaded: int = 0
     note: str | None = None
+
+
+def web_url(value: Any) -> str | None:
+    """An http(s) URL without surrounding spaces, else None (a javascript:, data: or ftp: link, not a string)."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    parts = urlsplit(url)
+    return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def tidy(hits: list[SearchHit], limit: int) -> list[SearchHit]:
+    """Results an agent can pass on as they are: http(s) links only, each page (a #fragment is the same page)
+    or image once, at most `limit`. A result left with neither a page nor an image is dropped."""
+    seen: set[tuple[str, str | None]] = set()
+    kept: list[SearchHit] = []
+    for hit in hits:
+        url, image = web_url(hit.url) or "", web_url(hit.image_url)
+        key = (urldefrag(url).url, image)
+        if not (url or image) or key in seen:
+            continue
+        seen.add(key)
+        kept.append(
+            hit.model_copy(
+                update={"url": url, "image_url": image, "thumbnail_url": web_url(hit.thumbnail_url)}
+            )
+        )
+        if len(kept) == limit:
+            break
+    return kept
 
 
 @dataclass(frozen=True)
@@ -210,6 +241,7 @@ class SearchService:
             raise ToolError(
                 _retry_text(f"search backend {self.backend.name}: {exc}", exc.retry_after)
             ) from None
+        hits = tidy(hits, request.max_results)
         result = SearchResult(
             query=request.query,
             kind=request.kind,

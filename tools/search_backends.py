@@ -14,11 +14,16 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from tools.fetch import FetchError, SafeFetcher, origin_of
-from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest
+from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest, tidy
 
 
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "") if url else ""
+
+
+def _text(value: Any) -> str:
+    """A result's text field as given, or "" when it is missing or not text (null, a list, a number)."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 def _int(value: Any) -> int | None:
@@ -71,26 +76,26 @@ class DdgsBackend:
     def _hit(kind: str, r: dict[str, Any]) -> SearchHit:
         if kind == "web":
             return SearchHit(
-                title=r.get("title", ""),
-                url=r.get("href", ""),
-                snippet=r.get("body", ""),
-                source=_host(r.get("href", "")),
+                title=_text(r.get("title")),
+                url=_text(r.get("href")),
+                snippet=_text(r.get("body")),
+                source=_host(_text(r.get("href"))),
             )
         if kind == "news":
             return SearchHit(
-                title=r.get("title", ""),
-                url=r.get("url", ""),
-                snippet=r.get("body", ""),
-                source=r.get("source") or _host(r.get("url", "")),
-                date=r.get("date") or None,
-                image_url=r.get("image") or None,
+                title=_text(r.get("title")),
+                url=_text(r.get("url")),
+                snippet=_text(r.get("body")),
+                source=_text(r.get("source")) or _host(_text(r.get("url"))),
+                date=_text(r.get("date")) or None,
+                image_url=_text(r.get("image")) or None,
             )
         return SearchHit(
-            title=r.get("title", ""),
-            url=r.get("url", ""),
-            source=r.get("source", ""),
-            image_url=r.get("image") or None,
-            thumbnail_url=r.get("thumbnail") or None,
+            title=_text(r.get("title")),
+            url=_text(r.get("url")),
+            source=_text(r.get("source")),
+            image_url=_text(r.get("image")) or None,
+            thumbnail_url=_text(r.get("thumbnail")) or None,
             width=_int(r.get("width")),
             height=_int(r.get("height")),
         )
@@ -117,15 +122,13 @@ class SearxngBackend:
             return None  # the ordinary fetcher refuses a malformed URL with a clear message
 
     def search(self, request: SearchRequest) -> list[SearchHit]:
-        hits: dict[tuple[str, str | None], SearchHit] = {}  # engines repeat results across pages
+        hits: list[SearchHit] = []
         for page in range(1, self.MAX_PAGES + 1):
             batch = [self._hit(request.kind, r) for r in self._page(request, page)]
-            for hit in batch:
-                if hit.url or hit.image_url:
-                    hits.setdefault((hit.url, hit.image_url), hit)
+            hits = tidy([*hits, *batch], request.max_results)  # engines repeat results across pages
             if not batch or len(hits) >= request.max_results:
                 break
-        return list(hits.values())[: request.max_results]
+        return hits
 
     def _page(self, request: SearchRequest, page: int) -> list[dict[str, Any]]:
         params: dict[str, Any] = {
@@ -175,15 +178,15 @@ class SearxngBackend:
         def absolute(value: Any) -> str | None:  # image_proxy links are relative to the instance
             return urljoin(self.base_url, value) if isinstance(value, str) and value else None
 
-        url = str(r.get("url") or "")
-        size = re.match(r"\s*(\d+)\s*[x×]\s*(\d+)", str(r.get("resolution") or ""))
+        url = _text(r.get("url"))
+        size = re.match(r"\s*(\d+)\s*[x×]\s*(\d+)", _text(r.get("resolution")))
         image = absolute(r.get("img_src"))
         return SearchHit(
-            title=str(r.get("title") or ""),
+            title=_text(r.get("title")),
             url=url,
-            snippet=str(r.get("content") or ""),
-            source=str(r.get("source") or _host(url)),
-            date=str(r.get("publishedDate") or r.get("pubdate") or "") or None,
+            snippet=_text(r.get("content")),
+            source=_text(r.get("source")) or _host(url),
+            date=_text(r.get("publishedDate")) or _text(r.get("pubdate")) or None,
             image_url=image if kind != "web" else None,
             thumbnail_url=absolute(r.get("thumbnail_src") or r.get("thumbnail")) if kind != "web" else None,
             width=int(size.group(1)) if size else None,
