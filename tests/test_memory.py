@@ -427,6 +427,9 @@ async def test_recall_cuts_long_texts_with_a_marker(settings):
 BAD_CALLS = [
     ("remember", {"text": "", "kind": "fact"}, ["text", "empty"]),
     ("remember", {"text": "   \n\t ", "kind": "fact"}, ["text", "whitespace"]),
+    ("remember", {"text": "\u200b", "kind": "fact"}, ["text", "invisible"]),  # zero-width space
+    ("remember", {"text": " \ufeff\u2060\u200b ", "kind": "fact"}, ["text", "invisible"]),  # BOM, word joiner
+    ("recall", {"query": "\u200b\u200d"}, ["query", "invisible"]),
     ("remember", {"text": "x" * 8001, "kind": "fact"}, ["text", "8001", "8000"]),
     ("remember", {"text": "a fact", "kind": "rumour"}, ["kind", "fact", "preference", "critique"]),
     ("remember", {"text": "a fact", "kind": "fact", "tags": ["no spaces allowed"]}, ["tags", "no spaces"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,14 +190,22 @@ def check_forget(
 
 
 def check_text(text: str, field: str) -> str:
-    if not text or not text.strip():
-        raise ToolError(f"{field}: empty or only whitespace; give the text to {_VERB[field]}.")
+    if not visible(text):
+        raise ToolError(
+            f"{field}: empty, or only whitespace and invisible characters; give the text to {_VERB[field]}."
+        )
     if len(text) > MAX_TEXT_CHARS:
         raise ToolError(
             f"{field}: {len(text)} characters, above the limit of {MAX_TEXT_CHARS}; "
             "shorten it or split it into several memories."
         )
     return text.strip()
+
+
+def visible(text: str) -> bool:
+    """Whether `text` holds anything but whitespace and invisible format characters (zero-width space, BOM,
+    word joiner: Unicode category Cf), which str.strip() keeps."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
 
 
 _VERB = {"text": "remember (one fact, preference, critique ...)", "query": "search memory for"}
