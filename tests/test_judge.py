@@ -265,6 +265,30 @@ async def test_a_change_only_in_alpha_or_in_the_low_bits_of_a_16_bit_image_is_st
             assert not kept["passed"] and found["judgements"][0]["verdict"] == "fix"
 
 
+async def test_a_float_image_with_nan_is_unchanged_against_itself_and_a_real_change_is_found(settings):
+    """NaN never equals itself: NaN in the same place in both images is no change."""
+    values = photo("astronaut")[..., 0].astype(np.float32) / 255
+    values[10, 10] = np.nan
+    edited = values.copy()
+    edited[110:112, 100:102] += 0.25 / 255  # four pixels outside the mask, below one grey level
+
+    def tiff_uri(array: np.ndarray) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(array, mode="F").save(buf, "TIFF")
+        return "data:image/tiff;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    mask = np.zeros((128, 128), bool)
+    mask[40:100, 30:90] = True
+    args = {"original": tiff_uri(values), "mask": mask_uri(mask), "checks": ["preservation"]}
+    async with connect(settings) as client:
+        same = structured(await client.call_tool("judge", {"image": tiff_uri(values), **args}))
+        found = structured(await client.call_tool("judge", {"image": tiff_uri(edited), **args}))
+    kept = same["judgements"][0]["preservation"]
+    assert kept["passed"] and kept["outside"]["changed_pixels"] == 0 and kept["changed_outside_box"] is None
+    moved = found["judgements"][0]["preservation"]
+    assert moved["outside"]["changed_pixels"] == 4 and moved["changed_outside_box"] == [100, 110, 102, 112]
+
+
 def composite() -> tuple[np.ndarray, np.ndarray]:
     """A square crop of the coffee photo placed on the astronaut photo, and its foreground mask."""
     background = photo("astronaut", 320)[:240, :320].copy()

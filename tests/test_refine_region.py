@@ -240,8 +240,9 @@ async def test_a_transparent_colour_key_and_a_colour_profile_are_kept_in_the_out
     assert_bit_exact(profiled_out, np.asarray(image), mask_of(96, 64, box))
 
 
-async def test_a_32_bit_input_beyond_16_bits_says_it_was_clipped(settings, home):
-    wide = Image.fromarray(np.tile(np.arange(0, 131072, 2048, dtype=np.int32), (64, 1)), mode="I")
+@pytest.mark.parametrize("low, high", [(0, 131072), (-2048, 63488)], ids=["above 65535", "below 0"])
+async def test_a_32_bit_input_beyond_16_bits_says_it_was_clipped(settings, home, low, high):
+    wide = Image.fromarray(np.tile(np.arange(low, high, 2048, dtype=np.int32), (64, 1)), mode="I")
     args = {
         "image": save(home, wide, "wide.tif"),
         "prompt": "",
@@ -250,7 +251,25 @@ async def test_a_32_bit_input_beyond_16_bits_says_it_was_clipped(settings, home)
     }
     async with connect(settings) as client:
         out = structured(await client.call_tool("refine_region", args))
-    assert out["image"]["mode"] == "I;16" and any("clipped to 16 bits" in n for n in out["notes"])
+    assert out["image"]["mode"] == "I;16"
+    assert any(f"({low}..{high - 2048}) were clipped to 0..65535" in n for n in out["notes"]), out["notes"]
+
+
+async def test_a_16_bit_per_channel_colour_png_says_it_is_read_at_8_bits_in_refine_and_judge(settings, home):
+    """Pillow reads a 48-bit RGB PNG at 8 bits per channel: both tools say so rather than claim that nothing
+    changed while the low 8 bits are gone."""
+    deep = np.asarray(photo("astronaut", 64)).astype(np.uint16) * 256
+    deep[..., 0] += np.arange(64, dtype=np.uint16)[None, :]  # low bits that 8 bits cannot hold
+    home.mkdir(parents=True, exist_ok=True)
+    path = str(home / "deep.png")
+    assert cv2.imwrite(path, deep[..., ::-1])  # cv2 writes 16 bits per channel (BGR order)
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("refine_region", {"image": path, "prompt": "", "backend": "classical",
+                                                                  "bbox": [20, 20, 40, 40]}))  # fmt: skip
+        assert any("16-bit-per-channel colour PNG, read at 8 bits" in n for n in out["notes"]), out["notes"]
+        judged = structured(await client.call_tool("judge", {"images": [out["image"]["id"]], "original": path,
+                                                             "mask": out["mask_id"], "checks": ["preservation"]}))  # fmt: skip
+    assert any(w.startswith("original: a 16-bit-per-channel colour PNG") for w in judged["warnings"])
 
 
 async def test_an_exif_rotated_input_is_refined_upright(settings, home):

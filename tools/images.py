@@ -275,8 +275,26 @@ def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             f"{field}: the image data is corrupt or truncated or not an image ({exc}); re-export it as PNG "
             "or JPEG and pass it again."
         ) from None
+    png = img.format == "PNG"
     transposed = ImageOps.exif_transpose(img)
-    return transposed if transposed is not None else img
+    img = transposed if transposed is not None else img
+    if png and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):
+        img.info[READ_AT_8_BITS] = True  # IHDR: 16 bits per sample, RGB or RGBA; Pillow keeps the top 8
+    return img
+
+
+READ_AT_8_BITS = "limner.read_at_8_bits"  # image.info key: a 16-bit-per-channel colour PNG, read at 8 bits
+
+
+def depth_lost(image: Image.Image, field: str) -> str | None:
+    """A note when `image` came from a 16-bit-per-channel RGB(A) PNG, which Pillow reads at 8 bits per channel
+    (16-bit greyscale keeps all 16)."""
+    if not image.info.get(READ_AT_8_BITS):
+        return None
+    return (
+        f"{field}: a 16-bit-per-channel colour PNG, read at 8 bits per channel (its top 8 bits); results and "
+        "comparisons see those 8 bits only (a 16-bit greyscale PNG keeps all 16)"
+    )
 
 
 # -- encoding ---------------------------------------------------------------------------------------

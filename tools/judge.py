@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from tools import preservation as pres
 from tools import quality as qual
-from tools.images import ImageStore, Resolved
+from tools.images import ImageStore, Resolved, depth_lost
 from tools.jobs import JobHandle
 from tools.masks import read_mask, tight_bbox
 
@@ -223,6 +223,8 @@ def check_request(
         reference=reference.image.convert("RGB") if reference is not None else None,
         warnings=warnings,
     )
+    given = [(f"images[{i}]", img) for i, img in enumerate(images)] + [("original", original)]
+    warnings.extend(filter(None, (depth_lost(ref.image, name) for name, ref in given if ref is not None)))
     for name, ref in (("original", original), ("mask", mask), ("foreground_mask", foreground_mask)):
         if ref is None:
             continue

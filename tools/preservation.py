@@ -126,6 +126,8 @@ def hidden_changes(image: Image.Image, original: Image.Image) -> np.ndarray | No
     else:
         return None
     moved = a != b
+    if a.dtype.kind == "f":  # NaN never equals itself: NaN in both places is no change
+        moved &= ~(np.isnan(a) & np.isnan(b))
     return moved.any(axis=-1) if moved.ndim == 3 else moved
 
 

@@ -17,6 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from tools.images import depth_lost
 from tools.masks import Box, dilate, erode, expand, tight_bbox
 from tools.preservation import ssim_map
 
@@ -48,7 +49,6 @@ class Pixels:
 
 
 def to_pixels(image: Image.Image) -> Pixels:
-    note = None
     target: str | None = None
     if image.mode in ("P", "PA"):
         target = "RGBA" if image.has_transparency_data else "RGB"
@@ -60,14 +60,22 @@ def to_pixels(image: Image.Image) -> Pixels:
             raise ToolError(
                 f"image: mode {image.mode} cannot be refined; save it as an 8- or 16-bit PNG (RGB, RGBA, L)."
             )
-    if image.mode == "I" and np.asarray(image).max(initial=0) > 65535:
-        note = "the input's 32-bit values above 65535 were clipped to 16 bits (PNG's deepest); the output is I;16"
+    notes = [depth_lost(image, "image")]
+    if image.mode == "I":
+        values = np.asarray(image)
+        low, high = int(values.min(initial=0)), int(values.max(initial=0))
+        if low < 0 or high > 65535:
+            notes.append(
+                f"the input's 32-bit values ({low}..{high}) were clipped to 0..65535 (PNG's deepest, 16 bits); "
+                "the output is I;16"
+            )
     icc = image.info.get("icc_profile") or None
     if target is not None:
         kind = "transparent colour key" if target in ("RGBA", "LA") and image.mode in ("RGB", "L") else "mode"
-        note = f"the input ({kind} {image.mode}) was converted to {target}; the output is {target}"
+        notes.append(f"the input ({kind} {image.mode}) was converted to {target}; the output is {target}")
         image = image.convert(target)
     colour, full = NATIVE_MODES[image.mode]
+    note = "; ".join(n for n in notes if n) or None
     return Pixels(np.asarray(image), image.mode, colour, float(full), note, icc)
 
 
