@@ -134,6 +134,25 @@ async def test_a_colour_keyed_cutout_is_read_by_its_key_not_by_grabcut(settings,
     assert_object_exact(out["candidates"][0], home, rgb, out["foreground"]["box"])
 
 
+async def test_a_16_bit_greyscale_object_is_placed_scaled_to_8_bits_not_clipped(settings, home):
+    """Pillow's convert("RGB") clips 16-bit values at 255 (a photo became black and white); the object is
+    its top 8 bits, exactly."""
+    grey = np.asarray(Image.fromarray(data.camera()).resize((40, 40))).astype(np.uint16) * 257
+    mask = Image.new("L", (40, 40), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 31, 31), fill=255)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG")  # I;16
+    deep = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("generate", {
+            "prompt": "a print on a wall", "foreground": deep, "foreground_mask": data_uri(mask),
+            "placement": [{"x": 0.5, "y": 0.5, "scale": 24 / 64}], "width": 64, "height": 64, "steps": 2,
+        }))  # fmt: skip
+    assert out["foreground"]["box"] == [8, 8, 32, 32] and out["foreground"]["any_resampled"] is False
+    top8 = np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    assert_object_exact(out["candidates"][0], home, top8, out["foreground"]["box"])
+
+
 async def test_a_separate_mask_keeps_the_masked_object_exact(settings, home):
     photo = Image.fromarray(data.astronaut()[0:200, 150:350]).resize((60, 60))
     mask = Image.new("L", photo.size, 0)

@@ -164,6 +164,21 @@ async def test_a_reference_image_reports_clip_image_similarity_100_for_itself_an
     assert "tiny-random" in out["models"]["clip"]
 
 
+async def test_a_16_bit_greyscale_image_scores_as_its_8_bit_self_in_the_model_checks(settings):
+    """The models see a 16-bit image scaled to 8 bits; Pillow's convert("RGB") clipped it to black and white."""
+    grey = photo("camera")
+    deep = grey.astype(np.uint16) * 257
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("judge", {
+            "images": [data_uri(grey), data_uri(deep)], "prompt": "a man with a camera",
+            "reference": data_uri(deep), "checks": ["alignment", "quality"],
+        }))  # fmt: skip
+    eight, sixteen = out["judgements"]
+    assert sixteen["alignment"]["clipscore"] == pytest.approx(eight["alignment"]["clipscore"], abs=1e-3)
+    assert eight["reference_similarity"] == pytest.approx(100.0, abs=1e-3)
+    assert sixteen["reference_similarity"] == pytest.approx(100.0, abs=1e-3)
+
+
 async def test_judging_generated_candidates_stores_the_scores_on_each_and_says_the_models_are_tiny(settings):
     async with connect(settings) as client:
         made = structured(await client.call_tool("generate", {"prompt": "a lighthouse", "n": 2, "seed": 5}))

@@ -27,6 +27,7 @@ from tools.jobs import Job
 from tools.masks import dilate, erode, read_mask, tight_bbox
 from tools.models import Loaded
 from tools.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
+from tools.quality import to_array
 
 AUTO_SCALE = 0.45  # the object's longest side as a share of the canvas's shorter side: room for context
 AUTO_Y = 2 / 3  # centred on the lower third
@@ -79,7 +80,7 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
     """Find the object: the given mask, else the alpha channel if it marks some pixels transparent, else
     GrabCut from the border (an opaque alpha channel, as many product photos saved as RGBA have, marks no
     background, so it is read as an RGB photo)."""
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = to_array(image)  # 16-bit scaled to 8 bits (Pillow's convert("RGB") clips it at 255)
     alpha = np.asarray(image.convert("RGBA"))[..., 3] if mask_image is None and _has_alpha(image) else None
     if mask_image is not None:
         if mask_image.size != image.size:

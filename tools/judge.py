@@ -220,7 +220,7 @@ def check_request(
         question_source=source if "checklist" in selected else "none",
         checks=selected,
         min_alignment=min_alignment,
-        reference=reference.image.convert("RGB") if reference is not None else None,
+        reference=Image.fromarray(qual.to_array(reference.image)) if reference is not None else None,
         warnings=warnings,
     )
     given = [(f"images[{i}]", img) for i, img in enumerate(images)] + [("original", original)]

@@ -158,7 +158,7 @@ class ModelScores:
 def run_models(request: JudgeRequest, models: ModelCache, job: Job, lpips: bool = False) -> ModelScores:
     """CLIPScore, LPIPS and VQAScore for every image; progress per image and per question, cancellable."""
     n = len(request.images)
-    pil = [img.image.convert("RGB") for img in request.images]
+    pil = [Image.fromarray(array) for array in request.arrays]  # uint8 RGB, 16-bit scaled (not clipped)
     alignment: list[Alignment | None] = [None] * n
     reference: list[float | None] = [None] * n
     checklist: list[list[QuestionScore] | None] = [None] * n
