@@ -119,7 +119,10 @@ class LimnerServer(MCPServer):
                 tool.model_copy(
                     update={
                         "description": inspect.cleandoc(tool.description or ""),
-                        "input_schema": slim(tool.input_schema, omit_null=True),
+                        "input_schema": {
+                            **slim(tool.input_schema, omit_null=True),
+                            "additionalProperties": False,
+                        },
                         "output_schema": identified(tool.name, slim(tool.output_schema, fold_nullable=True)),
                     }
                 )

@@ -2,7 +2,8 @@
 
 Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
 `AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` (first refusing, for
-every tool at once, arguments that hold a lone UTF-16 surrogate: valid JSON, but no text) and rewrites the
+every tool at once, arguments that hold a lone UTF-16 surrogate, that the tool does not take, or that its
+argument model refuses: server/arguments.py) and rewrites the
 session's gallery (`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
 transport serves the live page at `/gallery` (behind the same bearer token as /mcp) and earlier sessions'
 pages at `/gallery/<session>`.
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from server.app import AppContext, app_context
+from server.arguments import argument_problem
 from server.settings import Settings
 from tools.gallery import write_gallery
 from tools.images import URI_PREFIX
@@ -55,8 +57,20 @@ async def refresh_gallery(app: AppContext) -> str:
 class SessionLogMiddleware:
     """Records each tools/call: tool, arguments, timing, status, image ids in and out, structured result."""
 
-    def __init__(self, seen: dict[str, AppContext]) -> None:
+    def __init__(self, seen: dict[str, AppContext], server: MCPServer) -> None:
         self.seen = seen  # the server's AppContext, for the log resource and the /gallery route
+        self.server = server
+
+    def refusal(self, tool: str, arguments: dict[str, Any]) -> str | None:
+        """Why a call is refused before its tool runs (checks for every tool at once), else None."""
+        if (field := unpaired_surrogate(arguments)) is not None:
+            # JSON can carry "\ud800", which no tool, store or log can encode
+            return (
+                f"{field}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not "
+                "text; send valid Unicode."
+            )
+        registered = self.server._tool_manager.get_tool(tool)  # the SDK's tool: its argument model
+        return None if registered is None else argument_problem(registered, arguments)
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         app = ctx.lifespan_context
@@ -70,16 +84,9 @@ class SessionLogMiddleware:
         arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
         started, clock = time.time(), time.perf_counter()
         log = session_log(app)
-        if (field := unpaired_surrogate(arguments)) is not None:
-            # JSON can carry "\ud800", which no tool, store or log can encode: one answer for every tool
+        if (problem := self.refusal(tool, arguments)) is not None:
             result: HandlerResult = CallToolResult(
-                content=[
-                    TextContent(
-                        text=f"Error executing tool {tool}: {field}: holds a lone UTF-16 surrogate (an unpaired "
-                        "\\ud800-\\udfff escape), which is not text; send valid Unicode."
-                    )
-                ],
-                is_error=True,
+                content=[TextContent(text=f"Error executing tool {tool}: {problem}")], is_error=True
             )
         else:
             try:
@@ -141,7 +148,7 @@ def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool, str | No
 
 def register(server: MCPServer, settings: Settings) -> None:
     seen: dict[str, AppContext] = {}
-    server.middleware.append(SessionLogMiddleware(seen))
+    server.middleware.append(SessionLogMiddleware(seen, server))
 
     @server.resource(
         URI_PREFIX + "{image_id}/lineage",

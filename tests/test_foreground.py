@@ -372,7 +372,7 @@ async def test_bad_foreground_inputs_get_clear_errors_and_the_server_stays_up(se
         ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 2.0}]}, "larger than the"),
         (
             {"foreground": cutout, "placement": [{"x": 1.5, "y": 0.5, "scale": 0.4}]},
-            ("placement.list[Placement].0.x", "less than or equal to 1"),
+            "placement[0].x: input should be less than or equal to 1 (got 1.5).",
         ),
         ({"foreground": data_uri(transparent)}, "alpha channel is zero"),
         ({"foreground": cutout, "scenes": []}, "scenes"),

@@ -16,7 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from server.app import build_server
 from server.settings import SettingsError, load_settings
-from tests.conftest import REPO, connect, server_env, structured
+from tests.conftest import REPO, connect, error_text, server_env, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,34 @@ async def test_each_output_schema_has_an_id_made_from_its_content_so_validators_
     judgement = {"index": 0, "width": 8, "height": 8, "verdict": "pass", "overall": 0.5, "items": []}
     assert validator.is_valid({"status": "done", "judgements": [judgement]})
     assert not validator.is_valid({"status": "done", "judgements": [{**judgement, "verdict": "maybe"}]})
+
+
+async def test_unknown_arguments_and_wrong_types_are_one_line_per_field_errors_for_every_tool(settings):
+    """The SDK drops an argument a tool does not take without a word (judge with `orignal` judged without an
+    original and passed) and reports a wrong type as pydantic's multi-line dump; here both are tool errors
+    naming the field, with what was sent, and nothing runs."""
+    cases = [
+        ("judge", {"image": "img_0000000000000000", "orignal": "img_0000000000000000"},
+         "unknown argument 'orignal' (did you mean 'original'?); judge takes: "),
+        ("generate", {"prompt": "a kite", "num_candidates": 3}, "unknown argument 'num_candidates'"),
+        ("remember", {"text": "a fact", "kind": "fact", "tag": ["logo"], "colour": "red"},
+         "unknown arguments 'tag' (did you mean 'tags'?), 'colour'"),
+        ("recall", {"query": "kite", "k": 0}, "k: input should be greater than or equal to 1 (got 0)."),
+        ("remember", {"text": "a fact", "kind": "Fact"}, "kind: input should be 'fact', "),
+        ("refine_region", {"image": "img_0000000000000000", "prompt": "", "bbox": [1, 2, 3]}, "bbox: "),
+        ("generate", {"prompt": "a kite", "width": "wide"}, "width: input should be a valid integer"),
+        ("generate", {}, "prompt: required; pass it."),
+        ("jobs", {"action": "list", "extra": 1}, "unknown argument 'extra'; jobs takes: "),
+    ]  # fmt: skip
+    async with connect(settings) as client:
+        listed = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        assert all(schema["additionalProperties"] is False for schema in listed.values())
+        for tool, arguments, expected in cases:
+            text = error_text(await client.call_tool(tool, arguments))
+            assert text.startswith(f"Error executing tool {tool}: ") and expected in text, (tool, text)
+            assert "\n" not in text and "pydantic" not in text and "validation error" not in text, text
+        assert structured(await client.call_tool("recall", {"query": "a fact"}))["memories"] == []
+        assert structured(await client.call_tool("jobs", {"action": "list"}))["jobs"] == []
 
 
 async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_title(settings):
