@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import regex
 
 from memory_store.embedder import Embedder
 from memory_store.lock import FolderLock, StoreReadOnly
@@ -49,7 +50,13 @@ MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pa
 # chromadb re-reads every write since its last HNSW save on each add: at its default (1000) an add took 15-18 ms
 # p50 at 100,000 memories, at 100 it took 10-11 ms; a save costs ~130 ms there, so 1.3 ms an add on average
 HNSW_SYNC = 100
-_TOKEN = re.compile(r"\w[\w\-.]*\w|\w+")  # "kweskin's" -> "kweskin", "x-trail" stays whole
+# a word is letters, digits and combining marks (Devanagari's vowel signs and virama are marks, not \w):
+# "kweskin's" -> "kweskin", "x-trail" and "v2.1" stay whole
+_TOKEN = regex.compile(r"[\w\p{M}][\w\p{M}\-.]*[\w\p{M}]|[\w\p{M}]+")
+# in a term, every dash and the underscore join as "-"; the combining dot above goes (casefolded "İ" is i + it)
+_TERM_FORM = str.maketrans(
+    {**dict.fromkeys("_\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"), "\u0307": None}
+)
 _STOPWORDS_TEXT = (
     "the and for are but not you all any can had her was one our out has his how its may new now see two who "
     "did get him let put say she too use what when where which while with this that these those from into "
@@ -95,18 +102,23 @@ def memory_id(text: str, kind: str, scope: str) -> str:
     return "mem_" + digest[:16]
 
 
-def words(text: str) -> list[str]:
-    """Distinct words of a text worth an exact lookup (3+ characters, not stopwords), in order."""
-    terms: list[str] = []
-    for token in _TOKEN.findall(normalize(text)):
+def words(text: str, parts: bool = False) -> list[str]:
+    """Distinct words of a text worth an exact lookup (3+ characters, not stopwords), in order. With `parts`
+    (what a memory is indexed under), a joined word also gives each tail and each part: "sku-7731-b" gives
+    "7731-b" and "sku", "7731", so a code is found from any of its parts (lookups match term prefixes)."""
+    terms: dict[str, None] = {}
+    for token in _TOKEN.findall(normalize(text).translate(_TERM_FORM)):
         token = token.strip(".-")
-        if len(token) >= 3 and token not in _STOPWORDS and token not in terms:
-            terms.append(token)
-    return terms
+        pieces = token.split("-") if parts and "-" in token else []
+        tails = ["-".join(pieces[i:]) for i in range(1, len(pieces))]
+        for term in (token, *tails, *pieces):
+            if len(term) >= 3 and term not in _STOPWORDS:
+                terms.setdefault(term, None)
+    return list(terms)
 
 
 def query_terms(query: str) -> list[str]:
-    """The words of a query that get an exact lookup (the first MAX_TERMS)."""
+    """The words of a query that get an exact lookup (the first MAX_TERMS), whole."""
     return words(query)[:MAX_TERMS]
 
 
@@ -574,7 +586,7 @@ def _metadata(
 
 
 def _entry(mem_id: str, text: str, memory: Memory) -> Entry:
-    return Entry(mem_id, words(text), memory.kind, memory.scope, memory.tags, memory.created)
+    return Entry(mem_id, words(text, parts=True), memory.kind, memory.scope, memory.tags, memory.created)
 
 
 def _memory(mem_id: str, meta: dict[str, Any]) -> Memory:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 PREFIX_END = "\U0010ffff"
-SCHEMA_VERSION = 2  # 0: terms only; 2: terms and filter fields
+SCHEMA_VERSION = 3  # 0: terms only; 2: terms and filter fields; 3: words with marks, parts of joined words
 MAX_PARAMS = 500  # ids per `IN (...)`: well under SQLite's oldest limit of 999 variables
 
 

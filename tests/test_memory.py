@@ -95,6 +95,37 @@ async def test_a_rare_name_is_found_by_exact_term_even_when_its_vector_rank_is_p
     assert top["text"] == RARE and top["matched_terms"] == ["kweskin"]
 
 
+async def test_codes_are_found_from_any_of_their_parts_and_names_in_any_script_by_exact_term(
+    settings, seeded
+):
+    """Words keep their combining marks (Devanagari, Tamil), a casefolded Turkish capital İ stays one word,
+    every dash and the underscore join alike, and a code is indexed under its tails and parts too."""
+    shutil.copytree(seeded, settings.memory_dir)
+    code = "Order SKU-7731-B ships in a blue box."
+    names = {
+        "devanagari": "श्रीनिवासन की दुकान sells brass lamps.",
+        "tamil": "ஸ்ரீனிவாசன் approved the shop sign.",
+        "turkish": "İNCİ AYDIN approved the poster for İZMİR.",
+    }
+    async with connect(settings) as client:
+        for i in range(40):  # codes that differ from the one sought only in their digits
+            await client.call_tool("remember", {"text": f"Order SKU-{7000 + i}-B ships in a blue box.",
+                                                "kind": "fact"})  # fmt: skip
+        for text in [code, *names.values()]:
+            assert (
+                structured(await client.call_tool("remember", {"text": text, "kind": "fact"}))["status"]
+                == "stored"
+            )
+        queries = {
+            "7731-B": code, "SKU 7731": code, "SKU_7731_B": code, "sku\u20117731\u2011b": code,
+            "SKU\u20137731\u2013B": code, "श्रीनिवासन": names["devanagari"], "ஸ்ரீனிவாசன்": names["tamil"],
+            "inci": names["turkish"], "İzmir": names["turkish"],
+        }  # fmt: skip
+        for query, wanted in queries.items():
+            top = structured(await client.call_tool("recall", {"query": query, "k": 3}))["memories"][0]
+            assert top["text"] == wanted and top["matched_terms"], (query, top)
+
+
 def test_a_lost_term_index_is_rebuilt_and_forgotten_memories_leave_it(seeded, tmp_path):
     folder = tmp_path / "memory"
     shutil.copytree(seeded, folder)
