@@ -171,15 +171,21 @@ def register(server: MCPServer) -> None:
             bool | None,
             Field(description="Only list what would be removed. Default: true for a filter, false for ids."),
         ] = None,
+        confirm: Annotated[
+            str | None,
+            Field(description="With a filter and dry_run=false: the token the dry run returned."),
+        ] = None,
     ) -> ForgetResult:
         """Remove outdated or wrong memories, by id or by a filter (kind, tags, scope, before).
 
         Call it when a memory turned out wrong or superseded (e.g. a near-duplicate reported by remember).
-        With a filter it is a dry run unless dry_run=false: check the listed matches first. Ids that do not
-        exist are reported in missing_ids; the others are still removed. A forgotten memory leaves recall
-        at once, but chromadb's write-ahead log can keep its text on disk until later writes prune it.
+        With a filter it is a dry run unless dry_run=false: check the listed matches first, then call again
+        with dry_run=false and the dry run's `confirm` token, which removes exactly what was listed (refused
+        if the matches changed meanwhile; without a token, whatever matches then is removed). Ids that do
+        not exist are reported in missing_ids; the others are still removed. A forgotten memory leaves
+        recall at once, but chromadb's write-ahead log can keep its text on disk until later writes prune it.
         """
         app = app_context(ctx)
-        request = memory.check_forget(ids, kind, tags, scope, before, dry_run)
+        request = memory.check_forget(ids, kind, tags, scope, before, dry_run, confirm=confirm)
         store = await open_memory(app)
         return await in_store(app, memory.forget, store, request)

@@ -446,6 +446,32 @@ async def test_forget_by_filter_is_a_dry_run_until_told_otherwise(settings):
     assert [m["id"] for m in left["memories"]] == [keep]
 
 
+async def test_a_confirmed_forget_removes_exactly_what_its_dry_run_listed_or_nothing(settings):
+    """A memory added between the dry run and the confirming call is not removed with the others unseen."""
+    async with connect(settings) as client:
+        for i in range(2):
+            await client.call_tool("remember", {"text": f"draft plan {i}", "kind": "plan"})
+        preview = structured(await client.call_tool("forget", {"kind": "plan"}))
+        assert preview["matched"] == 2 and preview["confirm"].startswith("fgt_")
+        assert preview["confirm"] in preview["note"]
+        late = structured(
+            await client.call_tool("remember", {"text": "a plan made meanwhile", "kind": "plan"})
+        )
+        stale = {"kind": "plan", "dry_run": False, "confirm": preview["confirm"]}
+        text = error_text(await client.call_tool("forget", stale))
+        assert "confirm: the filter now matches 3 memories" in text and "nothing removed" in text
+        again = structured(await client.call_tool("forget", {"kind": "plan"}))
+        assert again["matched"] == 3 and again["confirm"] != preview["confirm"]
+        done = structured(await client.call_tool("forget", {**stale, "confirm": again["confirm"]}))
+        assert done["removed"] == 3 and done["confirm"] is None
+        assert "confirm: only with a filter" in error_text(
+            await client.call_tool("forget", {"ids": [late["id"]], "confirm": again["confirm"]})
+        )
+        assert "confirm: only with a filter" in error_text(
+            await client.call_tool("forget", {"kind": "plan", "confirm": again["confirm"]})
+        )
+
+
 async def test_recall_cuts_long_texts_with_a_marker(settings):
     long_text = "Zephyrine lamp notes. " + "word " * 1000
     async with connect(settings) as client:

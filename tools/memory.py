@@ -7,6 +7,7 @@ ToolError naming the field; `remember`, `recall` and `forget` take an open Memor
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import unicodedata
@@ -87,6 +88,10 @@ class ForgetResult(BaseModel):
     removed: int = Field(description="How many were removed (0 on a dry run).")
     memories: list[MemoryOut] = Field(description=f"The matched memories (the first {MAX_LISTED}).")
     missing_ids: list[str] = Field(default_factory=list, description="Ids given that no memory has.")
+    confirm: str | None = Field(
+        default=None,
+        description="On a dry run with a filter: pass it back with dry_run=false to remove exactly these.",
+    )
     note: str | None = None
 
 
@@ -119,6 +124,7 @@ class ForgetRequest:
     scope: str | None
     before: float | None
     dry_run: bool
+    confirm: str | None = None
 
 
 def check_remember(
@@ -164,8 +170,14 @@ def check_forget(
     before: str | None,
     dry_run: bool | None,
     now: float | None = None,
+    confirm: str | None = None,
 ) -> ForgetRequest:
     has_filter = kind is not None or bool(tags) or scope is not None or before is not None
+    if confirm is not None and (not has_filter or dry_run is not False):
+        raise ToolError(
+            "confirm: only with a filter and dry_run=false; pass the confirm token a dry run with the same "
+            "filter returned."
+        )
     if ids and has_filter:
         raise ToolError(
             "forget: pass either ids or a filter (kind, tags, scope, before), not both; "
@@ -186,6 +198,7 @@ def check_forget(
         before=parse_time(before, "before", now) if before is not None else None,
         # a filter can match far more than meant: it only shows what it would remove unless told otherwise
         dry_run=dry_run if dry_run is not None else not ids,
+        confirm=confirm.strip() if confirm is not None else None,
     )
 
 
@@ -352,11 +365,21 @@ def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
     else:
         filt = Filter(kind=request.kind, scope=request.scope, tags=tuple(request.tags), before=request.before)
         matched = store.find(filt)
+    token = confirm_token(matched) if matched and not request.ids else None
+    if request.confirm is not None and request.confirm != token:
+        raise ToolError(
+            f"confirm: the filter now matches {len(matched)} memories, not the set the dry run listed (memories "
+            "were added or removed since, or a time filter moved); nothing removed. Run the dry run again and "
+            "confirm with its new token."
+        )
     if not request.dry_run and matched:
         store.delete([m.id for m in matched])
     note = None
     if request.dry_run and matched:
-        note = "dry run: nothing removed; call again with dry_run=false to remove these."
+        note = (
+            "dry run: nothing removed; to remove exactly these, call again with dry_run=false and "
+            f"confirm={token!r} (refused if the matches have changed meanwhile)."
+        )
     elif not matched:
         note = "nothing matched; nothing removed."
     return ForgetResult(
@@ -365,8 +388,15 @@ def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
         removed=0 if request.dry_run else len(matched),
         memories=[to_out(m, 200) for m in matched[:MAX_LISTED]],
         missing_ids=missing,
+        confirm=token if request.dry_run else None,
         note=note,
     )
+
+
+def confirm_token(matched: list[Memory]) -> str:
+    """Names the exact set a filter matched: equal sets, equal tokens."""
+    digest = hashlib.sha256("\n".join(sorted(m.id for m in matched)).encode()).hexdigest()
+    return "fgt_" + digest[:16]
 
 
 def to_out(memory: Memory, max_chars: int) -> MemoryOut:
