@@ -57,6 +57,25 @@ async def test_same_seed_and_parameters_give_bit_identical_pixels(settings):
     assert first["candidates"][0]["width"] == 64 and first["candidates"][0]["height"] == 96
 
 
+async def test_a_prompt_longer_than_the_text_encoder_reads_is_reported_with_where_it_was_cut(settings):
+    """CLIP reads 77 tokens; what follows changes nothing (the same seed gives the same image), so say so."""
+    head = "a red kite over a green hill at dawn, "
+    args = {"width": 64, "height": 64, "steps": 1, "seed": 7}
+    async with connect(settings) as client:
+        short = structured(await client.call_tool("generate", {"prompt": head.strip(" ,"), **args}))
+        long = structured(
+            await client.call_tool("generate", {"prompt": head * 4 + "and a yellow moon", **args})
+        )
+        longer = structured(
+            await client.call_tool("generate", {"prompt": head * 4 + "and a blue sun", **args})
+        )
+    assert short["warnings"] == []
+    assert long["candidates"][0]["id"] == longer["candidates"][0]["id"]  # the endings were never read
+    (warning,) = long["warnings"]
+    assert warning.startswith("prompt: ") and "over the 77 its text encoder reads" in warning
+    assert "put what matters first" in warning
+
+
 async def test_reading_the_image_resource_returns_the_stored_png(settings):
     async with connect(settings) as client:
         out = structured(await client.call_tool("generate", {"prompt": "a blue cube", "seed": 1}))

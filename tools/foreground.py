@@ -338,7 +338,7 @@ def store_results(
     params: dict[str, Any],
 ):
     """Store each template's mask once and every candidate with its scene, placement and integrity."""
-    from tools.generate import Candidate, GenerateResult
+    from tools.generate import Candidate, GenerateResult, prompt_cuts
 
     mask_ids = [
         store.put(
@@ -399,6 +399,9 @@ def store_results(
         guidance=params["guidance"],
         timings=timings,
         foreground={**obj.info.model_dump(), "any_resampled": any(t.resampled for t in templates)},
+        warnings=prompt_cuts(
+            loaded.model, {"prompt": params["prompt"], "negative_prompt": params.get("negative_prompt")}
+        ),
         note=note.strip() or None,
     )
     return result, [m.image for m in made]

@@ -78,6 +78,10 @@ class GenerateResult(BaseModel):
     foreground: dict[str, Any] | None = Field(
         default=None, description="For foreground-conditioned calls: mask source, the object's box and area."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the model did not take as given, e.g. a prompt cut at its text encoder's token limit.",
+    )
     note: str | None = None
 
 
@@ -207,6 +211,38 @@ def run(request: GenerateRequest, models: ModelCache, job: Job) -> tuple[list[Im
     return images, loaded, timings
 
 
+def prompt_cuts(pipe: Any, prompts: dict[str, str | None]) -> list[str]:
+    """A warning per prompt longer than the pipeline's longest-reading text encoder takes: CLIP reads 77
+    tokens; a T5 beside it (FLUX, SD3) reads the pipeline's max_sequence_length."""
+    call = inspect.signature(pipe.__call__).parameters
+    t5_reads = call["max_sequence_length"].default if "max_sequence_length" in call else None
+    readers = []
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is None:
+            continue
+        t5 = "T5" in type(tokenizer).__name__ and isinstance(t5_reads, int)
+        reads = t5_reads if t5 else getattr(tokenizer, "model_max_length", None)
+        if isinstance(reads, int) and reads < 100_000:  # unset limits are ~1e30
+            readers.append((reads, tokenizer))
+    if not readers:
+        return []
+    limit, tokenizer = max(readers, key=lambda reader: reader[0])
+    warnings = []
+    for field, prompt in prompts.items():
+        if not prompt:
+            continue
+        ids = tokenizer(prompt, truncation=False).input_ids
+        if len(ids) <= limit:
+            continue
+        kept = tokenizer.decode(ids[: limit - 1], skip_special_tokens=True)
+        warnings.append(
+            f"{field}: {len(ids)} tokens, over the {limit} its text encoder reads; nothing after "
+            f"'...{kept[-40:]}' was used: put what matters first, or shorten it"
+        )
+    return warnings
+
+
 def finish(
     request: GenerateRequest, images: list[Image.Image], loaded: Loaded, timings: dict, store: ImageStore
 ) -> tuple[GenerateResult, list[Image.Image]]:
@@ -234,6 +270,9 @@ def finish(
         steps=request.steps,
         guidance=request.guidance,
         timings=timings,
+        warnings=prompt_cuts(
+            loaded.model, {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
+        ),
         note="made with the tiny random-weight offline model: noise, for testing the plumbing only"
         if loaded.tiny
         else None,
