@@ -39,8 +39,8 @@ Follow this loop with limner's tools. Tool results are structured JSON; the fiel
 7. Decide, on the best candidate:
    - verdict "pass": done; go to 9.
    - a failed item with next_step.action="refine_region" (a local defect: text, logo, face, hand, one
-     object): refine_region(image=best_id, bbox=next_step.bbox, prompt=next_step.prompt or what belongs
-     there). Every pixel outside its mask_id (the region plus a feathered rim) stays bit-identical. Then
+     object): refine_region(image=next_step.image or best_id, bbox=next_step.bbox or mask=next_step.mask,
+     prompt=next_step.prompt or what belongs there). Every pixel outside its mask_id (the region plus a feathered rim) stays bit-identical. Then
      judge(images=[image.id], prompt=..., original=best_id, mask=mask_id) to confirm the fix and that
      nothing else changed.
    - next_step.action="strengthen_prompt" or "regenerate" (wrong subject, wrong layout, most checks failed):

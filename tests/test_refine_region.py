@@ -423,6 +423,33 @@ async def test_judge_with_the_refinements_mask_id_finds_nothing_changed_outside_
     assert out["metrics"]["blend_pixels"] == int(editable.sum())
 
 
+async def test_judges_next_step_for_a_leaking_refinement_is_a_refine_region_call_as_it_stands(settings, home):
+    """Judged against an original that differs outside the mask, a refine_region output fails preservation;
+    the next step names the input, the region and the prompt it was made from, and runs verbatim."""
+    before = np.asarray(photo("coffee", 160, 120))
+    path = save(home, Image.fromarray(before), "coffee-small.png")
+    elsewhere = before.copy()
+    elsewhere[5:15, 5:15] = 0  # the "original" differs far outside the region
+    args = {"image": path, "prompt": "a clean saucer", "bbox": [60, 40, 100, 80], "backend": "classical"}
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("refine_region", args))
+        judged = structured(await client.call_tool("judge", {
+            "image": out["image"]["id"], "original": save(home, Image.fromarray(elsewhere), "elsewhere.png"),
+            "mask": out["mask_id"], "checks": ["preservation"],
+        }))  # fmt: skip
+        (item,) = [i for i in judged["judgements"][0]["items"] if i["check"] == "preservation"]
+        step = item["next_step"]
+        assert not item["passed"] and step["action"] == "refine_region"
+        assert (step["image"], step["mask"], step["prompt"]) == (
+            out["input_id"],
+            out["region_mask_id"],
+            args["prompt"],
+        )
+        arguments = {key: step[key] for key in ("image", "mask", "bbox", "prompt") if step[key] is not None}
+        again = structured(await client.call_tool("refine_region", {**arguments, "backend": "classical"}))
+    assert again["region_box"] == out["region_box"] and again["input_id"] == out["input_id"]
+
+
 async def test_one_progress_notification_arrives_per_denoising_step(settings, home):
     seen: list[tuple[float, float | None]] = []
 

@@ -39,8 +39,15 @@ _SPLIT = re.compile(r"[,;.\n]|\band\b|\bwith\b", re.IGNORECASE)
 
 # -- results ------------------------------------------------------------------------------------------
 class NextStep(BaseModel):
+    """For refine_region: `image` with `bbox` or `mask`, and `prompt`, are that call's arguments as they are."""
+
     action: Literal["refine_region", "strengthen_prompt", "regenerate"]
+    image: str | None = Field(
+        default=None,
+        description="The image to pass to refine_region (null: the judged image, by your own ref).",
+    )
     bbox: list[int] | None = Field(default=None, description="[x0, y0, x1, y1] to pass to refine_region.")
+    mask: str | None = Field(default=None, description="A mask id to pass to refine_region as `mask`.")
     prompt: str | None = Field(default=None, description="Suggested prompt for that call.")
     why: str
 
@@ -272,7 +279,16 @@ def model_free(request: JudgeRequest) -> list[dict[str, Any]]:
 
 
 # -- verdicts, ranking, storage -------------------------------------------------------------------------
-def _items(request: JudgeRequest, found: dict[str, Any], align: Alignment | None, answers) -> list[Item]:
+def _items(
+    request: JudgeRequest,
+    found: dict[str, Any],
+    align: Alignment | None,
+    answers,
+    image_id: str | None,
+    redo: dict,
+) -> list[Item]:
+    """Every check as an item; a failing one says what to do next, refine_region steps with their arguments
+    (`redo`: for a refine_region output, the input, region mask and prompt it was made from)."""
     items: list[Item] = []
     prompt = request.prompt or ""
     if answers:
@@ -290,6 +306,7 @@ def _items(request: JudgeRequest, found: dict[str, Any], align: Alignment | None
             elif not a.passed:
                 step = NextStep(
                     action="refine_region",
+                    image=image_id,
                     bbox=a.where,
                     prompt=a.question,
                     why=f'"{a.question}" is not shown (P(yes) {a.p_yes:.2f}); refine the region where it '
@@ -359,9 +376,17 @@ def _items(request: JudgeRequest, found: dict[str, Any], align: Alignment | None
                 if p.passed
                 else NextStep(
                     action="refine_region",
-                    bbox=request.mask_box,
+                    image=redo.get("image"),
+                    mask=redo.get("mask"),
+                    bbox=None if redo.get("mask") else request.mask_box,
+                    prompt=redo.get("prompt"),
                     why=f"the edit leaked outside the mask (changed pixels in {p.changed_outside_box}): redo "
-                    "refine_region from the original with this mask.",
+                    "refine_region on the original"
+                    + (
+                        " with the region and prompt it was made from."
+                        if redo
+                        else " with your region and prompt."
+                    ),
                 ),
             )
         )
@@ -377,6 +402,7 @@ def _items(request: JudgeRequest, found: dict[str, Any], align: Alignment | None
                 if f.over_extension <= pres.OVER_EXTENSION_LIMIT
                 else NextStep(
                     action="refine_region",
+                    image=image_id,
                     bbox=f.over_extension_box,
                     prompt="background only, nothing attached to the object",
                     why="the object spills past its own outline: repaint that area as background.",
@@ -411,6 +437,20 @@ def _stronger(prompt: str, missing: list[str]) -> str:
     return f"{lead}; {prompt}" if prompt else lead
 
 
+def _made_from(store: ImageStore, image_id: str | None) -> dict[str, Any]:
+    """For a stored refine_region output: the input, region mask and prompt it was made from, else {}."""
+    if image_id is None:
+        return {}
+    meta = store.meta(image_id)
+    if meta.get("tool") != "refine_region" or not meta.get("parents"):
+        return {}
+    return {
+        "image": meta["parents"][0],
+        "mask": meta.get("region_mask_id"),
+        "prompt": meta["params"].get("prompt"),
+    }
+
+
 def finish(
     request: JudgeRequest,
     found: list[dict[str, Any]],
@@ -423,7 +463,7 @@ def finish(
     for i, img in enumerate(request.images):
         align = scores.alignment[i] if scores else None
         answers = scores.checklist[i] if scores else None
-        items = _items(request, found[i], align, answers)
+        items = _items(request, found[i], align, answers, img.id, _made_from(store, img.id))
         parts = []
         if answers:
             parts.append(sum(a.p_yes for a in answers) / len(answers))
