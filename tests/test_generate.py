@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 from pathlib import Path
 
 import anyio
@@ -200,6 +201,48 @@ async def test_missing_weights_for_a_configured_model_say_how_to_get_them(make_s
     assert "sdxl-turbo" in text and "hf download stabilityai/sdxl-turbo" in text
 
 
+async def test_a_local_model_folder_that_is_not_a_pipeline_or_a_device_that_is_not_here_says_so(
+    make_settings, tmp_path, models_path
+):
+    """A local source gets no `hf download <path>` advice: the folder is named with what is wrong with it.
+    A device this torch cannot see is named with the spec, not raised as torch's own assertion."""
+    from tools.models import ensure_tiny
+
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    partial = tmp_path / "partial-model"
+    shutil.copytree(ensure_tiny("text2image", models_path), partial)
+    for weights in (partial / "unet").glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])  # a download cut short
+    settings = make_settings()
+    tiny = settings.models["tiny"]
+
+    def spec(name: str, **fields) -> object:
+        return type(tiny).model_validate({**tiny.model_dump(), "name": name, **fields})
+
+    specs = {s.name: s for s in (spec("empty", source=str(empty)), spec("partial", source=str(partial)),
+                                 spec("on-gpu", device="cuda:1"))}  # fmt: skip
+    settings = settings.model_copy(update={"models": {**settings.models, **specs}})
+    async with connect(settings) as client:
+        said = {name: error_text(await client.call_tool("generate", {"prompt": "a chair", "model": name}))
+                for name in specs}  # fmt: skip
+        assert (
+            structured(await client.call_tool("generate", {"prompt": "a chair", "steps": 1}))["status"]
+            == "done"
+        )
+    assert f"model 'empty': its source '{empty}' holds no model_index.json" in said["empty"]
+    assert f"model 'partial': its source '{partial}' could not be loaded" in said["partial"]
+    assert all(
+        "hf download" not in said[name] or "--local-dir" in said[name] for name in ("empty", "partial")
+    )
+    assert (
+        "model 'on-gpu': device 'cuda:1', but this torch" in said["on-gpu"]
+        and 'device = "auto"' in said["on-gpu"]
+    )
+    with pytest.raises(ValueError, match="device"):
+        spec("typo", device="gpu")
+
+
 def save_tiny_lora(models_path: Path, dest: Path) -> None:
     """A LoRA for the tiny UNet, made with peft and saved the way diffusers trainers save one."""
     import torch
@@ -240,7 +283,10 @@ async def test_a_lora_that_is_absent_or_corrupt_is_a_tool_error_that_says_what_t
             structured(await client.call_tool("generate", {"prompt": "a chair", "steps": 2}))["status"]
             == "done"
         )
-    assert f"its LoRA '{tmp_path / 'nowhere'}' could not be loaded" in absent and "Point `source`" in absent
+    assert (
+        f"its LoRA '{tmp_path / 'nowhere'}' does not exist" in absent
+        and "Point the LoRA's `source`" in absent
+    )
     assert f"its LoRA '{corrupt}' could not be loaded" in broken and "safetensors" in broken
 
 

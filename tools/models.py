@@ -48,7 +48,9 @@ class ModelSpec(BaseModel):
         default=None, description="diffusers/transformers class name; default: the Auto class for the role."
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N."
+    )
     lora: tuple[LoraSpec, ...] = ()
     focus_size: int = Field(default=1024, description="Native resolution (pixels per side) of the model.")
     size_factor: int = Field(default=8, description="Width and height must be multiples of this.")
@@ -194,9 +196,30 @@ def weights_present(spec: ModelSpec, models_dir: Path) -> bool:
     return False
 
 
+def local_path(source: str) -> Path | None:
+    """The path a source names when it is one (absolute, ./ ../ ~, or there on disk), else None (a hub id)."""
+    path = Path(source).expanduser()
+    explicit = path.is_absolute() or source.startswith(("./", "../", "~", ".\\"))
+    return path if explicit or path.exists() else None
+
+
 def how_to_get(spec: ModelSpec, models_dir: Path | None = None) -> str:
     if spec.role == "lpips":
         return _lpips_missing(spec, lpips_folder(spec, models_dir or Path(".")))
+    folder = local_path(spec.source)
+    if folder is not None:
+        marker = "model_index.json" if spec.role in ("generator", "inpainter", "editor") else "config.json"
+        if not folder.exists():
+            state = "does not exist"
+        elif not (folder / marker).is_file():
+            state = f"holds no {marker}, so it is not a saved {'pipeline' if marker == 'model_index.json' else 'model'}"
+        else:
+            state = "could not be loaded: a component's weights are missing or corrupt"
+        return (
+            f"model {spec.name!r}: its source {str(folder)!r} {state}. Point `source` at a folder written by "
+            "save_pretrained or `hf download <hub id> --local-dir <folder>` (with its config and every "
+            "component's weights), or use the tiny offline profile (LIMNER_PROFILE=tiny)."
+        )
     return (
         f"weights for model {spec.name!r} ({spec.source}) are not on this machine. Download them with "
         f"`hf download {spec.source}` on a machine with network access (or point the spec's source at a "
@@ -215,6 +238,21 @@ def _lpips_missing(spec: ModelSpec, folder: Path) -> str:
 def pick_device(spec: ModelSpec) -> str:
     import torch
 
+    if spec.device.startswith("cuda"):
+        index = int(spec.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+            raise ToolError(
+                f"model {spec.name!r}: device {spec.device!r}, but this torch ({torch.__version__}) sees {have}. "
+                'Set device = "auto" (or cpu) in its spec, or install torch\'s CUDA build (README).'
+            )
+    if spec.device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ToolError(
+            f"model {spec.name!r}: device 'mps', but Metal is not available here; set device = \"auto\" (or "
+            "cpu) in its spec."
+        )
     if spec.device != "auto":
         return spec.device
     if torch.cuda.is_available():
@@ -324,6 +362,13 @@ class ModelCache:
             source = str(lpips_folder(spec, self.models_dir))
         elif not weights_present(spec, self.models_dir) and (self.offline or self.profile == "real"):
             raise ToolError(how_to_get(spec))
+        for lora in spec.lora:  # before the base model loads: a missing file is known at once
+            path = local_path(lora.source)
+            if path is not None and not path.exists():
+                raise ToolError(
+                    f"model {spec.name!r}: its LoRA {lora.source!r} does not exist. Point the LoRA's `source` at "
+                    "a folder or .safetensors file on this machine."
+                )
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         logger.info("loading %s from %s on %s", spec.name, source, device)
@@ -339,7 +384,7 @@ def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offli
     cls = getattr(diffusers, spec.pipeline or auto.get(spec.role, "DiffusionPipeline"))
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=offline)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # absent, partial, or a corrupt weights file
         raise ToolError(f"{how_to_get(spec)} ({exc})") from None
     for i, lora in enumerate(spec.lora):
         try:
