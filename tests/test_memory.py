@@ -211,7 +211,11 @@ async def test_remembering_the_same_content_twice_is_idempotent_and_near_duplica
         again = structured(
             await client.call_tool("remember", {"text": "  " + FACT.upper() + " ", "kind": "fact"})
         )
-        assert again["id"] == first["id"] and again["status"] == "exists"
+        assert again["id"] == first["id"] and again["status"] == "exists" and again["note"] is None
+        tagged = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact", "tags": ["logo"],
+                                                                "source": "https://example.org/a"}))  # fmt: skip
+        assert tagged["status"] == "exists" and tagged["tags"] == []
+        assert tagged["note"].startswith("already remembered: the tags, source given were not applied")
         other_kind = structured(await client.call_tool("remember", {"text": FACT, "kind": "plan"}))
         assert other_kind["id"] != first["id"] and other_kind["status"] == "stored"
         near = structured(

@@ -74,6 +74,7 @@ class RememberResult(BaseModel):
         description=f"Stored memories with nearly the same meaning (similarity >= {NEAR_DUPLICATE}); "
         "consider forgetting the outdated one.",
     )
+    note: str | None = None
 
 
 class RecallResult(BaseModel):
@@ -320,6 +321,15 @@ def remember(store: MemoryStore, request: RememberRequest, image_id: str | None)
     )
     if not added.created:
         existing = store.get([added.id])[0]
+        differ = [
+            name
+            for name, given, kept in (
+                ("tags", sorted(request.tags), sorted(existing.tags)),
+                ("source", request.source, existing.source),
+                ("image", image_id, existing.image_id),
+            )
+            if given and given != kept
+        ]
         return RememberResult(
             id=added.id,
             status="exists",
@@ -327,6 +337,10 @@ def remember(store: MemoryStore, request: RememberRequest, image_id: str | None)
             scope=existing.scope,
             tags=existing.tags,
             image_id=existing.image_id,
+            note=f"already remembered: the {', '.join(differ)} given were not applied (the stored ones stay); "
+            "to change them, forget this id and remember it again."
+            if differ
+            else None,
         )
     near = []
     for memory, similarity in added.near_duplicates:
