@@ -272,6 +272,25 @@ async def test_a_16_bit_per_channel_colour_png_says_it_is_read_at_8_bits_in_refi
     assert any(w.startswith("original: a 16-bit-per-channel colour PNG") for w in judged["warnings"])
 
 
+async def test_an_animation_says_only_its_first_frame_was_read_and_schemes_take_any_case(settings, home):
+    frames = [photo("astronaut", 64), photo("coffee", 64), photo("chelsea", 64)]
+    path = str(home / "anim.gif")
+    home.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("refine_region", {"image": path, "prompt": "", "backend": "classical",
+                                                                  "bbox": [20, 20, 40, 40]}))  # fmt: skip
+        assert any(
+            "image: 3 frames (an animation or pages): only the first was read" in n for n in out["notes"]
+        )
+        upper = "LIMNER://images/" + out["image"]["id"]
+        judged = structured(await client.call_tool("judge", {"image": upper, "original": path,
+                                                             "mask": "Limner://images/" + out["mask_id"],
+                                                             "checks": ["preservation"]}))  # fmt: skip
+    assert judged["judgements"][0]["id"] == out["image"]["id"]
+    assert "original: 3 frames (an animation or pages): only the first was read" in judged["warnings"]
+
+
 async def test_an_exif_rotated_input_is_refined_upright(settings, home):
     image = photo("chelsea", 90, 60)
     exif = Image.Exif()

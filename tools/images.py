@@ -180,6 +180,12 @@ def resolve_image(
         )
     ref = ref.strip()
 
+    scheme, colon, rest = ref.partition(":")
+    if (
+        colon and len(scheme) > 1 and scheme != scheme.lower()
+    ):  # schemes are case-insensitive: LIMNER://, DATA:
+        ref = scheme.lower() + ":" + rest
+
     # 1. the store: an id or a limner:// URI
     if ref.startswith(URI_PREFIX) or ID_PATTERN.match(ref):
         image_id = ref.removeprefix(URI_PREFIX)
@@ -275,26 +281,33 @@ def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             f"{field}: the image data is corrupt or truncated or not an image ({exc}); re-export it as PNG "
             "or JPEG and pass it again."
         ) from None
-    png = img.format == "PNG"
+    png, frames = img.format == "PNG", getattr(img, "n_frames", 1)
     transposed = ImageOps.exif_transpose(img)
     img = transposed if transposed is not None else img
     if png and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):
         img.info[READ_AT_8_BITS] = True  # IHDR: 16 bits per sample, RGB or RGBA; Pillow keeps the top 8
+    if frames > 1:
+        img.info[FRAMES] = frames
     return img
 
 
 READ_AT_8_BITS = "limner.read_at_8_bits"  # image.info key: a 16-bit-per-channel colour PNG, read at 8 bits
+FRAMES = "limner.frames"  # image.info key: an animation's frame count (its first frame was read)
 
 
-def depth_lost(image: Image.Image, field: str) -> str | None:
-    """A note when `image` came from a 16-bit-per-channel RGB(A) PNG, which Pillow reads at 8 bits per channel
-    (16-bit greyscale keeps all 16)."""
-    if not image.info.get(READ_AT_8_BITS):
-        return None
-    return (
-        f"{field}: a 16-bit-per-channel colour PNG, read at 8 bits per channel (its top 8 bits); results and "
-        "comparisons see those 8 bits only (a 16-bit greyscale PNG keeps all 16)"
-    )
+def read_note(image: Image.Image, field: str) -> str | None:
+    """What reading `image` left out, said once: the low 8 bits of a 16-bit-per-channel RGB(A) PNG (Pillow
+    reads it at 8 bits per channel; 16-bit greyscale keeps all 16) and every frame of an animation but the
+    first."""
+    notes = []
+    if image.info.get(READ_AT_8_BITS):
+        notes.append(
+            "a 16-bit-per-channel colour PNG, read at 8 bits per channel (its top 8 bits); results and "
+            "comparisons see those 8 bits only (a 16-bit greyscale PNG keeps all 16)"
+        )
+    if image.info.get(FRAMES):
+        notes.append(f"{image.info[FRAMES]} frames (an animation or pages): only the first was read")
+    return f"{field}: {'; '.join(notes)}" if notes else None
 
 
 # -- encoding ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from tools import preservation as pres
 from tools import quality as qual
-from tools.images import ImageStore, Resolved, depth_lost
+from tools.images import ImageStore, Resolved, read_note
 from tools.jobs import JobHandle
 from tools.masks import read_mask, tight_bbox
 
@@ -231,7 +231,7 @@ def check_request(
         warnings=warnings,
     )
     given = [(f"images[{i}]", img) for i, img in enumerate(images)] + [("original", original)]
-    warnings.extend(filter(None, (depth_lost(ref.image, name) for name, ref in given if ref is not None)))
+    warnings.extend(filter(None, (read_note(ref.image, name) for name, ref in given if ref is not None)))
     for name, ref in (("original", original), ("mask", mask), ("foreground_mask", foreground_mask)):
         if ref is None:
             continue

@@ -17,7 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.images import depth_lost
+from tools.images import read_note
 from tools.masks import Box, dilate, erode, expand, tight_bbox
 from tools.preservation import ssim_map
 
@@ -60,7 +60,7 @@ def to_pixels(image: Image.Image) -> Pixels:
             raise ToolError(
                 f"image: mode {image.mode} cannot be refined; save it as an 8- or 16-bit PNG (RGB, RGBA, L)."
             )
-    notes = [depth_lost(image, "image")]
+    notes = [read_note(image, "image")]
     if image.mode == "I":
         values = np.asarray(image)
         low, high = int(values.min(initial=0)), int(values.max(initial=0))
