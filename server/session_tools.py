@@ -3,8 +3,8 @@
 Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
 `AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` (first refusing, for
 every tool at once, arguments that hold a lone UTF-16 surrogate, that the tool does not take, or that its
-argument model refuses: server/arguments.py) and rewrites the
-session's gallery (`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
+argument model refuses: server/arguments.py) and rewrites the session's gallery
+(`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
 transport serves the live page at `/gallery` (behind the same bearer token as /mcp) and earlier sessions'
 pages at `/gallery/<session>`.
 """
