@@ -89,7 +89,8 @@ def register(server: MCPServer) -> None:
         sigma in grey levels; blockiness = exp(-(grid ratio-1)/0.5); colourfulness Hasler-Suesstrunk M/45,
         never failed); preservation MSE (grey levels^2), PSNR dB, SSIM 0..1 (and LPIPS, 0 = identical, when
         its weights are installed) inside and outside the mask and every pixel changed outside it;
-        foreground fidelity (PSNR >= 30 dB) and over-extension (share of the +/-30 px band around the
+        foreground fidelity (PSNR >= 30 dB inside foreground_mask against `original`, e.g. the candidate
+        before a refine_region; null without an original) and over-extension (share of the +/-30 px band around the
         object's box that continues it, flagged above 0.03). `ranking` lists
         indexes best first and `best` is the one to keep. Scores are stored on stored input images. When you
         stop, remember the outcome (kind='generation', or 'critique' for a failure worth avoiding).

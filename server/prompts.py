@@ -129,8 +129,9 @@ The product's own pixels must survive: never regenerate the product itself.
    best candidates by overall. A failed foreground item means the product was damaged or over-extended:
    regenerate (new seeds, or a smaller placement), never refine the product. A failed item elsewhere
    with next_step.action="refine_region": refine_region(image=best_id, bbox=next_step.bbox, prompt=...)
-   on the background only (keep the box off the product), then judge again with original=best_id and
-   mask=<refine_region's mask_id>.
+   on the background only (keep the box off the product), then judge again with original=best_id,
+   mask=<refine_region's mask_id> and foreground_mask=<the placement's mask_id>: foreground fidelity then
+   compares the product's pixels with best_id's (PSNR >= 30 dB passes; 100 means untouched).
 5. At most {MAX_ROUNDS} rounds; keep the best-so-far and return it when the limit is reached.
 6. remember(text=<prompt, placement, seed, what worked>, kind="generation", image=<final id>).
 7. Answer with the final image id, uri and seed, and the lineage resource limner://images/<id>/lineage."""

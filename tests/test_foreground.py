@@ -153,6 +153,27 @@ async def test_a_16_bit_greyscale_object_is_placed_scaled_to_8_bits_not_clipped(
     assert_object_exact(out["candidates"][0], home, top8, out["foreground"]["box"])
 
 
+async def test_the_documented_refine_then_judge_flow_reaches_foreground_fidelity(settings, home):
+    """product_scene: refine the background of a candidate, then judge it against the candidate with the
+    refinement's mask and the placement's mask: fidelity compares the product's pixels (untouched: 100 dB)."""
+    async with connect(settings) as client:
+        made = structured(await client.call_tool("generate", {
+            "prompt": "a cat on a sofa", "foreground": data_uri(cat_cutout(48)), "width": 128, "height": 128,
+            "placement": [{"x": 0.5, "y": 0.6, "scale": 44 / 128}], "steps": 2, "seed": 3,
+        }))  # fmt: skip
+        best = made["candidates"][0]
+        refined = structured(await client.call_tool("refine_region", {
+            "image": best["id"], "bbox": [4, 4, 28, 28], "prompt": "", "backend": "classical",
+        }))  # fmt: skip
+        judged = structured(await client.call_tool("judge", {
+            "image": refined["image"]["id"], "original": best["id"], "mask": refined["mask_id"],
+            "foreground_mask": best["mask_id"], "checks": ["preservation", "foreground"],
+        }))  # fmt: skip
+    found = judged["judgements"][0]
+    assert found["foreground"]["fidelity"]["psnr"] == 100.0 and found["foreground"]["fidelity_passed"] is True
+    assert found["preservation"]["passed"] is True
+
+
 async def test_a_separate_mask_keeps_the_masked_object_exact(settings, home):
     photo = Image.fromarray(data.astronaut()[0:200, 150:350]).resize((60, 60))
     mask = Image.new("L", photo.size, 0)
