@@ -16,7 +16,7 @@ from tools import judge as jd
 from tools import judge_models as jm
 from tools.images import ImageStore, Resolved
 from tools.preservation import ssim_map
-from tools.quality import grey, quality
+from tools.quality import grey, noise_sigma, quality
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
@@ -223,3 +223,17 @@ def test_preservation_computed_around_the_changes_equals_the_whole_image_computa
         assert stats.mse == pytest.approx(float(sq[region].mean()), abs=1e-3)
         assert stats.changed_pixels == int(((seen != original).any(axis=2) & region).sum())
     assert result.changed_outside_box == [3, 5, 253, 152] and not result.passed
+
+
+def test_noise_is_measured_on_a_strip_as_on_a_square():
+    """A strip 1 or 2 px high used to measure no noise at all (sigma 0, a perfect score) and rank above the
+    same noise as a square; along its length the estimator agrees with the square's."""
+    rng = np.random.default_rng(0)
+    for sd in (5, 20):
+        square = np.clip(128 + rng.normal(0, sd, (100, 100)), 0, 255).astype(np.uint8)
+        strip = np.clip(128 + rng.normal(0, sd, (2, 5000)), 0, 255).astype(np.uint8)
+        assert noise_sigma(strip) == pytest.approx(noise_sigma(square), rel=0.1)
+        assert noise_sigma(strip.T.copy()) == noise_sigma(strip)
+    noisy = rng.integers(0, 256, (1, 10000, 3)).astype(np.uint8)
+    assert not quality(noisy).noise.passed
+    assert noise_sigma(np.full((2, 2), 9, np.uint8)) == 0.0
