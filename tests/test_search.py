@@ -389,6 +389,38 @@ async def test_fetch_page_decodes_title_text_and_image_urls_with_the_pages_own_c
             assert out["text"] == plain.strip()
 
 
+async def test_fetch_page_reads_cjk_labels_as_browsers_do_and_detects_undeclared_multi_byte_pages(
+    make_settings,
+):
+    """gb2312 means GBK and Shift_JIS means cp932 on the web (their extra characters are common); an
+    undeclared GBK page is detected; a meta UTF-16 on an ASCII-compatible page means UTF-8."""
+    chinese = (
+        "<html><head><title>朱镕基总理访问上海</title></head><body><article>"
+        + "".join(
+            f"<p>第{i}段：朱镕基总理今天访问上海，天气多云转晴，气温二十度，市民热情欢迎。</p>"
+            for i in range(6)
+        )
+        + "</article></body></html>"
+    )
+    japanese = "".join(f"株式会社①の第{i}回説明会は㈱本社で開かれます。" for i in range(10))
+    with LocalWeb("127.0.0.2") as web:
+        web.static(
+            "/gb2312", chinese.replace("<head>", "<head><meta charset='gb2312'>").encode("gbk"), "text/html"
+        )
+        web.static("/undeclared-gbk", chinese.encode("gbk"), "text/html")
+        web.static("/sjis", japanese.encode("cp932"), "text/plain; charset=Shift_JIS")
+        web.static("/meta-utf16", ARTICLE.format(paragraphs="<p>" + "Plain words here. " * 30 + "</p>")
+                   .replace("<head>", "<head><meta charset='utf-16'>").encode(), "text/html")  # fmt: skip
+        async with connect(make_settings(fetch_intranet_allow=(web.base,))) as client:
+            for path in ("/gb2312", "/undeclared-gbk"):
+                out = structured(await client.call_tool("fetch_page", {"url": web.base + path}))
+                assert out["title"] == "朱镕基总理访问上海" and "第3段：朱镕基总理" in out["text"], path
+            out = structured(await client.call_tool("fetch_page", {"url": web.base + "/sjis"}))
+            assert out["text"] == japanese
+            out = structured(await client.call_tool("fetch_page", {"url": web.base + "/meta-utf16"}))
+            assert out["title"] == "The Harbour Bridge reopens" and "Plain words here." in out["text"]
+
+
 async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(make_settings, pages):
     async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         parts, start = [], 0

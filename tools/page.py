@@ -99,34 +99,53 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
 
 # a meta charset in the first 1024 bytes, as browsers look for it: <meta charset=x> or http-equiv's content
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
-# labels that mean windows-1252 on the web (WHATWG Encoding): its 0x80-0x9F are letters and punctuation
-_WINDOWS_1252 = {
-    "iso-8859-1",
-    "iso8859-1",
-    "latin1",
-    "latin-1",
-    "l1",
-    "ascii",
-    "us-ascii",
-    "cp819",
-    "windows-1252",
+# labels as browsers read them (WHATWG Encoding): each means its superset on the web
+_WEB_LABELS = {
+    **dict.fromkeys(
+        ("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "ascii", "us-ascii", "cp819"), "cp1252"
+    ),
+    **dict.fromkeys(("gb2312", "gbk", "x-gbk", "chinese", "csgb2312", "gb_2312-80"), "gb18030"),
+    **dict.fromkeys(
+        ("shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "windows-31j", "csshiftjis"), "cp932"
+    ),
+    **dict.fromkeys(("euc-kr", "ks_c_5601-1987", "korean", "windows-949", "cseuckr"), "cp949"),
+    **dict.fromkeys(("big5", "x-x-big5", "cn-big5", "csbig5"), "big5hkscs"),
+    **dict.fromkeys(("iso-8859-9", "latin5", "l5"), "cp1254"),
+    **dict.fromkeys(("iso-8859-11", "tis-620"), "cp874"),
 }
+# detection is trusted for these (their byte patterns are distinctive); a single-byte guess is not
+_MULTI_BYTE = {"gb18030", "gbk", "gb2312", "big5", "big5hkscs", "cp950", "cp932", "shift_jis", "euc_jp", "euc_kr",
+               "cp949", "iso2022_jp", "iso2022_kr", "utf-16", "utf-32"}  # fmt: skip
 
 
 def _decode(data: bytes, charset: str | None) -> str:
-    """As a browser decodes a page: a byte-order mark, the header's charset, a meta charset, else UTF-8 when the
-    bytes are UTF-8, else windows-1252 (the web's default for undeclared pages)."""
+    """As a browser decodes a page: a byte-order mark, the header's charset, a meta charset (a meta UTF-16
+    means UTF-8), else UTF-8 when the bytes are UTF-8, else a detected multi-byte encoding (GBK, Shift_JIS,
+    Big5 ...), else windows-1252 (the web's default for undeclared pages)."""
     boms = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
     bom = next((encoding for mark, encoding in boms if data.startswith(mark)), None)
     meta = _META_CHARSET.search(data[:1024])
-    for label in (bom, charset, meta and meta.group(1).decode("ascii"), "utf-8"):
+    meta_label = meta.group(1).decode("ascii").lower() if meta else None
+    if meta_label and meta_label.startswith(("utf-16", "utf-32")):  # the page itself is ASCII-compatible
+        meta_label = "utf-8"
+    for label in (bom, charset, meta_label, "utf-8"):
         if not label:
             continue
-        encoding = "cp1252" if label.strip().lower() in _WINDOWS_1252 else label.strip()
+        encoding = _WEB_LABELS.get(label.strip().lower(), label.strip())
         try:
             return data.decode(encoding)
         except (LookupError, UnicodeDecodeError):
             continue
+    from charset_normalizer import from_bytes
+
+    guess = from_bytes(data[: 1 << 16]).best()
+    if guess is not None:
+        try:
+            encoding = codecs.lookup(guess.encoding).name
+            if encoding in _MULTI_BYTE:
+                return data.decode(encoding)
+        except (LookupError, UnicodeDecodeError):
+            pass
     return data.decode("cp1252", errors="replace")
 
 
