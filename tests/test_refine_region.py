@@ -291,6 +291,49 @@ async def test_an_animation_says_only_its_first_frame_was_read_and_schemes_take_
     assert "original: 3 frames (an animation or pages): only the first was read" in judged["warnings"]
 
 
+def grey_alpha_16_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A PNG of colour type 4 (grey and alpha) at 16 bits per sample, written by hand (Pillow cannot)."""
+    import struct
+    import zlib
+
+    h, w = grey.shape
+    samples = np.dstack([grey, alpha]).astype(">u2").reshape(h, w * 2)
+    raw = b"".join(b"\x00" + row.tobytes() for row in samples)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+async def test_read_notes_cover_grey_and_alpha_at_16_bits_but_not_a_phone_photos_extra_picture(
+    settings, home
+):
+    """16-bit grey+alpha is read at 8 bits (said); an MPO (a JPEG with a gain map or stereo pair) is one
+    photo, not an animation; a path whose file name holds a colon and capitals keeps its case."""
+    home.mkdir(parents=True, exist_ok=True)
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16 + 0x1234).astype(np.uint16)
+    deep = home / "grey-alpha.png"
+    deep.write_bytes(grey_alpha_16_png(grey, np.full((64, 64), 0xFFFF, np.uint16)))
+    mpo = home / "Phone Photo 10:30.jpg"
+    photo("astronaut", 64).save(mpo, "MPO", save_all=True, append_images=[photo("coffee", 64)])
+    with Image.open(mpo) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    async with connect(settings) as client:
+        notes = {}
+        for path in (deep, mpo):
+            args = {"image": str(path), "prompt": "", "backend": "classical", "bbox": [20, 20, 40, 40]}
+            notes[path.name] = " ".join(structured(await client.call_tool("refine_region", args))["notes"])
+    assert "image: a 16-bit-per-channel colour PNG, read at 8 bits" in notes["grey-alpha.png"]
+    assert "frames" not in notes[mpo.name]
+
+
 async def test_an_exif_rotated_input_is_refined_upright(settings, home):
     image = photo("chelsea", 90, 60)
     exif = Image.Exif()

@@ -165,6 +165,9 @@ class ImageStore:
 
 
 # -- the one resolver ------------------------------------------------------------------------------
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+
+
 def resolve_image(
     ref: str,
     *,
@@ -181,9 +184,13 @@ def resolve_image(
     ref = ref.strip()
 
     scheme, colon, rest = ref.partition(":")
+    # schemes are case-insensitive (LIMNER://, DATA:); a path with a colon in a name keeps its case
     if (
-        colon and len(scheme) > 1 and scheme != scheme.lower()
-    ):  # schemes are case-insensitive: LIMNER://, DATA:
+        colon
+        and len(scheme) > 1
+        and _SCHEME.fullmatch(scheme)
+        and (rest.startswith("//") or scheme.lower() == "data")
+    ):
         ref = scheme.lower() + ":" + rest
 
     # 1. the store: an id or a limner:// URI
@@ -281,17 +288,18 @@ def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             f"{field}: the image data is corrupt or truncated or not an image ({exc}); re-export it as PNG "
             "or JPEG and pass it again."
         ) from None
-    png, frames = img.format == "PNG", getattr(img, "n_frames", 1)
+    # an MPO is a photo with extra pictures inside (a phone's HDR gain map, a stereo pair): not an animation
+    png, frames = img.format == "PNG", getattr(img, "n_frames", 1) if img.format != "MPO" else 1
     transposed = ImageOps.exif_transpose(img)
     img = transposed if transposed is not None else img
-    if png and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06"):
-        img.info[READ_AT_8_BITS] = True  # IHDR: 16 bits per sample, RGB or RGBA; Pillow keeps the top 8
+    if png and data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x04", b"\x06"):
+        img.info[READ_AT_8_BITS] = True  # IHDR: 16 bits per sample, RGB, grey+alpha or RGBA; Pillow keeps 8
     if frames > 1:
         img.info[FRAMES] = frames
     return img
 
 
-READ_AT_8_BITS = "limner.read_at_8_bits"  # image.info key: a 16-bit-per-channel colour PNG, read at 8 bits
+READ_AT_8_BITS = "limner.read_at_8_bits"  # image.info key: a 16-bit PNG with colour or alpha, read at 8 bits
 FRAMES = "limner.frames"  # image.info key: an animation's frame count (its first frame was read)
 
 
@@ -303,7 +311,7 @@ def read_note(image: Image.Image, field: str) -> str | None:
     if image.info.get(READ_AT_8_BITS):
         notes.append(
             "a 16-bit-per-channel colour PNG, read at 8 bits per channel (its top 8 bits); results and "
-            "comparisons see those 8 bits only (a 16-bit greyscale PNG keeps all 16)"
+            "comparisons see those 8 bits only (a 16-bit greyscale PNG without alpha keeps all 16)"
         )
     if image.info.get(FRAMES):
         notes.append(f"{image.info[FRAMES]} frames (an animation or pages): only the first was read")
