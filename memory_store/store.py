@@ -45,6 +45,7 @@ TERM_CAP = 50  # a term found in more memories than this is common: left to the 
 TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
 TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
 MAX_TERMS = 8
+MAX_JOINED = 40  # a joined word up to this long is also indexed under its tails and parts
 FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
 MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pass than this
 # chromadb re-reads every write since its last HNSW save on each add: at its default (1000) an add took 15-18 ms
@@ -109,7 +110,8 @@ def words(text: str, parts: bool = False) -> list[str]:
     terms: dict[str, None] = {}
     for token in _TOKEN.findall(normalize(text).translate(_TERM_FORM)):
         token = token.strip(".-")
-        pieces = token.split("-") if parts and "-" in token else []
+        # a code has a few short parts; a long joined string (a URL slug, base64) is kept whole only
+        pieces = token.split("-") if parts and "-" in token and len(token) <= MAX_JOINED else []
         tails = ["-".join(pieces[i:]) for i in range(1, len(pieces))]
         for term in (token, *tails, *pieces):
             if len(term) >= 3 and term not in _STOPWORDS:

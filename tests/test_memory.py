@@ -126,6 +126,16 @@ async def test_codes_are_found_from_any_of_their_parts_and_names_in_any_script_b
             assert top["text"] == wanted and top["matched_terms"], (query, top)
 
 
+def test_a_long_joined_string_is_indexed_whole_not_under_every_tail():
+    """A code's tails and parts are indexed; a URL slug or base64 run of thousands of characters is not
+    (its tails grew quadratically: 2,665 terms and 61 MB of index for one 8,000-character memory)."""
+    from memory_store.store import words
+
+    assert words("SKU-7731-B", parts=True) == ["sku-7731-b", "7731-b", "sku", "7731"]
+    slug = "-".join(f"part{i}" for i in range(1500))  # ~10,000 characters
+    assert words(slug, parts=True) == [slug]
+
+
 def test_a_lost_term_index_is_rebuilt_and_forgotten_memories_leave_it(seeded, tmp_path):
     folder = tmp_path / "memory"
     shutil.copytree(seeded, folder)
