@@ -259,6 +259,23 @@ async def test_an_edit_inside_the_mask_shows_no_change_outside_and_one_changed_p
     assert found["items"][0]["next_step"]["bbox"] == [60, 40, 140, 100]
 
 
+async def test_a_leak_from_an_edit_made_elsewhere_points_the_next_step_at_the_stored_original(settings, home):
+    """An edit limner did not make has no region or prompt on record: the next step still names the
+    original to redo it from (its store id), with the mask's box."""
+    async with connect(settings) as client:
+        made = structured(await client.call_tool("generate", {"prompt": "a harbour", "width": 64, "height": 64,
+                                                              "steps": 1, "seed": 2}))["candidates"][0]  # fmt: skip
+        edited = np.asarray(Image.open(made["path"]).convert("RGB")).copy()
+        edited[2:6, 2:6] = 255  # outside the mask
+        mask = np.zeros((64, 64), bool)
+        mask[20:40, 20:40] = True
+        judged = structured(await client.call_tool("judge", {"image": data_uri(edited), "original": made["id"],
+                                                             "mask": mask_uri(mask), "checks": ["preservation"]}))  # fmt: skip
+    step = judged["judgements"][0]["items"][0]["next_step"]
+    assert step["action"] == "refine_region" and step["image"] == made["id"]
+    assert step["bbox"] == [20, 20, 40, 40] and step["mask"] is None
+
+
 async def test_a_change_only_in_alpha_or_in_the_low_bits_of_a_16_bit_image_is_still_found(settings):
     mask = np.zeros((128, 128), bool)
     mask[40:100, 30:90] = True

@@ -44,7 +44,7 @@ class NextStep(BaseModel):
     action: Literal["refine_region", "strengthen_prompt", "regenerate"]
     image: str | None = Field(
         default=None,
-        description="The image to pass to refine_region (null: the judged image, by your own ref).",
+        description="The image to pass to refine_region (null: the one `why` names, by your own reference).",
     )
     bbox: list[int] | None = Field(default=None, description="[x0, y0, x1, y1] to pass to refine_region.")
     mask: str | None = Field(default=None, description="A mask id to pass to refine_region as `mask`.")
@@ -128,6 +128,7 @@ class JudgeRequest:
     reference: Image.Image | None = None
     original: Any = None
     original_image: Image.Image | None = None  # as given: alpha and bit depth, for hidden_changes
+    original_id: str | None = None  # its store id, for a next step that redoes an edit from it
     mask: Any = None  # bool array, True = edited region
     mask_box: list[int] | None = None
     foreground_mask: Any = None
@@ -250,6 +251,7 @@ def check_request(
     if original is not None:
         request.original = qual.to_array(original.image)
         request.original_image = original.image
+        request.original_id = original.id
     if mask is not None:
         request.mask = read_mask(mask.image, "mask").mask
         box = tight_bbox(request.mask)
@@ -376,7 +378,7 @@ def _items(
                 if p.passed
                 else NextStep(
                     action="refine_region",
-                    image=redo.get("image"),
+                    image=redo.get("image") or request.original_id,
                     mask=redo.get("mask"),
                     bbox=None if redo.get("mask") else request.mask_box,
                     prompt=redo.get("prompt"),
