@@ -153,6 +153,21 @@ async def test_a_16_bit_greyscale_object_is_placed_scaled_to_8_bits_not_clipped(
     assert_object_exact(out["candidates"][0], home, top8, out["foreground"]["box"])
 
 
+async def test_a_scene_that_takes_the_prompt_past_the_text_encoders_limit_is_reported(settings):
+    """The inpainter reads "<prompt>, <scene>": the check is on that text, per scene."""
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("generate", {
+            "prompt": "a cat on a sofa", "foreground": data_uri(cat_cutout(32)), "width": 64, "height": 64,
+            "steps": 1, "scenes": ["in a sunlit living room with tall windows, green plants, a wooden floor and a rug",
+                                   "outdoors"],
+        }))  # fmt: skip
+    assert len(out["warnings"]) == 1
+    assert (
+        out["warnings"][0].startswith("prompt with scene 'in a sunlit living room")
+        and "over the 77" in out["warnings"][0]
+    )
+
+
 async def test_the_documented_refine_then_judge_flow_reaches_foreground_fidelity(settings, home):
     """product_scene: refine the background of a candidate, then judge it against the candidate with the
     refinement's mask and the placement's mask: fidelity compares the product's pixels (untouched: 100 dB)."""

@@ -327,6 +327,15 @@ def run(
     return made, loaded, timings
 
 
+def read_prompts(made: list[Made], params: dict[str, Any]) -> dict[str, str | None]:
+    """Each distinct text the inpainter read (the prompt, or the prompt with a scene appended), by name."""
+    prompts: dict[str, str | None] = {}
+    for m in made:
+        name = "prompt" if m.job.prompt == params["prompt"] else f"prompt with scene {m.job.scene!r}"
+        prompts.setdefault(name, m.job.prompt)
+    return {**prompts, "negative_prompt": params.get("negative_prompt")}
+
+
 def store_results(
     made: list[Made],
     templates: list[Template],
@@ -399,9 +408,7 @@ def store_results(
         guidance=params["guidance"],
         timings=timings,
         foreground={**obj.info.model_dump(), "any_resampled": any(t.resampled for t in templates)},
-        warnings=prompt_cuts(
-            loaded.model, {"prompt": params["prompt"], "negative_prompt": params.get("negative_prompt")}
-        ),
+        warnings=prompt_cuts(loaded.model, read_prompts(made, params)),
         note=note.strip() or None,
     )
     return result, [m.image for m in made]
