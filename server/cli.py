@@ -172,8 +172,14 @@ def http_app(server: Any, settings: Settings) -> Any:
     names = reachable_names(settings.host, settings.allowed_hosts)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"{n}:*" for n in names],
-        allowed_origins=[f"{scheme}://{n}:*" for n in names for scheme in ("http", "https")],
+        # a name with and without a port: a proxy or browser on a default port (80/443) sends the bare name
+        allowed_hosts=[host for n in names for host in (n, f"{n}:*")],
+        allowed_origins=[
+            origin
+            for n in names
+            for scheme in ("http", "https")
+            for origin in (f"{scheme}://{n}", f"{scheme}://{n}:*")
+        ],
     )
     app = HostCheck(server.streamable_http_app(transport_security=security, host=settings.host), security)
     return BearerAuth(app, settings.token) if settings.token else app

@@ -479,17 +479,21 @@ async def test_a_server_bound_to_every_address_answers_to_this_machines_names_an
         await wait_for_port(port, proc)
         async with httpx.AsyncClient() as http:
 
-            async def status(host: str) -> int:
+            async def status(host: str, origin: str | None = None) -> int:
                 url = f"http://127.0.0.1:{port}/mcp"
-                return (
-                    await http.post(url, json=body, headers={**headers, "Host": f"{host}:{port}"})
-                ).status_code
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                return (await http.post(url, json=body, headers=sent)).status_code
 
-            local = await status("127.0.0.1")
+            local = await status(f"127.0.0.1:{port}")
             assert local not in (401, 403, 421)
             for name in (socket.gethostname(), "limner.example", *addresses):
-                assert await status(name) == local, name
+                assert await status(f"{name}:{port}") == local, name
+            # behind a proxy on a default port the Host and Origin carry no port (RFC 9110 7.2)
+            assert await status("limner.example") == local
+            assert await status("limner.example", "https://limner.example") == local
+            assert await status(f"evil.example:{port}") in (403, 421)
             assert await status("evil.example") in (403, 421)
+            assert await status("limner.example", "https://evil.example") in (403, 421)
         if addresses:  # a real client over this machine's own network address
             import httpx2
 
