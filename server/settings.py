@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tools.models import PRESETS, ModelSpec
 
@@ -110,6 +110,16 @@ class Settings(BaseModel):
     judge_max_images: int = Field(default=16, gt=0, description="Most images one judge call scores.")
     judge_max_questions: int = Field(default=12, gt=0, description="Most checklist questions per judge call.")
 
+    @field_validator("home", "allowed_dirs", "models_path", mode="after")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        # host configs (Claude Desktop's "env", a TOML file) pass "~/pics" without a shell to expand it
+        if isinstance(value, Path):
+            return value.expanduser()
+        if isinstance(value, tuple):
+            return tuple(p.expanduser() for p in value)
+        return value
+
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
@@ -206,9 +216,20 @@ def load_settings(
         )
         raise SettingsError(f"invalid settings (from {where}): {problems}") from None
     for role, name in settings.roles.items():
+        if role not in DEFAULT_ROLES:
+            raise SettingsError(
+                f"roles.{role} (from {where}): there is no role {role!r}; the roles are {sorted(DEFAULT_ROLES)}"
+            )
         if name not in settings.models:
             raise SettingsError(
-                f"role {role!r} names model {name!r}, which is not defined; known: {sorted(settings.models)}"
+                f"role {role!r} (from {where}) names model {name!r}, which is not defined; "
+                f"known: {sorted(settings.models)}"
+            )
+        if settings.models[name].role != role:
+            fitting = sorted(n for n, spec in settings.models.items() if spec.role == role)
+            raise SettingsError(
+                f"role {role!r} (from {where}) names model {name!r}, which is a {settings.models[name].role}, "
+                f"not a {role}; {role} models: {fitting}"
             )
     return settings
 

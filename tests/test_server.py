@@ -563,6 +563,24 @@ def test_home_and_the_config_path_are_honoured_or_refused_never_ignored(tmp_path
         load_settings(environ={"LIMNER_HOME": str(tmp_path / "h")})
 
 
+def test_folders_given_with_a_leading_tilde_are_the_users_folders(tmp_path, monkeypatch):
+    user = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user))  # host configs pass "~/pics" without a shell to expand it
+    env = {
+        "HOME": str(user),
+        "LIMNER_HOME": "~/h",
+        "LIMNER_ALLOWED_DIRS": "~/pics",
+        "LIMNER_MODELS_PATH": "~/m",
+    }
+    settings = load_settings(environ=env)
+    assert settings.home == user / "h"
+    assert settings.allowed_dirs == (user / "pics",) and settings.models_dir == user / "m"
+    named = tmp_path / "my.toml"
+    named.write_text('allowed_dirs = ["~/pics", "~/more"]\nmodels_path = "~/m2"\n')
+    from_file = load_settings(environ={"HOME": str(user)}, config=named)
+    assert from_file.allowed_dirs == (user / "pics", user / "more") and from_file.models_dir == user / "m2"
+
+
 def test_the_log_level_takes_any_case_and_a_wrong_one_is_a_one_line_error(tmp_path):
     assert load_settings(flags={"log_level": "debug"}, environ={"HOME": str(tmp_path)}).log_level == "DEBUG"
     proc = subprocess.run(
@@ -583,6 +601,11 @@ def test_the_log_level_takes_any_case_and_a_wrong_one_is_a_one_line_error(tmp_pa
         ('[models.mine]\nrole = "painter"\nsource = "/m"\n', "models.mine"),  # no such role
         ("models = 3\n", "models"),
         ('[models]\nmine = "sdxl"\n', "models.mine"),
+        ('[models.mine]\nrole = "generator"\nsource = "/m"\nsize_factor = 0\n', "models.mine"),
+        ('[models.mine]\nrole = "generator"\nsource = "/m"\nfocus_size = 100\n', "models.mine"),
+        ('[models.mine]\nrole = "generator"\nsource = "/m"\ndefault_steps = 0\n', "models.mine"),
+        ('[roles]\ngenrator = "flux-schnell"\n', "roles.genrator"),  # a misspelt role was ignored
+        ('[roles]\ngenerator = "tiny-inpaint"\n', "is a inpainter, not a generator"),
     ],
 )
 def test_a_bad_model_spec_in_the_toml_file_is_a_settings_error_naming_it(tmp_path, toml, message):

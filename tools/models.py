@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger("limner.models")
 
@@ -52,11 +52,22 @@ class ModelSpec(BaseModel):
         default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N."
     )
     lora: tuple[LoraSpec, ...] = ()
-    focus_size: int = Field(default=1024, description="Native resolution (pixels per side) of the model.")
-    size_factor: int = Field(default=8, description="Width and height must be multiples of this.")
-    default_steps: int = 4
-    default_guidance: float = 0.0
+    focus_size: int = Field(
+        default=1024, gt=0, description="Native resolution (pixels per side) of the model."
+    )
+    size_factor: int = Field(default=8, gt=0, description="Width and height must be multiples of this.")
+    default_steps: int = Field(default=4, gt=0)
+    default_guidance: float = Field(default=0.0, ge=0)
     vram_gb: float | None = Field(default=None, description="Approximate GPU memory need (documentation).")
+
+    @model_validator(mode="after")
+    def _focus_fits_the_factor(self) -> ModelSpec:
+        # refine_region crops at focus_size and generate defaults to it: both must be valid sizes
+        if self.focus_size % self.size_factor:
+            raise ValueError(
+                f"focus_size {self.focus_size} must be a multiple of size_factor {self.size_factor}"
+            )
+        return self
 
     @property
     def tiny_kind(self) -> str | None:
