@@ -186,6 +186,7 @@ async def _foreground(ctx, request, foreground, foreground_mask, placement, scen
         )
     params = {
         "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
         "width": request.width,
         "height": request.height,
         "steps": request.steps,

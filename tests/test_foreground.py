@@ -159,9 +159,11 @@ async def test_a_scene_that_takes_the_prompt_past_the_text_encoders_limit_is_rep
         out = structured(await client.call_tool("generate", {
             "prompt": "a cat on a sofa", "foreground": data_uri(cat_cutout(32)), "width": 64, "height": 64,
             "steps": 1, "scenes": ["in a sunlit living room with tall windows, green plants, a wooden floor and a rug",
-                                   "outdoors"],
+                                   "outdoors"], "negative_prompt": "blurry",
         }))  # fmt: skip
-    assert len(out["warnings"]) == 1
+    assert len(out["warnings"]) == 2 and out["warnings"][1].startswith(
+        "negative_prompt: not used: at guidance 0"
+    )
     assert (
         out["warnings"][0].startswith("prompt with scene 'in a sunlit living room")
         and "over the 77" in out["warnings"][0]

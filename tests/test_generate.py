@@ -77,6 +77,24 @@ async def test_a_prompt_longer_than_the_text_encoder_reads_is_reported_with_wher
     assert "put what matters first" in warning
 
 
+async def test_a_negative_prompt_the_model_will_not_read_at_this_guidance_is_reported(settings):
+    """At guidance <= 1 classifier-free guidance is off, so the negative prompt changes nothing: say so."""
+    args = {"prompt": "a red kite", "width": 64, "height": 64, "steps": 1, "seed": 3}
+    async with connect(settings) as client:
+        plain = structured(await client.call_tool("generate", {**args, "guidance": 0}))
+        unread = structured(
+            await client.call_tool("generate", {**args, "guidance": 0, "negative_prompt": "blurry, text"})
+        )
+        read = structured(
+            await client.call_tool("generate", {**args, "guidance": 3, "negative_prompt": "blurry, text"})
+        )
+    assert plain["warnings"] == []
+    assert unread["candidates"][0]["id"] == plain["candidates"][0]["id"]  # it was indeed not read
+    (warning,) = unread["warnings"]
+    assert warning.startswith("negative_prompt: not used: at guidance 0") and "guidance above 1" in warning
+    assert read["warnings"] == []
+
+
 async def test_reading_the_image_resource_returns_the_stored_png(settings):
     async with connect(settings) as client:
         out = structured(await client.call_tool("generate", {"prompt": "a blue cube", "seed": 1}))

@@ -347,7 +347,7 @@ def store_results(
     params: dict[str, Any],
 ):
     """Store each template's mask once and every candidate with its scene, placement and integrity."""
-    from tools.generate import Candidate, GenerateResult, prompt_cuts
+    from tools.generate import Candidate, GenerateResult, negative_unused, prompt_cuts
 
     mask_ids = [
         store.put(
@@ -408,7 +408,8 @@ def store_results(
         guidance=params["guidance"],
         timings=timings,
         foreground={**obj.info.model_dump(), "any_resampled": any(t.resampled for t in templates)},
-        warnings=prompt_cuts(loaded.model, read_prompts(made, params)),
+        warnings=prompt_cuts(loaded.model, read_prompts(made, params))
+        + negative_unused(loaded.model, params.get("negative_prompt"), params["guidance"]),
         note=note.strip() or None,
     )
     return result, [m.image for m in made]

@@ -243,6 +243,38 @@ def prompt_cuts(pipe: Any, prompts: dict[str, str | None]) -> list[str]:
     return warnings
 
 
+def negative_unused(pipe: Any, negative_prompt: str | None, guidance: float) -> list[str]:
+    """A warning when the pipeline will not read the negative prompt given, as diffusers decides it: a
+    classifier-free-guidance pipeline reads it only at guidance > 1 (and never for a guidance-distilled UNet);
+    a true-CFG pipeline (FLUX) only with true_cfg_scale > 1, which limner leaves at the pipeline's default."""
+    if not negative_prompt:
+        return []
+    call = inspect.signature(pipe.__call__).parameters
+    if "negative_prompt" not in call:
+        reason = "this model takes no negative prompt"
+    elif "true_cfg_scale" in call:
+        default = call["true_cfg_scale"].default
+        reason = (
+            None
+            if isinstance(default, int | float) and default > 1
+            else "this model reads it only with true CFG"
+        )
+    elif (
+        getattr(getattr(getattr(pipe, "unet", None), "config", None), "time_cond_proj_dim", None) is not None
+    ):
+        reason = "this guidance-distilled model runs without classifier-free guidance"
+    elif hasattr(type(pipe), "do_classifier_free_guidance") and guidance <= 1:
+        reason = f"at guidance {guidance:g} classifier-free guidance is off"
+    else:
+        reason = None
+    if reason is None:
+        return []
+    advice = "say what to avoid in the prompt instead"
+    if reason.startswith("at guidance"):
+        advice = "pass guidance above 1 (5-7 for most models; it doubles the denoising work) or " + advice
+    return [f"negative_prompt: not used: {reason}; {advice}"]
+
+
 def finish(
     request: GenerateRequest, images: list[Image.Image], loaded: Loaded, timings: dict, store: ImageStore
 ) -> tuple[GenerateResult, list[Image.Image]]:
@@ -272,7 +304,8 @@ def finish(
         timings=timings,
         warnings=prompt_cuts(
             loaded.model, {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
-        ),
+        )
+        + negative_unused(loaded.model, request.negative_prompt, request.guidance),
         note="made with the tiny random-weight offline model: noise, for testing the plumbing only"
         if loaded.tiny
         else None,
