@@ -179,6 +179,37 @@ async def test_a_16_bit_greyscale_image_scores_as_its_8_bit_self_in_the_model_ch
     assert sixteen["reference_similarity"] == pytest.approx(100.0, abs=1e-3)
 
 
+def tiff_uri(pixels: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "TIFF")
+    return "data:image/tiff;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+async def test_a_float_image_is_judged_by_its_range_as_its_8_bit_self(settings):
+    """A float TIFF holds 0..1 (the float convention) or 0..255 (Pillow's L -> F); both were read as 16-bit
+    and judged black: blurry, too dark, and an edit of it changed nothing by MSE."""
+    grey = photo("camera")
+    unit = grey.astype(np.float32) / 255
+    edited = unit.copy()
+    edited[40:80, 40:80] = np.clip(edited[40:80, 40:80] * 1.5, 0, 1)
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("judge", {
+            "images": [data_uri(grey), tiff_uri(grey.astype(np.float32)), tiff_uri(unit)], "prompt": "a man",
+            "checks": ["alignment", "quality"],
+        }))  # fmt: skip
+        changed = structured(await client.call_tool("judge", {
+            "image": tiff_uri(edited), "original": tiff_uri(unit), "checks": ["preservation"],
+        }))  # fmt: skip
+    eight, levels, fraction = out["judgements"]
+    for deep in (levels, fraction):
+        assert deep["verdict"] == eight["verdict"]
+        assert deep["alignment"]["clipscore"] == pytest.approx(eight["alignment"]["clipscore"], abs=0.05)
+        for metric in ("sharpness", "underexposure", "overexposure"):
+            assert deep["quality"][metric]["raw"] == pytest.approx(eight["quality"][metric]["raw"], rel=0.02)
+    outside = changed["judgements"][0]["preservation"]["outside"]
+    assert outside["changed_pixels"] > 0 and outside["mse"] > 10 and outside["ssim"] < 0.99
+
+
 async def test_judging_generated_candidates_stores_the_scores_on_each_and_says_the_models_are_tiny(settings):
     async with connect(settings) as client:
         made = structured(await client.call_tool("generate", {"prompt": "a lighthouse", "n": 2, "seed": 5}))

@@ -343,11 +343,28 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+DEEP_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image as 8-bit L, read by its range as masks are: 16-bit values
+    (I;16, or I/F above 255) keep their top 8 bits; F at most 1 is 0..1 (the float convention); I and F at
+    most 255 are already 8-bit levels (Pillow's own L -> I/F). Pillow's convert("L") clips them all at 255."""
+    top = image.getextrema()[1]
+    if image.mode.startswith("I;16") or top > 255:
+        scale = 1 / 256
+    elif image.mode == "F" and top <= 1:
+        scale = 255.0
+    else:
+        scale = 1.0
+    return image.convert("F").point(lambda v: v * scale).convert("L")
+
+
 def preview(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> ImageContent:
     """A small preview as MCP image content: longest side <= 512 px, JPEG (WebP when it has alpha)."""
     img = image
-    if img.mode in ("I;16", "I;16B", "I", "F"):
-        img = ImageOps.autocontrast(img.convert("F").point(lambda v: v / 256).convert("L"))
+    if img.mode in DEEP_MODES:
+        img = ImageOps.autocontrast(eight_bit(img))
     alpha = img.has_transparency_data  # an alpha channel or a tRNS key (made alpha before resampling)
     img = img.convert("RGBA" if alpha else "RGB")
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tools.images import DEEP_MODES, eight_bit
+
 ANALYSIS_SIDE = 512
 SHARPNESS_K = 100.0
 NOISE_SCALE = 10.0
@@ -71,9 +73,9 @@ class QualityThresholds:
 
 
 def to_array(image) -> np.ndarray:
-    """A PIL image as uint8 RGB (H, W, 3); alpha is dropped, 16-bit is scaled down."""
-    if image.mode in ("I;16", "I;16B", "I", "F"):
-        image = image.convert("F").point(lambda v: v / 256)
+    """A PIL image as uint8 RGB (H, W, 3); alpha is dropped, 16-bit, 32-bit and float read by their range."""
+    if image.mode in DEEP_MODES:
+        image = eight_bit(image)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
