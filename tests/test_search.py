@@ -99,6 +99,32 @@ async def test_results_keep_only_web_links_each_page_once_and_text_fields_as_tex
     assert out["results"][2]["date"] is None
 
 
+async def test_a_malformed_result_link_is_dropped_or_emptied_and_the_other_results_come_back(
+    searx, searx_settings
+):
+    """A link with an unbalanced IPv6 bracket is no link to pass on, like a javascript: one: it empties its
+    own field (a result left with no link is dropped), never the whole search."""
+    good = {"url": "https://example.org/good", "title": "good", "content": "useful"}
+    web = [good, {"url": "http://[2001:db8::1/page", "title": "bad page"}]
+    images = [
+        {"url": "https://example.org/photo", "title": "bad image", "img_src": "http://[::1/i.jpg",
+         "thumbnail_src": "http://[::1/t.jpg"},
+        {"url": "http://[::1/p", "title": "bad page, good image", "img_src": "https://img.example.org/b.jpg"},
+        {"url": "http://[::1/q", "title": "nothing left", "img_src": "http://[::1/j.jpg"},
+    ]  # fmt: skip
+    async with connect(searx_settings) as client:
+        searx.state.update(body=json.dumps({"results": web}).encode())
+        out = structured(await client.call_tool("search", {"query": "bridge"}))
+        assert out["count"] == 1 and out["results"][0]["url"] == "https://example.org/good"
+        searx.state.update(body=json.dumps({"results": images}).encode())
+        out = structured(await client.call_tool("search", {"query": "bridge", "kind": "images"}))
+    assert [(r["title"], r["url"], r["image_url"]) for r in out["results"]] == [
+        ("bad image", "https://example.org/photo", None),
+        ("bad page, good image", "", "https://img.example.org/b.jpg"),
+    ]
+    assert out["results"][0]["thumbnail_url"] is None and out["results"][1]["source"] == ""
+
+
 async def test_the_same_query_within_minutes_answers_from_the_cache(searx, searx_settings):
     async with connect(searx_settings) as client:
         args = {"query": "Eiffel Tower 2026", "kind": "images", "max_results": 2, "download_images": True}
@@ -243,6 +269,7 @@ class FakeDDGS:
 
     raises: Exception | None = None
     calls: list[tuple[str, str, dict]] = []
+    extra: list[dict] = []  # rows a test adds after each method's own
 
     def __init__(self, proxy: str | None = None, timeout: int | None = 5, *, verify: bool = True) -> None:
         self.timeout = timeout
@@ -251,7 +278,7 @@ class FakeDDGS:
         FakeDDGS.calls.append((method, query, kwargs))
         if FakeDDGS.raises is not None:
             raise FakeDDGS.raises
-        return rows[: kwargs.get("max_results") or 10]
+        return [*rows, *FakeDDGS.extra][: kwargs.get("max_results") or 10]
 
     def text(self, query: str, **kwargs) -> list[dict]:
         rows = [
@@ -274,7 +301,7 @@ class FakeDDGS:
 @pytest.fixture
 def fake_ddgs(monkeypatch):
     monkeypatch.setattr(ddgs, "DDGS", FakeDDGS)
-    FakeDDGS.raises, FakeDDGS.calls = None, []
+    FakeDDGS.raises, FakeDDGS.calls, FakeDDGS.extra = None, [], []
     return FakeDDGS
 
 
@@ -302,6 +329,15 @@ async def test_the_ddgs_adapter_normalises_the_library_result_shapes(settings, f
     method, query, kwargs = fake_ddgs.calls[0]
     assert (method, query) == ("text", "bridge")
     assert kwargs == {"region": "uk-en", "timelimit": "m", "safesearch": "moderate", "max_results": 8}
+
+
+async def test_a_malformed_ddgs_link_costs_only_its_own_result(settings, fake_ddgs):
+    fake_ddgs.extra = [{"title": "bad", "href": "http://[2001:db8::1/page", "body": "junk",
+                        "url": "http://[::1/p", "image": "http://[::1/i.jpg", "thumbnail": "http://[::1/t.jpg"}]  # fmt: skip
+    async with connect(settings) as client:
+        for kind in ("web", "news", "images"):
+            out = structured(await client.call_tool("search", {"query": "bridge", "kind": kind}))
+            assert out["count"] == 1 and out["results"][0]["title"] != "bad", kind
 
 
 async def test_ddgs_exceptions_become_errors_that_say_whether_and_when_to_retry(settings, fake_ddgs):
@@ -360,6 +396,17 @@ async def test_fetch_page_extracts_the_main_text_title_and_image_urls(make_setti
         assert "Log in" not in out["text"] and "Cookie settings" not in out["text"]
         assert out["images"] == [f"{pages.base}/media/cover.jpg", f"{pages.base}/media/span.jpg",
                                  "https://cdn.example.org/pier.png"]  # fmt: skip
+
+
+async def test_a_malformed_image_link_on_a_page_costs_only_that_link(make_settings):
+    page = article(3).replace(b"/media/cover.jpg", b"http://[::1/cover.jpg")
+    with LocalWeb("127.0.0.2") as web:
+        web.static("/page", page, "text/html; charset=utf-8")
+        async with connect(make_settings(fetch_intranet_allow=(web.base,))) as client:
+            out = structured(await client.call_tool("fetch_page", {"url": web.base + "/page"}))
+            assert out["images"] == [f"{web.base}/media/span.jpg", "https://cdn.example.org/pier.png"]
+            text = error_text(await client.call_tool("fetch_page", {"url": "http://[2001:db8::1/page"}))
+            assert "malformed URL 'http://[2001:db8::1/page'" in text and "pass a full http(s)://" in text
 
 
 async def test_fetch_page_decodes_title_text_and_image_urls_with_the_pages_own_charset(make_settings):

@@ -87,7 +87,7 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
         title = " ".join(tree.xpath("string(//title)").split())
         og = tree.xpath("//meta[@property='og:image' or @name='twitter:image']/@content")
         srcs = tree.xpath("//img/@src | //img/@data-src")
-        images = [urljoin(fetched.url, s.strip()) for s in [*og, *srcs] if s.strip()]
+        images = [link for s in [*og, *srcs] if (link := _absolute(fetched.url, s))]
     except (ValueError, lxml.etree.ParserError) as exc:
         logger.info("no DOM for %s: %s", fetched.url, exc)
     if not title:
@@ -95,6 +95,18 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
         title = (meta.title if meta else None) or ""
     images = [u for u in dict.fromkeys(images) if u.startswith(("http://", "https://"))][:MAX_IMAGES]
     return PageText(fetched.url, title, text.strip(), tuple(images))
+
+
+def _absolute(base: str, link: str) -> str | None:
+    """`link` resolved against the page, or None when it is empty or malformed ("http://[::1/a.jpg"): one bad
+    og:image must not cost the page its other images."""
+    link = link.strip()
+    if not link:
+        return None
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return None
 
 
 # a meta charset in the first 1024 bytes, as browsers look for it: <meta charset=x> or http-equiv's content

@@ -69,11 +69,15 @@ class SearchResult(BaseModel):
 
 
 def web_url(value: Any) -> str | None:
-    """An http(s) URL without surrounding spaces, else None (a javascript:, data: or ftp: link, not a string)."""
+    """An http(s) URL without surrounding spaces, else None (a javascript:, data: or ftp: link, a malformed
+    URL, not a string)."""
     if not isinstance(value, str):
         return None
     url = value.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1/x": an unbalanced IPv6 bracket or a bad port is no link to pass on
+        return None
     return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
 
 

@@ -18,7 +18,11 @@ from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest, tid
 
 
 def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "") if url else ""
+    """The URL's host, or "" when it has none or is malformed (tidy() then drops or empties the link)."""
+    try:
+        return (urlsplit(url).hostname or "") if url else ""
+    except ValueError:  # an unbalanced IPv6 bracket or a bad port: one bad result must not fail the search
+        return ""
 
 
 def _text(value: Any) -> str:
@@ -176,7 +180,12 @@ class SearxngBackend:
 
     def _hit(self, kind: str, r: dict[str, Any]) -> SearchHit:
         def absolute(value: Any) -> str | None:  # image_proxy links are relative to the instance
-            return urljoin(self.base_url, value) if isinstance(value, str) and value else None
+            if not isinstance(value, str) or not value:
+                return None
+            try:
+                return urljoin(self.base_url, value)
+            except ValueError:  # a malformed link ("http://[::1/i.jpg") empties this field, not the search
+                return None
 
         url = _text(r.get("url"))
         size = re.match(r"\s*(\d+)\s*[x×]\s*(\d+)", _text(r.get("resolution")))
