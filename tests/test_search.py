@@ -13,7 +13,8 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import connect, error_text, structured
-from tests.local_web import LocalWeb, encode, huge_png, searxng_routes
+from tests.local_web import LocalWeb, encode, huge_png, searxng_routes, send
+from tools.search import TTLCache
 
 pytestmark = pytest.mark.anyio
 
@@ -149,6 +150,68 @@ async def test_backend_429_and_500_become_errors_that_say_when_to_retry(searx, s
         calls = searx.total_hits
         text = error_text(await client.call_tool("search", {"query": "right away"}))
         assert "rate limited" in text and "Retry in 1" in text and searx.total_hits == calls  # not even asked
+
+
+async def test_a_later_searxng_page_that_fails_still_returns_the_pages_before_it_with_a_note(
+    searx, searx_settings
+):
+    """max_results=15 asks SearXNG for two pages; when the second fails, the first's 10 results come back and
+    the note says why there are fewer and when to search again. A 429 there still pauses new searches."""
+    failure = {"status": 500}
+    first_pages = searx.routes["/search"]
+
+    def search(req, q) -> None:
+        if q.get("pageno") == ["2"]:
+            send(req, failure["status"], b'{"error": "busy"}', "application/json", {"Retry-After": "120"})
+        else:
+            first_pages(req, q)
+
+    searx.routes["/search"] = search
+    async with connect(searx_settings) as client:
+        out = structured(await client.call_tool("search", {"query": "old bridge", "max_results": 15}))
+        assert out["count"] == 10 and out["results"][9]["title"] == "old bridge result 9"
+        assert "Only 10 of the 15" in out["note"] and "HTTP 500" in out["note"] and "page 2" in out["note"]
+        assert "Search again in 30 s" in out["note"] and searx.hits["/search"] == 2
+        failure["status"] = 429
+        out = structured(await client.call_tool("search", {"query": "new bridge", "max_results": 15}))
+        assert out["count"] == 10 and "429" in out["note"] and "refused for 120 s" in out["note"]
+        asked = searx.hits["/search"]
+        text = error_text(await client.call_tool("search", {"query": "another query"}))
+        assert "rate limited" in text and "Retry in 120 s" in text and searx.hits["/search"] == asked
+        again = structured(await client.call_tool("search", {"query": "new bridge", "max_results": 15}))
+        assert again["cached"] is True and again["count"] == 10 and again["note"] == out["note"]
+
+
+async def test_a_partial_image_search_keeps_its_note_beside_the_download_notes(searx, searx_settings):
+    first_pages = searx.routes["/search"]
+    searx.routes["/search"] = lambda req, q: (
+        send(req, 502, b"", "text/plain") if q.get("pageno") == ["2"] else first_pages(req, q)
+    )
+    async with connect(searx_settings) as client:
+        shutil.rmtree(searx_settings.images_dir)
+        searx_settings.images_dir.write_bytes(b"")  # every store write fails
+        args = {"query": "astronaut", "kind": "images", "max_results": 5, "download_images": True}
+        out = structured(await client.call_tool("search", args))
+        assert out["count"] == 2 and out["downloaded"] == 0 and searx.hits["/search"] == 2
+        assert out["note"].startswith("Only 2 of the 5") and "HTTP 502" in out["note"]
+        assert "2 of 2 images could not be downloaded" in out["note"]
+        searx_settings.images_dir.unlink()
+        searx_settings.images_dir.mkdir()
+        again = structured(await client.call_tool("search", args))  # downloads retried from the cache
+        assert again["cached"] is True and again["downloaded"] == 2 and searx.hits["/search"] == 2
+        assert again["note"].startswith("Only 2 of the 5") and "could not be downloaded" not in again["note"]
+
+
+def test_a_partial_answer_is_cached_only_until_the_backend_may_answer_again():
+    now = [0.0]
+    cache = TTLCache(300, clock=lambda: now[0])
+    cache.put("full", 1)
+    cache.put("partial", 2, ttl_s=120)
+    cache.put("longer than the cache", 3, ttl_s=900)
+    now[0] = 121
+    assert (cache.get("full"), cache.get("partial")) == (1, None)
+    now[0] = 301
+    assert cache.get("full") is None and cache.get("longer than the cache") is None
 
 
 async def test_the_local_rate_limit_says_when_to_retry_and_cached_queries_still_answer(make_settings, searx):

@@ -21,7 +21,7 @@ from urllib.parse import urldefrag, urlsplit
 import anyio
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from tools.fetch import SafeFetcher
 from tools.images import ImageRef, ImageStore, decode_image
@@ -66,6 +66,9 @@ class SearchResult(BaseModel):
     results: list[SearchHit]
     downloaded: int = 0
     note: str | None = None
+    # what the backend said about a partial answer, kept apart so that downloads retried from the cache can
+    # rewrite their part of `note` without losing it
+    _backend_note: str | None = PrivateAttr(default=None)
 
 
 def web_url(value: Any) -> str | None:
@@ -160,12 +163,22 @@ def check_request(
 
 # -- backends -------------------------------------------------------------------------------------
 class BackendError(Exception):
-    """A backend failed. `retry_after` None means retrying the same call will not help."""
+    """A backend failed. `retry_after` None means retrying the same call will not help. `partial` holds what
+    earlier requests of the same search found (a paging backend whose later page failed), None when none ran.
+    """
 
-    def __init__(self, message: str, *, retry_after: float | None, rate_limited: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        rate_limited: bool = False,
+        partial: list[SearchHit] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+        self.partial = partial
 
 
 class Backend(Protocol):
@@ -196,8 +209,10 @@ class TTLCache:
             return None
         return item[1]
 
-    def put(self, key: Any, value: Any) -> None:
-        self._items[key] = (self.clock() + self.ttl_s, value)
+    def put(self, key: Any, value: Any, ttl_s: float | None = None) -> None:
+        """Keep `value` for the cache's time, or for `ttl_s` when that is shorter."""
+        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        self._items[key] = (self.clock() + ttl, value)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
@@ -237,14 +252,19 @@ class SearchService:
             images = await anyio.to_thread.run_sync(self._stored_images, hit) if hit.downloaded else []
             return hit.model_copy(update={"cached": True}), images
         self._admit()
+        failed: BackendError | None = None
         try:
             hits = await anyio.to_thread.run_sync(self.backend.search, request)
         except BackendError as exc:
+            # a 429 on any request of a search is the backend asking this server to pause, page 2 included:
+            # the next search would very likely be refused too, so it waits here without asking
             if exc.rate_limited and exc.retry_after:
                 self._blocked_until = max(self._blocked_until, self.clock() + exc.retry_after)
-            raise ToolError(
-                _retry_text(f"search backend {self.backend.name}: {exc}", exc.retry_after)
-            ) from None
+            if exc.partial is None:
+                raise ToolError(
+                    _retry_text(f"search backend {self.backend.name}: {exc}", exc.retry_after)
+                ) from None
+            hits, failed = exc.partial, exc  # a later page failed: the earlier pages' results still answer
         hits = tidy(hits, request.max_results)
         result = SearchResult(
             query=request.query,
@@ -254,11 +274,29 @@ class SearchService:
             count=len(hits),
             results=hits,
         )
+        if failed is not None:
+            result.note = result._backend_note = self._partial_note(request, len(hits), failed)
         images: list[Image.Image] = []
         if request.download_images:
             result, images = await self._download(request, result)
-        self.cache.put(key, result)
+        # a partial answer is kept only until the backend may answer again, so a repeat then gets the rest
+        self.cache.put(key, result, failed.retry_after if failed is not None else None)
         return result, images
+
+    def _partial_note(self, request: SearchRequest, count: int, exc: BackendError) -> str:
+        note = (
+            f"Only {count} of the {request.max_results} results asked for: search backend "
+            f"{self.backend.name} failed while paging ({exc})."
+        )
+        if exc.retry_after is None:
+            return note
+        wait = max(1, round(exc.retry_after))
+        if exc.rate_limited:
+            return (
+                f"{note} It asked for a pause: new searches are refused for {wait} s, repeated queries "
+                "answer from cache; search again after that for more."
+            )
+        return f"{note} Search again in {wait} s for more."
 
     def _admit(self) -> None:
         now = self.clock()
@@ -313,12 +351,13 @@ class SearchService:
                     tg.start_soon(one, i, hit)
         downloaded = sum(h.image is not None for h in hits)
         failed = len(hits) - downloaded
-        note = None
+        note = result._backend_note
         if failed:
-            note = (
+            missing = (
                 f"{failed} of {len(hits)} images could not be downloaded; see download_error per result "
                 "(search again or pick other results for more references)."
             )
+            note = f"{note} {missing}" if note else missing
         updated = result.model_copy(update={"results": hits, "downloaded": downloaded, "note": note})
         return updated, [images[i] for i in sorted(images)]
 

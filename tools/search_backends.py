@@ -128,7 +128,19 @@ class SearxngBackend:
     def search(self, request: SearchRequest) -> list[SearchHit]:
         hits: list[SearchHit] = []
         for page in range(1, self.MAX_PAGES + 1):
-            batch = [self._hit(request.kind, r) for r in self._page(request, page)]
+            try:
+                rows = self._page(request, page)
+            except BackendError as exc:
+                if page == 1:
+                    raise
+                # the pages before it answered: a failed page ends paging, it does not undo them
+                raise BackendError(
+                    f"{exc} (on page {page})",
+                    retry_after=exc.retry_after,
+                    rate_limited=exc.rate_limited,
+                    partial=hits,
+                ) from None
+            batch = [self._hit(request.kind, r) for r in rows]
             hits = tidy([*hits, *batch], request.max_results)  # engines repeat results across pages
             if not batch or len(hits) >= request.max_results:
                 break
