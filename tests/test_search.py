@@ -531,6 +531,45 @@ async def test_fetch_page_reads_cjk_labels_as_browsers_do_and_detects_undeclared
             assert out["title"] == "The Harbour Bridge reopens" and "Plain words here." in out["text"]
 
 
+async def test_fetch_page_detects_undeclared_cyrillic_and_greek_pages_and_reads_xml_declarations(
+    make_settings,
+):
+    """An undeclared single-byte page plainly in one non-Latin script is detected (Western pages still read
+    as windows-1252, see above); an XHTML page's XML declaration names its encoding, ahead of a meta, and on
+    text/html it is tried after the meta."""
+
+    def page(title: str, sentence: str, head: str = "", prolog: str = "") -> str:
+        body = "".join(f"<p>{i}: {sentence}</p>" for i in range(6))
+        return f"{prolog}<html><head>{head}<title>{title}</title></head><body><article>{body}</article></body></html>"
+
+    russian = page("Новости Москвы: мост открыт", "Новый мост через реку покрашен в бирюзовый цвет.")
+    greek = page("Νέα της Αθήνας", "Η νέα γέφυρα άνοιξε σήμερα και οι κάτοικοι γιόρτασαν με μουσική.")
+    xml = "<?xml version='1.0' encoding='windows-1250'?>"
+    polish = dict(title="Nowy most w Łodzi", sentence="Mieszkańcy świętowali; zażółć gęślą jaźń.", prolog=xml)
+    with LocalWeb("127.0.0.2") as web:
+        web.static("/undeclared-1251", russian.encode("cp1251"), "text/html")
+        web.static("/undeclared-1253", greek.encode("cp1253"), "text/html")
+        web.static("/xhtml-1250", page(**polish).encode("cp1250"), "application/xhtml+xml")
+        web.static("/xhtml-1250-meta", page(**polish, head="<meta charset='iso-8859-1'/>").encode("cp1250"),
+                   "application/xhtml+xml")  # fmt: skip
+        web.static("/html-1250", page(**polish).encode("cp1250"), "text/html")
+        web.static("/html-1250-meta", page(**polish, head="<meta charset='iso-8859-1'>").encode("cp1250"),
+                   "text/html")  # fmt: skip
+        async with connect(make_settings(fetch_intranet_allow=(web.base,))) as client:
+            for path, title, words in (
+                ("/undeclared-1251", "Новости Москвы: мост открыт", "покрашен в бирюзовый цвет"),
+                ("/undeclared-1253", "Νέα της Αθήνας", "οι κάτοικοι γιόρτασαν"),
+                ("/xhtml-1250", "Nowy most w Łodzi", "zażółć gęślą jaźń"),
+                ("/xhtml-1250-meta", "Nowy most w Łodzi", "zażółć gęślą jaźń"),
+                ("/html-1250", "Nowy most w Łodzi", "zażółć gęślą jaźń"),
+            ):
+                out = structured(await client.call_tool("fetch_page", {"url": web.base + path}))
+                assert out["title"] == title and words in out["text"], (path, out["title"])
+            # on text/html a meta charset comes first, as browsers read it
+            out = structured(await client.call_tool("fetch_page", {"url": web.base + "/html-1250-meta"}))
+            assert out["title"] == "Nowy most w £odzi"
+
+
 async def test_fetch_page_paginates_with_a_marker_that_says_where_to_continue(make_settings, pages):
     async with connect(make_settings(fetch_intranet_allow=(pages.base,))) as client:
         parts, start = [], 0

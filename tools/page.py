@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -62,7 +64,7 @@ def read_page(url: str, fetcher: SafeFetcher) -> PageText:
 
     # 1. fetch through the safe fetcher: HTML or plain text only
     fetched = fetcher.fetch_page(url, max_bytes=MAX_PAGE_BYTES)
-    raw = _decode(fetched.data, fetched.charset)
+    raw = _decode(fetched.data, fetched.charset, fetched.content_type)
     if fetched.content_type in ("text/plain", "text/markdown"):
         return PageText(fetched.url, "", raw.strip(), ())
 
@@ -111,6 +113,8 @@ def _absolute(base: str, link: str) -> str | None:
 
 # a meta charset in the first 1024 bytes, as browsers look for it: <meta charset=x> or http-equiv's content
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+# an XML declaration's encoding, at the very start as XML requires (a BOM before it is handled first)
+_XML_ENCODING = re.compile(rb"""\s*<\?xml\s[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
 # labels as browsers read them (WHATWG Encoding): each means its superset on the web
 _WEB_LABELS = {
     **dict.fromkeys(
@@ -125,22 +129,26 @@ _WEB_LABELS = {
     **dict.fromkeys(("iso-8859-9", "latin5", "l5"), "cp1254"),
     **dict.fromkeys(("iso-8859-11", "tis-620"), "cp874"),
 }
-# detection is trusted for these (their byte patterns are distinctive); a single-byte guess is not
+# detection is trusted for these (their byte patterns are distinctive); a single-byte guess only as `_detect` says
 _MULTI_BYTE = {"gb18030", "gbk", "gb2312", "big5", "big5hkscs", "cp950", "cp932", "shift_jis", "euc_jp", "euc_kr",
                "cp949", "iso2022_jp", "iso2022_kr", "utf-16", "utf-32"}  # fmt: skip
 
 
-def _decode(data: bytes, charset: str | None) -> str:
-    """As a browser decodes a page: a byte-order mark, the header's charset, a meta charset (a meta UTF-16
-    means UTF-8), else UTF-8 when the bytes are UTF-8, else a detected multi-byte encoding (GBK, Shift_JIS,
-    Big5 ...), else windows-1252 (the web's default for undeclared pages)."""
+def _decode(data: bytes, charset: str | None, content_type: str = "text/html") -> str:
+    """As a browser decodes a page: a byte-order mark, the header's charset, a meta charset and an XML
+    declaration's encoding (a UTF-16 one on these ASCII-compatible bytes means UTF-8), else UTF-8 when the
+    bytes are UTF-8, else a detected encoding, else windows-1252 (the web's default for undeclared pages).
+
+    On XHTML the XML declaration comes before the meta, as an XML parser reads it. Browsers ignore it on
+    text/html; here it is still tried after the meta, since a page that declares an encoding only there
+    (XHTML 1.0 served as text/html) is almost always written in it, and a wrong one fails to decode and
+    falls through."""
     boms = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
     bom = next((encoding for mark, encoding in boms if data.startswith(mark)), None)
-    meta = _META_CHARSET.search(data[:1024])
-    meta_label = meta.group(1).decode("ascii").lower() if meta else None
-    if meta_label and meta_label.startswith(("utf-16", "utf-32")):  # the page itself is ASCII-compatible
-        meta_label = "utf-8"
-    for label in (bom, charset, meta_label, "utf-8"):
+    meta = _ascii_label(_META_CHARSET.search(data[:1024]))
+    xml = _ascii_label(_XML_ENCODING.match(data[:1024]))
+    declared = (xml, meta) if content_type.endswith(("/xml", "+xml")) else (meta, xml)
+    for label in (bom, charset, *declared, "utf-8"):
         if not label:
             continue
         encoding = _WEB_LABELS.get(label.strip().lower(), label.strip())
@@ -148,17 +156,59 @@ def _decode(data: bytes, charset: str | None) -> str:
             return data.decode(encoding)
         except (LookupError, UnicodeDecodeError):
             continue
+    if (detected := _detect(data)) is not None:
+        return detected
+    return data.decode("cp1252", errors="replace")
+
+
+def _ascii_label(match: re.Match[bytes] | None) -> str | None:
+    """A declared label; a UTF-16 or UTF-32 one means UTF-8, since the declaration itself was read as ASCII."""
+    if match is None:
+        return None
+    label = match.group(1).decode("ascii").lower()
+    return "utf-8" if label.startswith(("utf-16", "utf-32")) else label
+
+
+def _detect(data: bytes) -> str | None:
+    """The page decoded with a detected encoding, or None when no detection is trustworthy enough to beat
+    the windows-1252 default.
+
+    A multi-byte guess (GBK, Shift_JIS, Big5 ...) is trusted: its byte patterns are distinctive. A
+    single-byte guess is trusted only when charset-normalizer finds little chaos and the text it gives is
+    plainly of one non-Latin script (`_one_foreign_script`): Western text read with a wrong code page is
+    exactly what detection tends to get wrong (it calls cp1252 pages cp1250), and cp1252 reads it right."""
     from charset_normalizer import from_bytes
 
-    guess = from_bytes(data[: 1 << 16]).best()
-    if guess is not None:
-        try:
-            encoding = codecs.lookup(guess.encoding).name
-            if encoding in _MULTI_BYTE:
-                return data.decode(encoding)
-        except (LookupError, UnicodeDecodeError):
-            pass
-    return data.decode("cp1252", errors="replace")
+    sample = data[: 1 << 16]
+    guess = from_bytes(sample).best()
+    if guess is None:
+        return None
+    try:
+        encoding = codecs.lookup(guess.encoding).name
+        if encoding in _MULTI_BYTE:
+            return data.decode(encoding)
+        if guess.chaos <= 0.1 and _one_foreign_script(sample.decode(encoding, errors="replace")):
+            return data.decode(encoding, errors="replace")  # a stray byte past the sample costs one character
+    except (LookupError, UnicodeDecodeError):
+        pass
+    return None
+
+
+_FOREIGN_SCRIPTS = ("CYRILLIC", "GREEK", "HEBREW", "ARABIC", "THAI")
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _one_foreign_script(text: str) -> bool:
+    """True when the letters beyond ASCII are of one non-Latin script, varied, and kept out of Latin words:
+    how a Cyrillic, Greek, Hebrew, Arabic or Thai page reads. Western text given a wrong single-byte
+    encoding fails it: "Café" read as windows-1251 is "Cafй", a Cyrillic letter inside a Latin word."""
+    words = [w for w in _WORD.findall(text) if not w.isascii()]
+    letters = [c for w in words for c in w if not c.isascii()]
+    if len(letters) < 8 or len(set(letters)) < 5:
+        return False  # too little to tell (a lone "à" repeated is no alphabet)
+    script, count = Counter(unicodedata.name(c, "").split(" ", 1)[0] for c in letters).most_common(1)[0]
+    mixed = sum(any(c.isascii() for c in w) for w in words)
+    return script in _FOREIGN_SCRIPTS and count >= 0.95 * len(letters) and mixed <= 0.05 * len(words)
 
 
 def paginate(page: PageText, start: int, max_chars: int, cached: bool) -> PageResult:
