@@ -400,6 +400,7 @@ BAD = [
     ({"image": data_uri(SMALL), "original": data_uri(OTHER)}, "original: 64x43 does not match"),
     ({"image": data_uri(SMALL), "mask": mask_uri(MASK_64)}, "mask: needs `original`"),
     ({"image": data_uri(SMALL), "checks": ["preservation"]}, "checks: 'preservation' needs an original"),
+    ({"image": data_uri(SMALL), "checks": []}, "checks: the list is empty"),  # it ran every check
     (
         {"image": data_uri(SMALL), "foreground_mask": mask_uri(np.zeros_like(MASK_64))},
         "foreground_mask: has no",

@@ -283,12 +283,22 @@ async def test_an_animation_says_only_its_first_frame_was_read_and_schemes_take_
         assert any(
             "image: 3 frames (an animation or pages): only the first was read" in n for n in out["notes"]
         )
-        upper = "LIMNER://images/" + out["image"]["id"]
+        upper = "LIMNER://IMAGES/" + out["image"]["id"]  # the authority is case-insensitive too
         judged = structured(await client.call_tool("judge", {"image": upper, "original": path,
                                                              "mask": "Limner://images/" + out["mask_id"],
                                                              "checks": ["preservation"]}))  # fmt: skip
     assert judged["judgements"][0]["id"] == out["image"]["id"]
     assert "original: 3 frames (an animation or pages): only the first was read" in judged["warnings"]
+
+
+async def test_the_blend_is_said_to_be_cut_only_where_a_crop_edge_lies_inside_the_image(settings):
+    image = data_uri(photo("astronaut", 96))
+    args = {"image": image, "prompt": "", "backend": "classical", "margin": 0}
+    async with connect(settings) as client:
+        whole = structured(await client.call_tool("refine_region", {**args, "bbox": [0, 0, 96, 96]}))
+        inner = structured(await client.call_tool("refine_region", {**args, "bbox": [40, 40, 56, 56]}))
+    assert whole["crop_box"] == [0, 0, 96, 96] and not any("cut" in n for n in whole["notes"])
+    assert any("the blend is cut at the crop box edge" in n for n in inner["notes"]), inner["notes"]
 
 
 def grey_alpha_16_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:

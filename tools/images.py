@@ -193,6 +193,9 @@ def resolve_image(
     ):
         ref = scheme.lower() + ":" + rest
 
+    if ref[: len(URI_PREFIX)].lower() == URI_PREFIX:  # the authority ("images") is case-insensitive too
+        ref = URI_PREFIX + ref[len(URI_PREFIX) :]
+
     # 1. the store: an id or a limner:// URI
     if ref.startswith(URI_PREFIX) or ID_PATTERN.match(ref):
         image_id = ref.removeprefix(URI_PREFIX)

@@ -201,6 +201,11 @@ def check_request(
     else:
         questions = []
     # 2. which checks run: the asked ones must have their inputs; by default every one that can
+    if checks is not None and not checks:
+        raise ToolError(
+            f"checks: the list is empty; leave checks out to run every check that can run, or name some of "
+            f"{', '.join(CHECKS)}."
+        )
     wanted = tuple(dict.fromkeys(checks)) if checks else None
     needs = {
         "alignment": (prompt is not None, "a prompt"),

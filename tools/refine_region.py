@@ -567,7 +567,8 @@ def run(
         notes.append(
             "refined with the tiny random-weight offline model: noise, for testing the plumbing only"
         )
-    if plan.margin_px < reach(request.blend_dilate, request.blend_blur) and request.focus:
+    cut = x1 > 0 or y1 > 0 or x2 < width or y2 < height  # a side at the image's edge has nothing to cut
+    if plan.margin_px < reach(request.blend_dilate, request.blend_blur) and request.focus and cut:
         notes.append("the margin is narrower than the blend; the blend is cut at the crop box edge")
     result = RefineResult(
         status="done",
