@@ -301,6 +301,28 @@ async def test_the_blend_is_said_to_be_cut_only_where_a_crop_edge_lies_inside_th
     assert any("the blend is cut at the crop box edge" in n for n in inner["notes"]), inner["notes"]
 
 
+async def test_a_colour_profile_is_stored_only_on_pixels_of_its_colour_space(settings, home):
+    """A CMYK JPEG's CMYK profile was copied onto the RGB PNGs made from it: libpng rejects such a file
+    ("invalid ICC profile color space") and colour-managed readers cannot use it. An RGB profile stays."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk_profile = srgb[:16] + b"CMYK" + srgb[20:]  # no real CMYK profile can be made offline: its header
+    cmyk = save(home, photo("coffee", 96, 64).convert("CMYK"), "product.jpg", icc_profile=cmyk_profile)
+    rgb = save(home, photo("coffee", 96, 64), "photo.jpg", icc_profile=srgb)
+    args = {"prompt": "", "backend": "classical", "bbox": [10, 10, 30, 30]}
+    async with connect(settings) as client:
+        from_cmyk = structured(await client.call_tool("refine_region", {"image": cmyk, **args}))
+        from_rgb = structured(await client.call_tool("refine_region", {"image": rgb, **args}))
+    images = Path(from_cmyk["image"]["path"]).parent
+    for out in (from_cmyk, from_rgb):
+        for path in (images / f"{out['input_id']}.png", Path(out["image"]["path"])):
+            with Image.open(path) as stored:
+                assert stored.mode == "RGB"
+                icc = stored.info.get("icc_profile")
+                assert icc == (srgb if out is from_rgb else None), path
+
+
 def grey_alpha_16_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:
     """A PNG of colour type 4 (grey and alpha) at 16 bits per sample, written by hand (Pillow cannot)."""
     import struct

@@ -330,12 +330,32 @@ _PNG_NEAREST = {"La": "LA", "PA": "RGBA", "RGBa": "RGBA", "I;16L": "I;16", "I;16
 def _png_storable(image: Image.Image) -> Image.Image:
     """`image` in a mode PNG can hold: CMYK, YCbCr, LAB, HSV, RGBX become RGB; 32-bit and float become
     16-bit (PNG's deepest: values clipped to 0..65535, fractions dropped); premultiplied or palette alpha
-    becomes plain alpha."""
-    if image.mode in _PNG_MODES:
-        return image
-    if image.mode == "F":  # Pillow's F -> I;16 clips at 255; through I it keeps 16 bits
-        image = image.convert("I")
-    return image.convert(_PNG_NEAREST.get(image.mode, "RGB"))
+    becomes plain alpha. A colour profile is kept only while it describes the pixels' colour space."""
+    if image.mode not in _PNG_MODES:
+        if image.mode == "F":  # Pillow's F -> I;16 clips at 255; through I it keeps 16 bits
+            image = image.convert("I")
+        image = image.convert(_PNG_NEAREST.get(image.mode, "RGB"))  # convert() copies info, the profile too
+    if not profile_fits(image.info.get("icc_profile"), image.mode):
+        image = image.copy()
+        image.info.pop("icc_profile", None)
+    return image
+
+
+_PROFILE_SPACES = {
+    b"RGB ": ("RGB", "RGBA", "RGBX", "P", "PA"),
+    b"GRAY": ("L", "LA", "1", "I", "F"),
+    b"CMYK": ("CMYK",),
+}
+
+
+def profile_fits(icc: bytes | None, mode: str) -> bool:
+    """Whether an ICC profile (its header's colour space, bytes 16..20) can describe pixels of `mode`; no
+    profile always fits. A CMYK profile carried onto converted RGB pixels is one libpng rejects ("invalid
+    ICC profile color space") and colour-managed readers cannot use."""
+    if not icc:
+        return True
+    modes = _PROFILE_SPACES.get(bytes(icc[16:20]), ())
+    return mode in modes or (mode.startswith("I;16") and "I" in modes)
 
 
 def encode_png(image: Image.Image) -> bytes:

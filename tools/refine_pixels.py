@@ -17,7 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.images import read_note
+from tools.images import profile_fits, read_note
 from tools.masks import Box, dilate, erode, expand, tight_bbox
 from tools.preservation import ssim_map
 
@@ -70,6 +70,8 @@ def to_pixels(image: Image.Image) -> Pixels:
                 "the output is I;16"
             )
     icc = image.info.get("icc_profile") or None
+    if not profile_fits(icc, target or image.mode):  # a CMYK profile does not describe the RGB output
+        icc = None
     if target is not None:
         kind = "transparent colour key" if target in ("RGBA", "LA") and image.mode in ("RGB", "L") else "mode"
         notes.append(f"the input ({kind} {image.mode}) was converted to {target}; the output is {target}")
