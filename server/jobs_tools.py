@@ -60,8 +60,9 @@ async def run_on_worker(
 
 
 def job_result(job: Job) -> CallToolResult:
-    """The finished job's tool result. Previews go out with the first delivery only: the images are then
-    let go (they are in the store), so finished jobs kept for `jobs` do not hold full-size pixels."""
+    """The finished job's tool result, the same on every delivery. The first encodes the previews and lets
+    the full-size images go (they are in the store), so finished jobs kept for `jobs` hold only the small
+    previews; a later delivery (a second waiter, a retry after a lost answer) gets the same previews."""
     try:
         model, images = job.future.result()
     except JobCancelled:
@@ -72,8 +73,12 @@ def job_result(job: Job) -> CallToolResult:
         raise
     except Exception as exc:  # the SDK would send only "Error executing tool ..." and drop the reason
         raise ToolError(failure(job.tool, exc)) from None
-    job.release_images()
-    return to_call_result(model, images)
+    if job.previews is None:
+        job.previews = [preview(img) for img in images]
+        job.release_images()
+    data = model.model_dump(mode="json")
+    content: list[Any] = [TextContent(type="text", text=model.model_dump_json(exclude_none=True))]
+    return CallToolResult(content=[*content, *job.previews], structured_content=data)
 
 
 def failure(tool: str, exc: BaseException) -> str:
@@ -124,8 +129,7 @@ def register(server: MCPServer) -> None:
 
         Call this when generate, refine_region or judge answered status='running' with a job_id (work that
         outlived the server's max_wait_s). action='wait' returns the finished result (the fields a direct call
-        returns, with the previews the first time it is delivered; later the ids and URIs lead to the images)
-        or the progress so far when timeout_s runs out.
+        returns, with its previews, each time it is asked) or the progress so far when timeout_s runs out.
         """
         app = app_context(ctx)
         if action == "list":

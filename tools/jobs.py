@@ -58,6 +58,7 @@ class Job:
     error: str | None = None
     result: Any = None
     detached: bool = False  # handed to the `jobs` tool: the original request no longer owns it
+    previews: list[Any] | None = None  # the result's encoded previews, made at its first delivery
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     _listeners: list[Callable[[int, int, str], None]] = field(default_factory=list)
