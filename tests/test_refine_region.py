@@ -323,6 +323,32 @@ async def test_a_colour_profile_is_stored_only_on_pixels_of_its_colour_space(set
                 assert icc == (srgb if out is from_rgb else None), path
 
 
+async def test_a_mask_shared_by_two_refinements_names_neither_input_as_its_parent(settings):
+    """Masks are stored by content, so the same bbox on two photos is one mask; it named the first photo as
+    its parent for good, and the second refinement's mask led to the wrong image."""
+    args = {"prompt": "", "backend": "classical", "bbox": [10, 10, 30, 30]}
+    async with connect(settings) as client:
+        first = structured(
+            await client.call_tool("refine_region", {"image": data_uri(photo("coffee", 64)), **args})
+        )
+        second = structured(
+            await client.call_tool("refine_region", {"image": data_uri(photo("chelsea", 64)), **args})
+        )
+        chains = {}
+        for out in (first, second):
+            for key in ("image", "mask"):
+                ref = out["image"]["id"] if key == "image" else out["mask_id"]
+                resource = await client.read_resource(f"limner://images/{ref}/lineage")
+                chains[out["input_id"], key] = json.loads(resource.contents[0].text)["lineage"]
+    assert first["input_id"] != second["input_id"]
+    assert (first["mask_id"], first["region_mask_id"]) == (second["mask_id"], second["region_mask_id"])
+    for out in (first, second):
+        mask_chain = chains[out["input_id"], "mask"]
+        assert [a["id"] for a in mask_chain] == [out["mask_id"]] and mask_chain[0]["parents"] == []
+        made = chains[out["input_id"], "image"][0]
+        assert made["parents"] == [out["input_id"]] and made["mask_id"] == out["mask_id"]
+
+
 def grey_alpha_16_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:
     """A PNG of colour type 4 (grey and alpha) at 16 bits per sample, written by hand (Pillow cannot)."""
     import struct

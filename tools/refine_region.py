@@ -530,17 +530,17 @@ def run(
     # is what step 5 may write (blend > 0), not the region: the feathered rim reaches past the region.
     editable = np.zeros((height, width), dtype=np.uint8)
     editable[y1:y2, x1:x2] = (refined.blend > 0).view(np.uint8) * np.uint8(255)
+    # masks name no input: stored by content, one mask serves every image refined with it (the same bbox on
+    # two photos), and the first input would stay its parent for good; each output records its masks' ids
     region_mask_id = store.put(
         Image.fromarray(mask.astype(np.uint8) * 255),
         tool="mask",
-        params={"for": input_id, "mask": "region"},
-        parents=[input_id],
+        params={"mask": "region"},
     ).id
     mask_id = store.put(
         Image.fromarray(editable),
         tool="mask",
-        params={"for": input_id, "mask": "blend > 0"},
-        parents=[input_id],
+        params={"mask": "blend > 0"},
     ).id
     params = {k: v for k, v in asdict(request).items() if k != "notes"}
     parents = [input_id] + ([reference_id] if reference_id else [])
