@@ -528,6 +528,47 @@ def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
     assert b"bearer token" in proc.stderr
 
 
+async def test_offline_false_lets_a_real_profile_fetch_its_models_and_offline_true_never_asks(home, tmp_path):
+    """offline = false said "may contact a model hub", yet profile real refused missing weights at once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):  # stands in for the hub: records what it is asked, has nothing
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        for offline in ("true", "false"):
+            env = server_env(home, tmp_path / "models")
+            env.update(
+                LIMNER_PROFILE="real",
+                LIMNER_OFFLINE=offline,
+                HF_ENDPOINT=f"http://127.0.0.1:{hub.server_port}",
+                HF_HOME=str(tmp_path / "hf"),
+            )
+            env.pop("HF_HUB_OFFLINE", None)
+            async with Client(stdio_params(env)) as client:
+                message = error_text(await client.call_tool("generate", {"prompt": "a boat", "steps": 1}))
+            assert "stabilityai/sdxl-turbo" in message and "hf download" in message
+            if offline == "true":
+                assert asked == []
+        assert any("sdxl-turbo" in path for path in asked), asked
+    finally:
+        hub.shutdown()
+
+
 def test_settings_come_from_flags_over_environment_over_the_toml_file(tmp_path):
     home = tmp_path / "h"
     home.mkdir()

@@ -371,8 +371,8 @@ class ModelCache:
             source = str(ensure_tiny(spec.tiny_kind, self.models_dir))
         elif spec.role == "lpips":
             source = str(lpips_folder(spec, self.models_dir))
-        elif not weights_present(spec, self.models_dir) and (self.offline or self.profile == "real"):
-            raise ToolError(how_to_get(spec))
+        elif not weights_present(spec, self.models_dir) and self.offline:
+            raise ToolError(how_to_get(spec))  # offline = false: from_pretrained downloads them
         for lora in spec.lora:  # before the base model loads: a missing file is known at once
             path = local_path(lora.source)
             if path is not None and not path.exists():
