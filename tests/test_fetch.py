@@ -120,9 +120,12 @@ async def test_a_redirect_from_the_allow_listed_origin_to_another_loopback_addre
         intranet.redirect("/go", f"{inside.base}/secret")
         intranet.static("/page", PAGE, "text/html")
         intranet.redirect("/hop", "/page")
+        intranet.redirect("/broken", "http://[2001:db8::1/page")  # an unbalanced IPv6 bracket
         async with connect(make_settings(fetch_intranet_allow=(intranet.base,))) as client:
             text = error_text(await client.call_tool("fetch_page", {"url": f"{intranet.base}/go"}))
             assert "refused" in text and "127.0.0.1" in text
+            text = error_text(await client.call_tool("fetch_page", {"url": f"{intranet.base}/broken"}))
+            assert "redirected to a malformed URL" in text and "retry" not in text, text
             out = structured(await client.call_tool("fetch_page", {"url": f"{intranet.base}/hop"}))
             assert out["url"] == f"{intranet.base}/page" and "Hello" in out["text"]
         assert inside.total_hits == 0 and intranet.hits["/go"] == 1

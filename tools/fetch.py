@@ -364,6 +364,11 @@ class SafeFetcher:
             except httpx.TimeoutException:
                 raise self._timeout(url) from None
             except httpx.HTTPError as exc:
+                if isinstance(exc, httpx.RemoteProtocolError) and "location header" in str(exc):
+                    raise FetchError(  # the site answered: retrying gets the same broken redirect
+                        f"{current!r} redirected to a malformed URL ({exc}); it cannot be followed: "
+                        "use another source."
+                    ) from None
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     raise FetchError(
                         f"the TLS certificate of {current!r} is not valid for its name ({exc}); limner does not "
