@@ -29,7 +29,8 @@ logger = logging.getLogger("limner.memory")
 TagList = Annotated[
     list[str] | None,
     Field(
-        description="Short labels (letters, digits, - _ . :), case-insensitive, e.g. ['bike', 'client:acme']."
+        description="Short labels (letters and digits in any script, - _ . :), case-insensitive, "
+        "e.g. ['bike', 'client:acme', 'café']."
     ),
 ]
 

@@ -427,6 +427,23 @@ async def test_recall_filters_by_kind_tags_scope_and_since(settings):
         assert await found(since="2020-01-01T00:00:00Z") == set(ids)
 
 
+async def test_tags_and_scopes_take_letters_and_digits_of_any_script(settings):
+    """café, 客户 and Größe are tags and projet-été a scope, matched in any case and either composition;
+    spaces and punctuation are still refused, with the character named."""
+    async with connect(settings) as client:
+        args = {"text": "Warm light, no people.", "kind": "preference", "tags": ["café", "客户", "Größe"],
+                "scope": "projet-été"}  # fmt: skip
+        stored = structured(await client.call_tool("remember", args))
+        assert stored["tags"] == ["café", "客户", "grösse"] and stored["scope"] == "projet-été"
+        decomposed = {"tags": ["CAFE\u0301", "GRÖSSE"], "scope": "projet-e\u0301te\u0301"}
+        out = structured(await client.call_tool("recall", {"query": "warm light", **decomposed}))
+        assert [m["id"] for m in out["memories"]] == [stored["id"]]
+        for field, bad, named in (("tags", ["café au lait"], "' '"), ("tags", ["客户!"], "'!'"),
+                                  ("scope", "projet été", "' '"), ("scope", "été\x07", "'\\x07'")):  # fmt: skip
+            message = error_text(await client.call_tool("remember", {**args, field: bad}))
+            assert f"{named}, U+" in message and "is not allowed" in message and "any script" in message
+
+
 async def test_forget_by_id_removes_them_and_reports_ids_that_do_not_exist(settings):
     async with connect(settings) as client:
         a = structured(await client.call_tool("remember", {"text": "alpha fact", "kind": "fact"}))["id"]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
+import regex
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
@@ -39,8 +40,12 @@ MAX_IDS = 500
 MAX_LISTED = 50  # forget lists at most this many of the memories it matched
 NEAR_DUPLICATE = 0.92  # cosine similarity above which a new memory is reported as a near-duplicate
 DEFAULT_SCOPE = "default"
-_TAG = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,39}$")
-_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,63}$")
+# tags and scopes: letters and digits of any script (with their combining marks, as Devanagari's vowel signs
+# are) and a few joiners; never spaces, other punctuation or control characters
+_TAG_JOINERS = "-_.:"
+_SCOPE_JOINERS = "-_.:/"
+_TAG = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}_.:\-]{0,39}")
+_SCOPE = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}_.:/\-]{0,63}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -232,17 +237,18 @@ def check_kind(kind: str) -> str:
 
 
 def check_tags(tags: list[str] | None) -> tuple[str, ...]:
+    """Tags as stored and matched: NFC, case-folded ("Größe" and "GRÖSSE" are one tag), without duplicates."""
     if not tags:
         return ()
     if len(tags) > MAX_TAGS:
         raise ToolError(f"tags: {len(tags)} tags given; at most {MAX_TAGS}.")
     out = []
     for tag in tags:
-        folded = tag.strip().casefold()
-        if not _TAG.match(folded):
+        folded = unicodedata.normalize("NFC", tag.strip().casefold())
+        if not _TAG.fullmatch(folded):
             raise ToolError(
-                f"tags: {tag!r} is not a tag; tags are 1-40 letters, digits, '-', '_', '.' or ':' "
-                "(case-insensitive), starting with a letter or digit."
+                f"tags: {tag!r} is not a tag{_why(folded, 40, _TAG_JOINERS)}; tags are 1-40 letters or digits "
+                "in any script, '-', '_', '.' or ':' (case-insensitive), starting with a letter or digit."
             )
         if folded not in out:
             out.append(folded)
@@ -250,14 +256,29 @@ def check_tags(tags: list[str] | None) -> tuple[str, ...]:
 
 
 def check_scope(scope: str | None) -> str | None:
+    """A scope as stored and matched: NFC (a composed and a decomposed "été" are one scope), case kept."""
     if scope is None:
         return None
-    if not _SCOPE.match(scope):
+    composed = unicodedata.normalize("NFC", scope)
+    if not _SCOPE.fullmatch(composed):
         raise ToolError(
-            f"scope: {scope!r} is not a scope name; use 1-64 letters, digits, '-', '_', '.', ':' or '/' "
-            f"(e.g. a project name), or leave it out for {DEFAULT_SCOPE!r}."
+            f"scope: {scope!r} is not a scope name{_why(composed, 64, _SCOPE_JOINERS)}; use 1-64 letters or "
+            "digits in any script, '-', '_', '.', ':' or '/', starting with a letter or digit (e.g. a project "
+            f"name), or leave it out for {DEFAULT_SCOPE!r}."
         )
-    return scope
+    return composed
+
+
+def _why(value: str, longest: int, joiners: str) -> str:
+    """What is wrong with a refused tag or scope, as a parenthesis for the message."""
+    if not value:
+        return " (it is empty)"
+    if len(value) > longest:
+        return f" ({len(value)} characters)"
+    for ch in value:
+        if not (ch in joiners or regex.match(r"[\p{L}\p{M}\p{N}]", ch)):
+            return f" ({ch!r}, U+{ord(ch):04X}, is not allowed)"
+    return " (it starts with a joiner or a combining mark)"
 
 
 def _check_source(source: str | None) -> str | None:
