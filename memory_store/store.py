@@ -45,6 +45,7 @@ TERM_CAP = 50  # a term found in more memories than this is common: left to the 
 TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
 TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
 MAX_TERMS = 8
+NEAR_HITS = 5  # nearest memories checked for near-duplicates of a new one
 MAX_JOINED = 40  # a joined word up to this long is also indexed under its tails and parts
 FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
 MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pass than this
@@ -300,7 +301,7 @@ class MemoryStore:
             if self._existing([mem_id]):
                 return Added(mem_id, created=False)
             vector = self.embedder.embed([text])[0]
-            near = self._near(vector, near_threshold)
+            near = self._near(vector, near_threshold, scope)
             meta = _metadata(text, kind, scope, tags, source, image_id, time.time())
             self._write_rows([mem_id], vector[None], [text], [meta])
         return Added(mem_id, created=True, near_duplicates=near)
@@ -369,18 +370,27 @@ class MemoryStore:
             raise
         self._count = None if self._count is None else self._count + len(ids)
 
-    def _near(self, vector: np.ndarray, threshold: float) -> list[tuple[Memory, float]]:
+    def _near(self, vector: np.ndarray, threshold: float, scope: str) -> list[tuple[Memory, float]]:
+        """Memories of the same scope at least `threshold` similar. Never another scope's: a scope is a user's
+        or a project's namespace, and a near-duplicate is reported with its text."""
         if self.count() == 0:
             return []
         # distances only: at 100,000 memories fetching the 5 hits' metadata took 2.4-3 ms of a 4 ms query,
-        # and a near-duplicate is the exception; its metadata is fetched when there is one
-        hits = self.collection.query(query_embeddings=[vector], n_results=5, include=["distances"])
-        close = {
-            mem_id: 1.0 - float(distance)
-            for mem_id, distance in zip(hits["ids"][0], hits["distances"][0], strict=True)
-            if 1.0 - float(distance) >= threshold
-        }
-        return [(memory, close[memory.id]) for memory in self.get(list(close))] if close else []
+        # and a near-duplicate is the exception; its metadata is fetched when there is one. chromadb's
+        # filtered search is slower still (100-400 ms when most memories pass), so the scope is checked after
+        hits = self.collection.query(query_embeddings=[vector], n_results=NEAR_HITS, include=["distances"])
+        close = _close(hits, threshold)
+        if not close:
+            return []
+        near = [(m, close[m.id]) for m in self.get(list(close)) if m.scope == scope]
+        if len(close) == NEAR_HITS and len(near) < NEAR_HITS:
+            # every hit was close and some were another scope's: more of this scope's may lie deeper
+            hits = self.collection.query(
+                query_embeddings=[vector], n_results=NEAR_HITS, where={"scope": scope}, include=["distances"]
+            )
+            close = _close(hits, threshold)
+            near = [(m, close[m.id]) for m in self.get(list(close))] if close else []
+        return near
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._write:
@@ -566,6 +576,12 @@ class MemoryStore:
             memory.matched_terms = matched.get(mem_id, [])
             out.append(memory)
         return out
+
+
+def _close(hits: dict[str, Any], threshold: float) -> dict[str, float]:
+    """The ids of one query's hits at least `threshold` similar (cosine), with their similarity."""
+    similarity = {i: 1.0 - float(d) for i, d in zip(hits["ids"][0], hits["distances"][0], strict=True)}
+    return {i: s for i, s in similarity.items() if s >= threshold}
 
 
 def _metadata(

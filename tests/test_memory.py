@@ -238,6 +238,23 @@ async def test_remembering_the_same_content_twice_is_idempotent_and_near_duplica
     assert out["total_stored"] == 3
 
 
+async def test_near_duplicates_are_reported_only_from_the_same_scope(settings):
+    """A scope is a user's or a project's namespace: remembering in one never shows another's texts, even
+    when another scope's near-duplicates are all nearer than this scope's."""
+    wish = "User wants warm golden-hour light and no people; budget is {} EUR."
+    async with connect(settings) as client:
+        alice = structured(await client.call_tool("remember", {"text": wish.format("40,000"),
+                                                               "kind": "preference", "scope": "user:alice"}))  # fmt: skip
+        for amount in ("5k", "6k", "7k", "8k", "9k"):
+            args = {"text": wish.format(amount), "kind": "preference", "scope": "user:bob"}
+            bob = structured(await client.call_tool("remember", args))
+            assert all(m["scope"] == "user:bob" for m in bob["near_duplicates"]), bob
+        assert len(bob["near_duplicates"]) == 4
+        again = structured(await client.call_tool("remember", {"text": wish.format("4k"), "kind": "preference",
+                                                               "scope": "user:alice"}))  # fmt: skip
+    assert [m["id"] for m in again["near_duplicates"]] == [alice["id"]]
+
+
 def test_an_index_from_an_older_layout_is_rebuilt_with_the_filter_fields(seeded, tmp_path):
     folder = tmp_path / "memory"
     shutil.copytree(seeded, folder)
