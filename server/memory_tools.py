@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
+import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
@@ -37,9 +38,19 @@ TagList = Annotated[
 
 async def in_store(app: AppContext, work: Callable[..., Any], *args: Any) -> Any:
     """Run one memory operation on a worker thread. A storage failure (a full disk, another program
-    holding the folder) is logged and becomes a tool error saying so; a failed write changes nothing."""
+    holding the folder, a chroma server gone away) is logged and becomes a tool error saying so; a failed
+    write changes nothing."""
     try:
         return await anyio.to_thread.run_sync(work, *args)
+    except httpx.TransportError as exc:
+        # chromadb's HttpClient lets httpx's errors through: the server stopped, restarted or is unreachable
+        if not app.settings.chroma_url:
+            raise
+        logger.exception("memory %s failed", work.__name__)
+        raise ToolError(
+            f"the chroma server at {app.settings.chroma_url} cannot be reached ({type(exc).__name__}: {exc}); "
+            f"check that it is running (`chroma run`) and reachable from here, then retry the {work.__name__}."
+        ) from None
     except Exception as exc:
         if not isinstance(exc, sqlite3.Error | OSError) and not type(exc).__module__.startswith("chromadb"):
             raise

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -625,7 +626,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_two_servers_share_memory_through_a_real_chroma_server(make_settings, tmp_path):
+@pytest.fixture
+async def chroma_server(tmp_path: Path) -> AsyncIterator[tuple[str, subprocess.Popen]]:
+    """A real `chroma run` server on 127.0.0.1 (chromadb ships it): its URL and its process."""
     chroma = Path(sys.executable).with_name("chroma")
     if not chroma.exists():
         pytest.skip(f"the chroma server executable is missing ({chroma}); chromadb installs it")
@@ -639,33 +642,53 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
     try:
         with anyio.fail_after(60):
             await anyio.to_thread.run_sync(_wait_for_line, process, b"listening on")
-        url = f"http://127.0.0.1:{port}"
-        one = make_settings(home=tmp_path / "one", chroma_url=url)
-        two = make_settings(home=tmp_path / "two", chroma_url=url)
-        async with connect(one) as first, connect(two) as second:
-            stored = structured(await first.call_tool("remember", {"text": FACT, "kind": "fact"}))
-            out = structured(await second.call_tool("recall", {"query": "Velotrix frame", "k": 1}))
-            assert out["memories"][0]["id"] == stored["id"]
-            for kind, expected in (("fact", [stored["id"]]), ("plan", [])):  # filters checked on metadata
-                args = {"query": "Velotrix frame", "kind": kind}
-                out = structured(await second.call_tool("recall", args))
-                assert [m["id"] for m in out["memories"]] == expected
-            gone = structured(await second.call_tool("forget", {"ids": [stored["id"]]}))
-            assert gone["removed"] == 1
-            assert structured(await first.call_tool("recall", {"query": "Velotrix"}))["memories"] == []
-            # a name whose letters sit inside many other words ("ann" in "planning") is still found by its
-            # word start: the substring matches are read past the first TERM_CAP + 1
-            for i in range(60):
-                text = f"Campaign {i}: the planning channel wants banner {i} checked by the scanner"
-                structured(await first.call_tool("remember", {"text": text, "kind": "plan"}))
-            rare_fact = {"text": "Ann Lee signs off every logo change.", "kind": "fact"}
-            rare = structured(await first.call_tool("remember", rare_fact))
-            out = structured(await second.call_tool("recall", {"query": "Ann", "k": 3}))
-            assert out["memories"][0]["id"] == rare["id"] and "ann" in out["memories"][0]["matched_terms"]
-        assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+async def test_two_servers_share_memory_through_a_real_chroma_server(make_settings, tmp_path, chroma_server):
+    url, _ = chroma_server
+    one = make_settings(home=tmp_path / "one", chroma_url=url)
+    two = make_settings(home=tmp_path / "two", chroma_url=url)
+    async with connect(one) as first, connect(two) as second:
+        stored = structured(await first.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        out = structured(await second.call_tool("recall", {"query": "Velotrix frame", "k": 1}))
+        assert out["memories"][0]["id"] == stored["id"]
+        for kind, expected in (("fact", [stored["id"]]), ("plan", [])):  # filters checked on metadata
+            args = {"query": "Velotrix frame", "kind": kind}
+            out = structured(await second.call_tool("recall", args))
+            assert [m["id"] for m in out["memories"]] == expected
+        gone = structured(await second.call_tool("forget", {"ids": [stored["id"]]}))
+        assert gone["removed"] == 1
+        assert structured(await first.call_tool("recall", {"query": "Velotrix"}))["memories"] == []
+        # a name whose letters sit inside many other words ("ann" in "planning") is still found by its
+        # word start: the substring matches are read past the first TERM_CAP + 1
+        for i in range(60):
+            text = f"Campaign {i}: the planning channel wants banner {i} checked by the scanner"
+            structured(await first.call_tool("remember", {"text": text, "kind": "plan"}))
+        rare_fact = {"text": "Ann Lee signs off every logo change.", "kind": "fact"}
+        rare = structured(await first.call_tool("remember", rare_fact))
+        out = structured(await second.call_tool("recall", {"query": "Ann", "k": 3}))
+        assert out["memories"][0]["id"] == rare["id"] and "ann" in out["memories"][0]["matched_terms"]
+    assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
+
+
+async def test_a_chroma_server_that_went_away_is_a_tool_error_naming_it(make_settings, chroma_server):
+    url, process = chroma_server
+    async with connect(make_settings(chroma_url=url)) as client:
+        structured(await client.call_tool("remember", {"text": "Teal lamps on the bridge.", "kind": "fact"}))
+        process.terminate()
+        await anyio.to_thread.run_sync(process.wait, 20)
+        for tool, args in (
+            ("recall", {"query": "bridge lamps"}),
+            ("remember", {"text": "Amber lamps in the hall.", "kind": "fact"}),
+            ("forget", {"kind": "fact"}),
+        ):
+            message = error_text(await client.call_tool(tool, args))
+            assert f"the chroma server at {url} cannot be reached" in message, (tool, message)
+            assert "check that it is running" in message and "retry" in message
 
 
 def _wait_for_line(process: subprocess.Popen, marker: bytes) -> None:
