@@ -55,6 +55,12 @@ HNSW_SYNC = 100
 # a word is letters, digits and combining marks (Devanagari's vowel signs and virama are marks, not \w):
 # "kweskin's" -> "kweskin", "x-trail" and "v2.1" stay whole
 _TOKEN = regex.compile(r"[\w\p{M}][\w\p{M}\-.]*[\w\p{M}]|[\w\p{M}]+")
+# Chinese, Japanese and Thai put no spaces between words, so a run of them is no word: it is indexed as
+# overlapping pairs of characters (grapheme clusters), as Lucene's CJKAnalyzer does, and a name inside a
+# sentence is found by its pairs. Korean's spaced words carry their particles ("삼성전자의"), so Hangul too.
+_UNSPACED = regex.compile(
+    r"(?V1)([[\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Hangul}\p{scx=Thai}]&&[\w\p{M}]]+)"
+)
 # in a term, every dash and the underscore join as "-"; the combining dot above goes (casefolded "İ" is i + it)
 _TERM_FORM = str.maketrans(
     {**dict.fromkeys("_\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"), "\u0307": None}
@@ -107,17 +113,51 @@ def memory_id(text: str, kind: str, scope: str) -> str:
 def words(text: str, parts: bool = False) -> list[str]:
     """Distinct words of a text worth an exact lookup (3+ characters, not stopwords), in order. With `parts`
     (what a memory is indexed under), a joined word also gives each tail and each part: "sku-7731-b" gives
-    "7731-b" and "sku", "7731", so a code is found from any of its parts (lookups match term prefixes)."""
+    "7731-b" and "sku", "7731", so a code is found from any of its parts (lookups match term prefixes).
+    A run of an unspaced script gives its character pairs instead ("龙腾科技": "龙腾", "腾科", "科技"), or
+    its one character."""
     terms: dict[str, None] = {}
-    for token in _TOKEN.findall(normalize(text).translate(_TERM_FORM)):
-        token = token.strip(".-")
-        # a code has a few short parts; a long joined string (a URL slug, base64) is kept whole only
-        pieces = token.split("-") if parts and "-" in token and len(token) <= MAX_JOINED else []
-        tails = ["-".join(pieces[i:]) for i in range(1, len(pieces))]
-        for term in (token, *tails, *pieces):
-            if len(term) >= 3 and term not in _STOPWORDS:
-                terms.setdefault(term, None)
+    pieces = _UNSPACED.split(normalize(text).translate(_TERM_FORM))
+    for i, piece in enumerate(pieces):
+        if i % 2:  # split() puts the unspaced runs at odd places
+            terms.update(dict.fromkeys(pairs(piece)))
+            continue
+        for token in _TOKEN.findall(piece):
+            token = token.strip(".-")
+            # a code has a few short parts; a long joined string (a URL slug, base64) is kept whole only
+            joined = token.split("-") if parts and "-" in token and len(token) <= MAX_JOINED else []
+            tails = ["-".join(joined[i:]) for i in range(1, len(joined))]
+            for term in (token, *tails, *joined):
+                if len(term) >= 3 and term not in _STOPWORDS:
+                    terms.setdefault(term, None)
     return list(terms)
+
+
+def pairs(run: str) -> list[str]:
+    """The overlapping pairs of characters (grapheme clusters: a Thai vowel sign stays on its consonant)."""
+    chars = regex.findall(r"\X", run)
+    return chars if len(chars) == 1 else [a + b for a, b in zip(chars, chars[1:], strict=False)]
+
+
+def is_pair(term: str) -> bool:
+    """Whether a term is a pair of an unspaced script's characters: looked up whole, never as a prefix
+    (Thai "กิน" would find the pair "กินี")."""
+    return bool(_UNSPACED.fullmatch(term)) and len(regex.findall(r"\X", term)) == 2
+
+
+def phrases(terms: list[str]) -> list[str]:
+    """Matched terms as read back: pairs that follow one another in the query join into the stretch of text
+    they cover ("龙腾", "腾科", "科技" -> "龙腾科技")."""
+    out: list[str] = []
+    for term in terms:
+        if out and is_pair(term) and _UNSPACED.fullmatch(out[-1]):
+            first = regex.match(r"\X", term)
+            assert first is not None
+            if out[-1].endswith(first.group()):
+                out[-1] += term[first.end() :]
+                continue
+        out.append(term)
+    return out
 
 
 def query_terms(query: str) -> list[str]:
@@ -467,7 +507,7 @@ class MemoryStore:
             vector_part = fused.get(mem_id, 1.0 / (RRF_K + len(vector_ids) + 1))
             fused[mem_id] = vector_part + 1.0 / (RRF_K + rank)
         top = sorted(fused, key=lambda i: -fused[i])[:k]
-        return self._fetch(top, vector, fused, matched)
+        return self._fetch(top, vector, fused, {i: phrases(terms) for i, terms in matched.items()})
 
     def _vector_ranking(
         self, vector: np.ndarray, n: int, total: int, filt: Filter | None, at_least: int
@@ -526,7 +566,7 @@ class MemoryStore:
         have one (a common term, left to the vector ranking)."""
         if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
             return [(term, self._server_term_hits(term, filt)) for term in terms]
-        found = [(term, self.terms.lookup(term, TERM_CAP + 1)) for term in terms]
+        found = [(term, self.terms.lookup(term, TERM_CAP + 1, prefix=not is_pair(term))) for term in terms]
         hits = [(term, ids if len(ids) <= TERM_CAP else None) for term, ids in found]
         if filt is not None:  # the filter applies to the few ids the words found
             kept = self._keep(list({i for _, ids in hits for i in ids or ()}), filt)

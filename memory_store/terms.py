@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 PREFIX_END = "\U0010ffff"
-SCHEMA_VERSION = 3  # 0: terms only; 2: terms and filter fields; 3: words with marks, parts of joined words
+# 0: terms only; 2: terms and filter fields; 3: words with marks, parts of joined words; 4: runs of Chinese,
+# Japanese, Korean and Thai as pairs of characters
+SCHEMA_VERSION = 4
 MAX_PARAMS = 500  # ids per `IN (...)`: well under SQLite's oldest limit of 999 variables
 
 
@@ -98,12 +100,12 @@ class TermIndex:
             for table in ("docs", "postings", "tags"):
                 db.executemany(f"DELETE FROM {table} WHERE id = ?", ((i,) for i in ids))
 
-    def lookup(self, term: str, limit: int) -> list[str]:
-        """Ids of memories with a word starting with `term` (at most `limit`)."""
+    def lookup(self, term: str, limit: int, prefix: bool = True) -> list[str]:
+        """Ids of memories with a word starting with `term` (prefix=False: the word `term`), at most `limit`."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT DISTINCT id FROM postings WHERE term >= ? AND term < ? LIMIT ?",
-                (term, term + PREFIX_END, limit),
+                (term, term + PREFIX_END if prefix else term + "\x00", limit),
             ).fetchall()
         return [r[0] for r in rows]
 

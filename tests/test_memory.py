@@ -127,6 +127,37 @@ async def test_codes_are_found_from_any_of_their_parts_and_names_in_any_script_b
             assert top["text"] == wanted and top["matched_terms"], (query, top)
 
 
+async def test_a_name_inside_chinese_japanese_korean_or_thai_text_is_found_by_exact_term(settings, seeded):
+    """These scripts put no spaces between words: a run is indexed as overlapping character pairs, so a name
+    in the middle of a sentence is found, and the pairs it matched read back as the name."""
+    shutil.copytree(seeded, settings.memory_dir)
+    store = MemoryStore.open_local(settings.memory_dir, Embedder(settings.embedder))
+    try:  # sentences in the same scripts and on the same topic, naming no one
+        colours, things = ["红色", "蓝色", "绿色", "黑色", "白色"], ["自行车", "山地车", "折叠车", "公路车"]
+        texts = [f"这辆{c}{t}的车架是碳纤维做的，标志很亮。" for c, t in itertools.product(colours, things)]
+        texts += [f"撮影は{c}の新しいカメラを使う。" for c in ("赤い", "青い", "白い", "黒い")]
+        store.add_many([{"text": text, "kind": "fact", "scope": "default"} for text in texts])
+    finally:
+        store.close()
+    names = {
+        "龙腾科技": "客户说龙腾科技的标志必须是深蓝色。",
+        "ゾルバックス": "撮影はゾルバックス社の新しいカメラを使う。",
+        "삼성전자": "삼성전자의 로고는 파란색이어야 한다.",
+        "สมชาย": "ร้านของสมชายขายโคมไฟทองเหลือง",
+    }
+    async with connect(settings) as client:
+        for text in names.values():
+            structured(await client.call_tool("remember", {"text": text, "kind": "fact"}))
+        for name, wanted in names.items():
+            top = structured(await client.call_tool("recall", {"query": name, "k": 5}))["memories"][0]
+            assert top["text"] == wanted and top["matched_terms"] == [name], (name, top)
+        # a question around the name: the pairs it shares with the memory read back as one stretch
+        for query, name, stretch in (("龙腾科技的标志是什么颜色？", "龙腾科技", "龙腾科技的标志"),
+                                     ("ゾルバックス社のカメラ", "ゾルバックス", "ゾルバックス社の")):  # fmt: skip
+            top = structured(await client.call_tool("recall", {"query": query, "k": 5}))["memories"][0]
+            assert top["text"] == names[name] and stretch in top["matched_terms"], (query, top)
+
+
 def test_a_long_joined_string_is_indexed_whole_not_under_every_tail():
     """A code's tails and parts are indexed; a URL slug or base64 run of thousands of characters is not
     (its tails grew quadratically: 2,665 terms and 61 MB of index for one 8,000-character memory)."""
