@@ -24,6 +24,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
 TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
 TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
 TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
-MAX_TERMS = 8
+MAX_LOOKUPS = 32  # distinct query words looked up (each a sub-millisecond range scan in the term index) ...
+MAX_TERMS = 8  # ... of which the rarest found are scored: a name weighs more than words many memories share
+SERVER_LOOKUPS = 8  # on a chroma server, lookups run this many at a time (each is one or more requests)
 NEAR_HITS = 5  # nearest memories checked for near-duplicates of a new one
 MAX_JOINED = 40  # a joined word up to this long is also indexed under its tails and parts
 FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
@@ -161,8 +164,9 @@ def phrases(terms: list[str]) -> list[str]:
 
 
 def query_terms(query: str) -> list[str]:
-    """The words of a query that get an exact lookup (the first MAX_TERMS), whole."""
-    return words(query)[:MAX_TERMS]
+    """The words of a query that get an exact lookup (the first MAX_LOOKUPS), whole. Agents write long
+    queries: a name after the eighth word must still be looked up."""
+    return words(query)[:MAX_LOOKUPS]
 
 
 @dataclass(frozen=True)
@@ -490,12 +494,14 @@ class MemoryStore:
         # 2. exact-term ranking: rare terms weigh more (idf), common ones are left to the vectors
         term_score: dict[str, float] = {}
         matched: dict[str, list[str]] = {}
-        for term, ids in self._term_hits(query_terms(text), filt):
-            if not ids:  # none, or common (None)
-                continue
+        # looked up, then the rarest found (and not common: None) are scored
+        found = [(term, ids) for term, ids in self._term_hits(query_terms(text), filt) if ids]
+        rarest = set(sorted(range(len(found)), key=lambda n: len(found[n][1]))[:MAX_TERMS])
+        for n, (term, ids) in enumerate(found):  # in the query's order; every term found is reported
             weight = math.log(1 + total / max(len(ids), 1))
             for mem_id in ids:
-                term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
+                if n in rarest:
+                    term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
                 matched.setdefault(mem_id, []).append(term)
         term_ids = sorted(term_score, key=lambda i: -term_score[i])
 
@@ -565,7 +571,9 @@ class MemoryStore:
         """For each term, the ids of memories with a word starting with it; None when more than TERM_CAP
         have one (a common term, left to the vector ranking)."""
         if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
-            return [(term, self._server_term_hits(term, filt)) for term in terms]
+            with ThreadPoolExecutor(SERVER_LOOKUPS) as pool:
+                found = pool.map(lambda term: self._server_term_hits(term, filt), terms)
+                return list(zip(terms, found, strict=True))
         found = [(term, self.terms.lookup(term, TERM_CAP + 1, prefix=not is_pair(term))) for term in terms]
         hits = [(term, ids if len(ids) <= TERM_CAP else None) for term, ids in found]
         if filt is not None:  # the filter applies to the few ids the words found

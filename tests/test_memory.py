@@ -96,6 +96,16 @@ async def test_a_rare_name_is_found_by_exact_term_even_when_its_vector_rank_is_p
     assert top["text"] == RARE and top["matched_terms"] == ["kweskin"]
 
 
+async def test_a_rare_name_late_in_a_long_query_is_still_found_by_exact_term(settings, seeded):
+    """Agents write long queries: the name is the tenth word here, after nine the distractors share."""
+    shutil.copytree(seeded, settings.memory_dir)
+    query = "favourite road bicycle frame colour, glossy finish, rim and fork material for Kweskin"
+    async with connect(settings) as client:
+        out = structured(await client.call_tool("recall", {"query": query, "k": 5}))
+    top = out["memories"][0]
+    assert top["text"] == RARE and top["matched_terms"] == ["kweskin"]
+
+
 async def test_codes_are_found_from_any_of_their_parts_and_names_in_any_script_by_exact_term(
     settings, seeded
 ):
