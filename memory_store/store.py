@@ -5,9 +5,10 @@
    Shared (`open_remote`): a chroma server URL, for several processes or machines.
 2. Vectors come from our `Embedder`; the collection records the embedder's name and dimension and refuses
    to open under another one.
-3. The document chromadb indexes is the text's lexical form (NFKC, case-folded, single spaces); the
-   original text sits in the metadata. Exact terms are looked up in a TermIndex (terms.py) beside an
-   embedded store, or with chromadb's full-text `$contains` on a shared server.
+3. The document chromadb indexes is the text's term form (NFKC, case-folded, single spaces, dashes and
+   underscores as "-"); the original text sits in the metadata. Exact terms are looked up in a TermIndex
+   (terms.py) beside an embedded store, or with chromadb's full-text `$contains` on a shared server, whose
+   matches are then split into words as the TermIndex's are, so both find the same memories.
 4. `query` fuses the vector ranking with an exact-term ranking by reciprocal rank fusion (RRF): a rare name
    in the query finds the memory that contains it even when its vector neighbours are generic.
 """
@@ -18,7 +19,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -40,6 +40,7 @@ from memory_store.terms import Entry, TermIndex
 logger = logging.getLogger("limner.memory")
 
 COLLECTION = "limner_memory"
+DOCUMENT_FORM = 2  # 1 (unmarked): normalize(text); 2: document(text), what a server's term search reads
 RRF_K = 60  # the usual RRF constant: flattens the head of each ranking
 VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
 TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
@@ -108,6 +109,12 @@ def normalize(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+def document(text: str) -> str:
+    """The form of a text that terms are cut from and that a chroma server searches: a query term is a
+    substring of it wherever the memory has that word (SKU_7731_B holds "sku-7731-b", İNCİ holds "inci")."""
+    return normalize(text).translate(_TERM_FORM)
+
+
 def memory_id(text: str, kind: str, scope: str) -> str:
     digest = hashlib.sha256(f"{kind}\x00{scope}\x00{normalize(text)}".encode()).hexdigest()
     return "mem_" + digest[:16]
@@ -120,7 +127,7 @@ def words(text: str, parts: bool = False) -> list[str]:
     A run of an unspaced script gives its character pairs instead ("龙腾科技": "龙腾", "腾科", "科技"), or
     its one character."""
     terms: dict[str, None] = {}
-    pieces = _UNSPACED.split(normalize(text).translate(_TERM_FORM))
+    pieces = _UNSPACED.split(document(text))
     for i, piece in enumerate(pieces):
         if i % 2:  # split() puts the unspaced runs at odd places
             terms.update(dict.fromkeys(pairs(piece)))
@@ -235,6 +242,28 @@ class MemoryStore:
         self._stale: set[str] = set()  # forgotten in chromadb, not yet in the term index (see _drop_terms)
         if terms is not None and terms.count() != self.count():
             self._rebuild_terms()
+        if terms is None and (self.collection.metadata or {}).get("limner:documents") != DOCUMENT_FORM:
+            self._upgrade_documents()
+
+    def _upgrade_documents(self) -> None:
+        """Rewrite documents an older limner wrote on a chroma server (normalize(text) only: its term search
+        missed SKU_7731_B and İNCİ) in the term form, once, then mark the collection. chromadb's update takes
+        the embeddings with the documents. An embedded store reads its documents only to rebuild the
+        TermIndex, which cuts terms from either form alike."""
+        logger.info("rewriting the memory documents at %s in the term form", self.where)
+        for offset in range(0, self.collection.count(), 1000):
+            found = self.collection.get(
+                limit=1000, offset=offset, include=["documents", "metadatas", "embeddings"]
+            )
+            rows = zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"], strict=True)
+            stale = [
+                (i, document(m.get("text", "")), e) for i, d, m, e in rows if d != document(m.get("text", ""))
+            ]
+            if stale:
+                ids, documents, embeddings = zip(*stale, strict=True)
+                self.collection.update(ids=list(ids), documents=list(documents), embeddings=list(embeddings))
+        meta = self.collection.metadata or {}
+        self.collection.modify(metadata={**meta, "limner:documents": DOCUMENT_FORM})
 
     def _rebuild_terms(self) -> None:
         """Re-derive the term index from the collection (first open after an upgrade, or after a crash)."""
@@ -308,6 +337,7 @@ class MemoryStore:
             _tune(collection)
             return collection
         expected["limner:dim"] = self.embedder.dim
+        expected["limner:documents"] = DOCUMENT_FORM
         return self.client.create_collection(
             COLLECTION,
             metadata=expected,
@@ -406,7 +436,7 @@ class MemoryStore:
             )
         try:
             self.collection.add(
-                ids=ids, embeddings=vectors, documents=[normalize(text) for text in texts], metadatas=metas
+                ids=ids, embeddings=vectors, documents=[document(text) for text in texts], metadatas=metas
             )
         except BaseException:
             if self.terms is not None:
@@ -570,7 +600,7 @@ class MemoryStore:
     def _term_hits(self, terms: list[str], filt: Filter | None) -> list[tuple[str, list[str] | None]]:
         """For each term, the ids of memories with a word starting with it; None when more than TERM_CAP
         have one (a common term, left to the vector ranking)."""
-        if self.terms is None:  # a shared chroma server: its full-text index, checked at word starts
+        if self.terms is None:  # a shared chroma server: its full-text index, checked against the words
             with ThreadPoolExecutor(SERVER_LOOKUPS) as pool:
                 found = pool.map(lambda term: self._server_term_hits(term, filt), terms)
                 return list(zip(terms, found, strict=True))
@@ -582,11 +612,12 @@ class MemoryStore:
         return hits
 
     def _server_term_hits(self, term: str, filt: Filter | None) -> list[str] | None:
-        """Ids of memories with a word starting with `term`, from a chroma server's substring search (None:
-        common). Matches inside words ("ann" in "planning") can outnumber the word starts, so the substring
-        matches are read in pages until more than TERM_CAP word starts are found or none are left; a term
-        still unsettled after TERM_SCAN substring matches counts as common."""
-        starts_word = re.compile(r"(?<!\w)" + re.escape(term))
+        """Ids of memories with a word starting with `term` (a pair of characters: that pair), from a chroma
+        server's substring search (None: common). A substring match is kept when the words cut from its
+        document, as the TermIndex cuts them, have the term; matches inside words ("ann" in "planning") can
+        outnumber those, so the substring matches are read in pages until more than TERM_CAP are kept or none
+        are left; a term still unsettled after TERM_SCAN substring matches counts as common."""
+        whole = is_pair(term)
         ids: list[str] = []
         for offset in range(0, TERM_SCAN, TERM_PAGE):
             found = self.collection.get(
@@ -596,8 +627,10 @@ class MemoryStore:
                 offset=offset,
                 include=["documents"],
             )
-            docs = zip(found["ids"], found["documents"], strict=True)
-            ids += [i for i, doc in docs if starts_word.search(doc)]
+            for mem_id, doc in zip(found["ids"], found["documents"], strict=True):
+                doc_terms = words(doc or "", parts=True)
+                if term in doc_terms if whole else any(t.startswith(term) for t in doc_terms):
+                    ids.append(mem_id)
             if len(ids) > TERM_CAP:
                 return None
             if len(found["ids"]) < TERM_PAGE:

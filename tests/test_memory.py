@@ -28,6 +28,7 @@ from skimage import data
 from memory_store import Embedder, Filter, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
+from memory_store.store import memory_id, normalize
 from memory_store.terms import Entry
 from tests.conftest import REPO, connect, error_text, server_env, structured
 
@@ -714,6 +715,35 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
         out = structured(await second.call_tool("recall", {"query": "Ann", "k": 3}))
         assert out["memories"][0]["id"] == rare["id"] and "ann" in out["memories"][0]["matched_terms"]
     assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
+
+
+async def test_a_chroma_server_finds_the_exact_terms_the_embedded_store_finds(make_settings, chroma_server):
+    """The server's substring matches are cut into words as the term index cuts them: a code written with
+    '_' is found as written with '-', a Turkish İ casefolded, a name inside Chinese text. A memory an older
+    limner wrote (its document only case-folded) is rewritten once, when the store is opened."""
+    url, _ = chroma_server
+    old = "Order ZX_12 for the İZMİR shop."
+    store = MemoryStore.open_remote(url, Embedder())
+    try:
+        meta = {"text": old, "kind": "fact", "scope": "default", "created": time.time()}
+        store.collection.add(ids=[memory_id(old, "fact", "default")], embeddings=store.embedder.embed([old]),
+                             documents=[normalize(old)], metadatas=[meta])  # fmt: skip
+        store.collection.modify(metadata={**store.collection.metadata, "limner:documents": 1})
+    finally:
+        store.close()
+    texts = {
+        "SKU-7731-B": "SKU_7731_B approved the invoice layout last Tuesday.",
+        "İnci's poster": "İNCİ AYDIN approved the poster.",
+        "龙腾科技": "客户说龙腾科技的标志必须是深蓝色。",
+        "zx-12": old,
+        "izmir": old,
+    }
+    async with connect(make_settings(chroma_url=url)) as client:
+        for text in set(texts.values()) - {old}:
+            structured(await client.call_tool("remember", {"text": text, "kind": "fact"}))
+        for query, wanted in texts.items():
+            top = structured(await client.call_tool("recall", {"query": query, "k": 3}))["memories"][0]
+            assert top["text"] == wanted and top["matched_terms"], (query, top)
 
 
 async def test_a_chroma_server_that_went_away_is_a_tool_error_naming_it(make_settings, chroma_server):
