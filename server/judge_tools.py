@@ -81,8 +81,10 @@ def register(server: MCPServer) -> None:
         Call it after generate (pass all candidate ids as `images`, with the prompt) to pick the best, and
         after refine_region (pass `original` and `mask`) to confirm the fix and that nothing else changed.
         Per image you get a verdict (pass/fix) and items, failing first, each with a next step: refine_region
-        (its image, bbox or mask, and prompt are that call's arguments as they stand; a null image is the one
-        its why names), strengthen the prompt, or regenerate. Scales: checklist P(yes) 0..1 from the vlm,
+        (its image, bbox or mask, and prompt are that call's arguments as they stand; a null image is the
+        judged one, which has no store id), judge again (with its image, original and mask: the call had
+        another edit's original or the region mask where the edit's mask_id belongs), strengthen the prompt,
+        or regenerate. Scales: checklist P(yes) 0..1 from the vlm,
         passes at >= 0.5 (VQAScore); alignment CLIPScore = 100*max(cos,0), matching captions ~25-35 on CLIP
         ViT-L/14; quality scores 0..1, higher is better (sharpness = Laplacian variance v/(v+100); under-
         and overexposure = half-Mertens well-exposedness times unclipped share; noise = exp(-sigma/10),

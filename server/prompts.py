@@ -41,8 +41,10 @@ Follow this loop with limner's tools. Tool results are structured JSON; the fiel
    - a failed item with next_step.action="refine_region" (a local defect: text, logo, face, hand, one
      object): refine_region(image=next_step.image or best_id, bbox=next_step.bbox or mask=next_step.mask,
      prompt=next_step.prompt or what belongs there). Every pixel outside its mask_id (the region plus a feathered rim) stays bit-identical. Then
-     judge(images=[image.id], prompt=..., original=best_id, mask=mask_id) to confirm the fix and that
-     nothing else changed.
+     judge(images=[image.id], prompt=..., original=<its input_id>, mask=mask_id) to confirm the fix and
+     that nothing else changed.
+   - next_step.action="judge": the judge call had the wrong original or mask; make the one it names
+     (image, original, mask) before refining anything again.
    - next_step.action="strengthen_prompt" or "regenerate" (wrong subject, wrong layout, most checks failed):
      rewrite the prompt with what was missing and generate again with new seeds.
 8. Round limit: at most {MAX_ROUNDS} rounds of judge -> refine/regenerate. Keep the best-so-far (highest
@@ -126,8 +128,9 @@ The product's own pixels must survive: never regenerate the product itself.
    has its own mask_id (candidates placed alike share it). For each distinct mask_id, judge(images=[the
    ids of the candidates with that mask_id], prompt=<scene prompt>, foreground_mask=<that mask_id>,
    questions=[is the product intact, is it resting naturally, the constraints]), and compare the calls'
-   best candidates by overall. A failed foreground item means the product was damaged or over-extended:
-   regenerate (new seeds, or a smaller placement), never refine the product. A failed item elsewhere
+   best candidates by overall. A failed foreground.fidelity means the product was damaged: regenerate (new
+   seeds, or a smaller placement), never refine the product. A failed foreground.over_extension: follow its
+   next_step as given (refine_region with a mask kept clear of the product, or regenerate). A failed item elsewhere
    with next_step.action="refine_region": refine_region(image=best_id, bbox=next_step.bbox, prompt=...)
    on the background only (keep the box off the product), then judge again with original=best_id,
    mask=<refine_region's mask_id> and foreground_mask=<the placement's mask_id>: foreground fidelity then

@@ -13,6 +13,7 @@ from pydantic import Field
 from server.app import app_context
 from server.jobs_tools import run_on_worker, to_call_result
 from tools import refine_region as rr
+from tools.masks import BLEND_BLUR, BLEND_DILATE
 from tools.refine_region import RefineResult
 
 Point = Annotated[list[int], Field(min_length=2, max_length=2, description="[x, y] in pixels.")]
@@ -82,13 +83,13 @@ def register(server: MCPServer) -> None:
         seed: Annotated[int | None, Field(description="Seed; drawn when omitted and returned.")] = None,
         blend_dilate: Annotated[
             int, Field(ge=1, le=101, description="Odd dilation kernel (pixels) for the blend mask; 1 = none.")
-        ] = 7,
+        ] = BLEND_DILATE,
         blend_blur: Annotated[
             int,
             Field(
                 ge=1, le=101, description="Odd Gaussian blur kernel (pixels) for the blend mask; 1 = hard."
             ),
-        ] = 11,
+        ] = BLEND_BLUR,
         paste_back: Annotated[
             Literal["mask", "bbox"],
             Field(

@@ -302,9 +302,15 @@ async def test_a_leak_from_an_edit_made_elsewhere_points_the_next_step_at_the_st
         mask[20:40, 20:40] = True
         judged = structured(await client.call_tool("judge", {"image": data_uri(edited), "original": made["id"],
                                                              "mask": mask_uri(mask), "checks": ["preservation"]}))  # fmt: skip
+        prompted = structured(await client.call_tool("judge", {"image": data_uri(edited), "original": made["id"],
+                                                               "mask": mask_uri(mask), "prompt": "a harbour at dusk",
+                                                               "checks": ["preservation"]}))  # fmt: skip
     step = judged["judgements"][0]["items"][0]["next_step"]
     assert step["action"] == "refine_region" and step["image"] == made["id"]
     assert step["bbox"] == [20, 20, 40, 40] and step["mask"] is None
+    # no prompt known: the step says to write one; with judge's prompt, that is the step's prompt
+    assert step["prompt"] is None and "Write the prompt" in step["why"]
+    assert prompted["judgements"][0]["items"][0]["next_step"]["prompt"] == "a harbour at dusk"
 
 
 async def test_a_change_only_in_alpha_or_in_the_low_bits_of_a_16_bit_image_is_still_found(settings):
@@ -376,8 +382,21 @@ async def test_an_intact_placed_object_passes_and_one_extended_by_a_painted_band
     bad = spilled["judgements"][0]
     assert bad["verdict"] == "fix" and bad["foreground"]["over_extension"] > 0.03
     assert bad["items"][0]["check"] == "foreground.over_extension"
-    x0, y0, x1, y1 = bad["items"][0]["next_step"]["bbox"]
-    assert 165 <= y0 < y1 <= 195 and x0 <= 120 and x1 >= 190  # the painted strip: x 110..210, y 170..190
+    step = bad["items"][0]["next_step"]
+    assert step["action"] == "refine_region" and step["bbox"] is None and step["image"] is None
+    async with connect(settings) as client:
+        shown = await client.read_resource(f"limner://images/{step['mask']}")
+        spill = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.contents[0].blob)))) > 0
+        y0, x0 = np.argwhere(spill).min(axis=0)
+        y1, x1 = np.argwhere(spill).max(axis=0) + 1
+        # the painted strip (x 110..210, y 170..190), kept clear of the object by the blend's reach
+        assert 170 + 8 <= y0 < y1 <= 195 and x0 <= 120 and x1 >= 190
+        # followed as given, the repaint leaves every object pixel as it was
+        fixed = structured(await client.call_tool("refine_region", {
+            "image": data_uri(extended), "mask": step["mask"], "prompt": step["prompt"],
+        }))  # fmt: skip
+        again = structured(await client.call_tool("judge", {"image": fixed["image"]["id"], **args}))
+    assert again["judgements"][0]["foreground"]["fidelity"]["changed_pixels"] == 0
 
 
 # -- bad input ----------------------------------------------------------------------------------------

@@ -139,6 +139,26 @@ def test_one_failing_question_comes_first_with_a_refine_region_step_on_its_box(t
     assert all(item.passed for item in judgement.items[1:])
 
 
+def test_a_failing_question_on_a_refined_image_judged_with_its_mask_points_at_its_region_mask(tmp_path):
+    """With a mask, a question's box is the mask's: for an edit limner made that is the blend mask, whose
+    box grows by the feathered rim on every round; its region mask does not."""
+    request, store = _request(tmp_path, ["a cup", "a spoon", "a saucer"])
+    image = request.images[0].image
+    region = store.put(Image.new("L", image.size, 0), tool="mask", params={"mask": "region"}).id
+    source = store.put(Image.new("RGB", image.size, "white"), tool="input")
+    made = store.put(image, tool="refine_region", params={"prompt": "a spoon"}, parents=[source.id],
+                     info={"region_mask_id": region, "mask_id": region})  # fmt: skip
+    request.images = [Resolved(image, made.id, "store")]
+    request.mask = np.ones(image.size[::-1], bool)
+    answers = [
+        jd.QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
+        jd.QuestionScore(question="a spoon", p_yes=0.2, p_yes_raw=0.2, passed=False, where=[0, 0, 128, 96]),
+        jd.QuestionScore(question="a saucer", p_yes=0.7, p_yes_raw=0.7, passed=True),
+    ]
+    step = jd.finish(request, [{}], _scores(answers), store, {}).judgements[0].items[0].next_step
+    assert (step.action, step.image, step.mask, step.bbox) == ("refine_region", made.id, region, None)
+
+
 def test_most_questions_failing_asks_to_regenerate_with_the_missing_elements_first(tmp_path):
     request, store = _request(tmp_path, ["a cup", "a spoon", "a saucer"])
     answers = [

@@ -570,6 +570,38 @@ async def test_judges_next_step_for_a_leaking_refinement_is_a_refine_region_call
     assert again["region_box"] == out["region_box"] and again["input_id"] == out["input_id"]
 
 
+async def test_judging_an_edit_against_the_wrong_original_or_mask_says_which_to_pass_and_that_passes(
+    settings, home
+):
+    """Judged against an earlier image of its chain, or with its region mask, an edit "leaks": the earlier
+    edits and the feathered rim show as changes. Redoing it (the old next step) only made it again; the
+    step now names the judge call to make instead, and that call passes."""
+    path = save(home, photo("coffee", 128, 96), "chain.png")
+    async with connect(settings) as client:
+        first = structured(await client.call_tool("refine_region", {"image": path, "prompt": "a spoon",
+                                                                    "bbox": [10, 10, 40, 40]}))  # fmt: skip
+        second = structured(await client.call_tool("refine_region", {"image": first["image"]["id"],
+                                                                     "prompt": "a saucer", "bbox": [70, 50, 110, 86]}))  # fmt: skip
+        made = second["image"]["id"]
+        for original, mask in (
+            (first["input_id"], second["mask_id"]),
+            (second["input_id"], second["region_mask_id"]),
+        ):
+            args = {"image": made, "original": original, "mask": mask, "checks": ["preservation"]}
+            judged = structured(await client.call_tool("judge", args))
+            (item,) = judged["judgements"][0]["items"]
+            step = item["next_step"]
+            assert not item["passed"] and step["action"] == "judge", step
+            assert (step["image"], step["original"], step["mask"]) == (
+                made,
+                second["input_id"],
+                second["mask_id"],
+            )
+            followed = {"image": step["image"], "original": step["original"], "mask": step["mask"]}
+            again = structured(await client.call_tool("judge", {**followed, "checks": ["preservation"]}))
+            assert again["judgements"][0]["verdict"] == "pass"
+
+
 async def test_one_progress_notification_arrives_per_denoising_step(settings, home):
     seen: list[tuple[float, float | None]] = []
 

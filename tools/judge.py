@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -23,7 +24,7 @@ from tools import preservation as pres
 from tools import quality as qual
 from tools.images import ImageStore, Resolved, read_note
 from tools.jobs import JobHandle
-from tools.masks import read_mask, tight_bbox
+from tools.masks import BLEND_BLUR, BLEND_DILATE, dilate, reach, read_mask, tight_bbox
 
 if TYPE_CHECKING:
     from tools.judge_models import ModelScores
@@ -39,16 +40,22 @@ _SPLIT = re.compile(r"[,;.\n]|\band\b|\bwith\b", re.IGNORECASE)
 
 # -- results ------------------------------------------------------------------------------------------
 class NextStep(BaseModel):
-    """For refine_region: `image` with `bbox` or `mask`, and `prompt`, are that call's arguments as they are."""
+    """For refine_region: `image` with `bbox` or `mask`, and `prompt`, are that call's arguments as they are.
+    For judge: `image`, `original` and `mask` are the arguments of the judge call to make instead."""
 
-    action: Literal["refine_region", "strengthen_prompt", "regenerate"]
+    action: Literal["refine_region", "strengthen_prompt", "regenerate", "judge"]
     image: str | None = Field(
         default=None,
-        description="The image to pass to refine_region (null: the one `why` names, by your own reference).",
+        description="The image to pass (null: this judgement's image, which has no store id: pass it as you "
+        "passed it to judge).",
     )
     bbox: list[int] | None = Field(default=None, description="[x0, y0, x1, y1] to pass to refine_region.")
-    mask: str | None = Field(default=None, description="A mask id to pass to refine_region as `mask`.")
-    prompt: str | None = Field(default=None, description="Suggested prompt for that call.")
+    mask: str | None = Field(default=None, description="A mask id to pass as `mask`.")
+    original: str | None = Field(default=None, description="For action judge: the `original` to pass.")
+    prompt: str | None = Field(
+        default=None,
+        description="The prompt for that call (null for refine_region: none is known, write one).",
+    )
     why: str
 
 
@@ -130,6 +137,7 @@ class JudgeRequest:
     original_image: Image.Image | None = None  # as given: alpha and bit depth, for hidden_changes
     original_id: str | None = None  # its store id, for a next step that redoes an edit from it
     mask: Any = None  # bool array, True = edited region
+    mask_id: str | None = None  # its store id, to tell an edit's region mask from its blend mask
     mask_box: list[int] | None = None
     foreground_mask: Any = None
     warnings: list[str] = field(default_factory=list)
@@ -259,6 +267,7 @@ def check_request(
         request.original_id = original.id
     if mask is not None:
         request.mask = read_mask(mask.image, "mask").mask
+        request.mask_id = mask.id
         box = tight_bbox(request.mask)
         request.mask_box = list(box) if box else None
     if foreground_mask is not None:
@@ -293,6 +302,7 @@ def _items(
     answers,
     image_id: str | None,
     redo: dict,
+    spill_mask: str | None = None,
 ) -> list[Item]:
     """Every check as an item; a failing one says what to do next, refine_region steps with their arguments
     (`redo`: for a refine_region output, the input, region mask and prompt it was made from)."""
@@ -311,10 +321,14 @@ def _items(
                     "elements first and explicit in the prompt (or raise guidance).",
                 )
             elif not a.passed:
+                # judged with a mask, `where` is the mask's box; for an edit limner made, its region mask
+                # instead: the blend mask's box would grow by the feathered rim on every round
+                region = redo.get("mask") if request.mask is not None else None
                 step = NextStep(
                     action="refine_region",
                     image=image_id,
-                    bbox=a.where,
+                    bbox=None if region else a.where,
+                    mask=region,
                     prompt=a.question,
                     why=f'"{a.question}" is not shown (P(yes) {a.p_yes:.2f}); refine the region where it '
                     "belongs with this as the prompt.",
@@ -379,22 +393,7 @@ def _items(
                 threshold=0,
                 detail=f"{p.outside.changed_pixels} pixels changed outside the mask "
                 f"(SSIM outside {p.outside.ssim:.4f}, inside {p.inside.ssim if p.inside else 1:.4f})",
-                next_step=None
-                if p.passed
-                else NextStep(
-                    action="refine_region",
-                    image=redo.get("image") or request.original_id,
-                    mask=redo.get("mask"),
-                    bbox=None if redo.get("mask") else request.mask_box,
-                    prompt=redo.get("prompt"),
-                    why=f"the edit leaked outside the mask (changed pixels in {p.changed_outside_box}): redo "
-                    "refine_region on the original"
-                    + (
-                        " with the region and prompt it was made from."
-                        if redo
-                        else " with your region and prompt."
-                    ),
-                ),
+                next_step=None if p.passed else _preservation_step(request, image_id, redo, p),
             )
         )
     if (f := found.get("foreground")) is not None:
@@ -407,13 +406,7 @@ def _items(
                 detail=f"{f.over_extension:.1%} of the band around the object continues it",
                 next_step=None
                 if f.over_extension <= pres.OVER_EXTENSION_LIMIT
-                else NextStep(
-                    action="refine_region",
-                    image=image_id,
-                    bbox=f.over_extension_box,
-                    prompt="background only, nothing attached to the object",
-                    why="the object spills past its own outline: repaint that area as background.",
-                ),
+                else _spill_step(image_id, spill_mask),
             )
         )
         if f.fidelity is not None:
@@ -436,6 +429,77 @@ def _items(
     return sorted(items, key=lambda it: it.passed)  # stable: failing first, in check order
 
 
+def _preservation_step(request: JudgeRequest, image_id: str | None, redo: dict, p: Any) -> NextStep:
+    """What to do about pixels changed outside the mask. For an edit limner made, first rule out a mismatch
+    of the judge call itself: an original other than the edit's input (earlier edits show as changes), or
+    the edit's region mask where its blend mask belongs (the feathered rim shows as changes)."""
+    if redo and request.original_id is not None and redo["image"] != request.original_id:
+        return NextStep(
+            action="judge",
+            image=image_id,
+            original=redo["image"],
+            mask=redo["blend"],
+            why=f"this image was refined from {redo['image']}, not from the original passed: the changes "
+            "outside the mask may be earlier edits'. Judge it against the input it was made from, with the "
+            "mask that edit may write.",
+        )
+    if redo and request.mask_id is not None and request.mask_id == redo["mask"] and redo["blend"]:
+        return NextStep(
+            action="judge",
+            image=image_id,
+            original=redo["image"],
+            mask=redo["blend"],
+            why="the mask passed is the edit's region; the edit also writes the feathered rim around it: judge "
+            "again with its mask_id, the pixels it may change.",
+        )
+    prompt = redo.get("prompt") or request.prompt
+    return NextStep(
+        action="refine_region",
+        image=redo.get("image") or request.original_id,
+        mask=redo.get("mask"),
+        bbox=None if redo.get("mask") else request.mask_box,
+        prompt=prompt,
+        why=f"the edit leaked outside the mask (changed pixels in {p.changed_outside_box}): redo refine_region "
+        "on the original"
+        + (" with the region and prompt it was made from." if redo else " with your region and prompt.")
+        + ("" if prompt else " Write the prompt: none is known."),
+    )
+
+
+def _spill_step(image_id: str | None, spill_mask: str | None) -> NextStep:
+    """Repaint the spill as background through a mask kept clear of the object by the blend's reach, so the
+    object's pixels stay bit-exact; a spill too close to the object to repaint that way means regenerating."""
+    if spill_mask is None:
+        return NextStep(
+            action="regenerate",
+            image=image_id,
+            why="the object spills past its own outline, too close to it to repaint without touching it: "
+            "regenerate (generate with the foreground and repair=true repaints a spill as it goes).",
+        )
+    return NextStep(
+        action="refine_region",
+        image=image_id,
+        mask=spill_mask,
+        prompt="background only, nothing attached to the object",
+        why="the object spills past its own outline: repaint the spill as background (the mask keeps the "
+        "default blend clear of the object, so the object stays bit-exact).",
+    )
+
+
+def spill_region(fg: np.ndarray, box: list[int] | None) -> np.ndarray | None:
+    """The over-extension box without the object grown by the blend's reach (refine_region's default
+    dilate and blur) and a pixel or two more: repainting it leaves every object pixel as it is. None when empty."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    region = np.zeros_like(fg, dtype=bool)
+    region[y0:y1, x0:x1] = True
+    region &= ~dilate(
+        fg, 2 * reach(BLEND_DILATE, BLEND_BLUR) + 5
+    )  # an elliptic kernel's reach is a bit short
+    return region if region.any() else None
+
+
 def _stronger(prompt: str, missing: list[str]) -> str:
     """The prompt with the missing elements moved to the front, stated plainly."""
     if not missing:
@@ -454,6 +518,7 @@ def _made_from(store: ImageStore, image_id: str | None) -> dict[str, Any]:
     return {
         "image": meta["parents"][0],
         "mask": meta.get("region_mask_id"),
+        "blend": meta.get("mask_id"),
         "prompt": meta["params"].get("prompt"),
     }
 
@@ -470,7 +535,16 @@ def finish(
     for i, img in enumerate(request.images):
         align = scores.alignment[i] if scores else None
         answers = scores.checklist[i] if scores else None
-        items = _items(request, found[i], align, answers, img.id, _made_from(store, img.id))
+        spill_mask = None
+        fg = found[i].get("foreground")
+        if fg is not None and fg.over_extension > pres.OVER_EXTENSION_LIMIT:
+            region = spill_region(request.foreground_mask, fg.over_extension_box)
+            if region is not None:
+                stored = store.put(
+                    Image.fromarray(region.astype(np.uint8) * 255), tool="mask", params={"mask": "spill"}
+                )
+                spill_mask = stored.id
+        items = _items(request, found[i], align, answers, img.id, _made_from(store, img.id), spill_mask)
         parts = []
         if answers:
             parts.append(sum(a.p_yes for a in answers) / len(answers))

@@ -162,6 +162,9 @@ def feather(mask: np.ndarray, dilate_size: int, blur_size: int) -> np.ndarray:
     return np.clip(soft, 0.0, 1.0, out=soft)
 
 
+BLEND_DILATE, BLEND_BLUR = 7, 11  # RefineAnything's blend: dilate the region 7 px, then a Gaussian blur of 11
+
+
 def reach(dilate_size: int, blur_size: int) -> int:
     """How many pixels beyond the mask `feather` can be above zero."""
     return dilate_size // 2 + blur_size // 2
