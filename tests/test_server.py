@@ -296,6 +296,15 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
         json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": "x"}).encode(),
         json.dumps({"jsonrpc": "2.0", "id": 3, "method": 42}).encode(),
         json.dumps({"jsonrpc": "1.0", "id": 4, "method": "tools/list"}).encode(),
+        # over 64 KiB (lines that long went to the SDK unchecked), a lone surrogate (valid JSON the SDK's
+        # parser drops), an id without a method, a null id
+        json.dumps(
+            {"jsonrpc": "1.0", "id": 6, "method": "tools/list", "params": {"pad": "x" * 70_000}}
+        ).encode(),
+        b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "generate", '
+        b'"arguments": {"prompt": "a cat \\ud800"}}}',
+        json.dumps({"jsonrpc": "2.0", "id": 8}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": None, "method": "tools/list"}).encode(),
         json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": meta}}).encode(),
     ]
     proc = subprocess.Popen(
@@ -321,9 +330,13 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
     out, err = proc.communicate(b"", timeout=60)
     assert out == b"" and proc.returncode == 0
     codes = [(a["id"], a.get("error", {}).get("code")) for a in answers]
-    assert codes == [(None, -32700), (None, -32600), (2, -32602), (3, -32600), (4, -32600), (5, None)]
+    assert codes == [
+        (None, -32700), (None, -32600), (2, -32602), (3, -32600), (4, -32600),
+        (6, -32600), (7, -32602), (8, -32600), (None, -32600), (5, None),
+    ]  # fmt: skip
+    assert "params.arguments.prompt holds a lone UTF-16 surrogate" in answers[6]["error"]["message"]
     assert len(answers[-1]["result"]["tools"]) == 9
-    assert err.count(b"stdio: refused a message") == 5
+    assert err.count(b"stdio: refused a message") == 9
 
 
 async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0_and_1(home, models_path):
