@@ -91,6 +91,10 @@ class SessionLogMiddleware:
         else:
             try:
                 result = await call_next(ctx)
+            except anyio.get_cancelled_exc_class():
+                # the client cancelled the call or went away: not an error of the tool's
+                _record(log, tool, arguments, started, clock, error="cancelled by the client", cancelled=True)
+                raise
             except BaseException as exc:
                 _record(log, tool, arguments, started, clock, error=f"{type(exc).__name__}: {exc}")
                 raise
@@ -191,12 +195,18 @@ def register(server: MCPServer, settings: Settings) -> None:
         # a static resource gets no request context; the middleware saw this very request's AppContext
         app = seen["app"]
         log = session_log(app)
-        gallery = await refresh_gallery(app)
+        gallery, problem = None, None
+        try:
+            gallery = await refresh_gallery(app)
+        except Exception as exc:  # the gallery is a view of the log: the log still answers
+            logger.exception("could not write the session gallery")
+            problem = f"the gallery could not be written ({type(exc).__name__}: {exc}); the log is complete"
         body = {
             "session_id": log.id,
             "started": log.started,
             "log_path": str(log.path),
             "gallery_path": gallery,
+            "gallery_error": problem,
             "gallery_url_path": "/gallery",
             "images": log.image_ids(),
             "entries": [e.model_dump(mode="json") for e in log.snapshot()],

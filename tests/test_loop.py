@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -254,6 +256,41 @@ async def test_the_session_log_lists_each_call_with_its_images_status_and_timing
     assert log["images"] == ids
     assert Path(log["log_path"]).read_text().count("\n") == 2
     assert gallery_ids(Path(log["gallery_path"]).read_text()) == set(ids)
+
+
+async def test_the_session_log_keeps_whole_errors_marks_cancelled_calls_and_answers_without_its_gallery(
+    settings,
+):
+    """An error over 300 characters lost its reason (cut to 80); a cancelled call was logged as an anyio
+    error; a gallery that could not be written made the log resource fail, though the log was whole."""
+    far = "/nowhere/" + "a" * 150 + ".png"
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async with connect(settings) as client:
+        refused = error_text(await client.call_tool("judge", {"image": far}))
+        async with anyio.create_task_group() as tg:
+
+            async def long_call() -> None:
+                args = {"prompt": "a city", "steps": 60, "width": 128, "height": 128}
+                await client.call_tool("generate", args, None, on_progress)
+
+            tg.start_soon(long_call)
+            with anyio.fail_after(60):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        structured(await client.call_tool("generate", {"prompt": "a kite", "steps": 1}))
+        gallery = settings.home / "gallery"
+        shutil.rmtree(gallery)
+        gallery.write_text("a file where the gallery folder was")
+        log = json.loads((await client.read_resource("limner://session/log")).contents[0].text)
+    judged, cancelled, made = log["entries"]
+    assert 300 < len(refused) <= 500 and judged["error"] == refused and "LIMNER_ALLOWED_DIRS" in refused
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled by the client"
+    assert made["status"] == "ok" and made["outputs"]
+    assert log["gallery_path"] is None and "gallery could not be written" in log["gallery_error"]
 
 
 async def test_a_lone_surrogate_in_any_argument_is_a_tool_error_naming_it_and_nothing_is_stored(settings):

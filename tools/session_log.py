@@ -25,7 +25,8 @@ MAX_RESULT_CHARS = 64_000  # a larger structured result is kept as a note instea
 SCORE_KEYS = ("score", "overall", "rank", "verdict", "passed")
 IMAGE_KEYS = ("id", "image_id", "image")
 
-Status = Literal["ok", "running", "tool_error", "error"]
+Status = Literal["ok", "running", "tool_error", "error", "cancelled"]
+MAX_ERROR_CHARS = 500  # an error is kept whole up to this: its reason is what the log is read for
 
 
 class LogEntry(BaseModel):
@@ -34,7 +35,10 @@ class LogEntry(BaseModel):
     arguments: dict[str, Any] = Field(description="The arguments as sent; long strings shortened.")
     started: float = Field(description="Unix time the call arrived.")
     duration_s: float
-    status: Status = Field(description="ok; running (answered with a job handle); tool_error; error.")
+    status: Status = Field(
+        description="ok; running (answered with a job handle); tool_error; error; cancelled (by the client, or "
+        "its connection closed)."
+    )
     error: str | None = Field(default=None, description="Why the call failed (tool_error or error).")
     inputs: list[str] = Field(default_factory=list, description="Image ids the call was given.")
     outputs: list[str] = Field(default_factory=list, description="Image ids the call made or returned.")
@@ -63,14 +67,17 @@ class SessionLog:
         is_error: bool = False,
         error: str | None = None,
         reason: str | None = None,
+        cancelled: bool = False,
     ) -> LogEntry:
         """Append one call. `result` is the structured content of a successful call; `error` an exception
         that escaped the tool, `reason` the text of a tool error."""
         arguments = arguments or {}
         inputs = list(image_ids(arguments))
         outputs = [i for i in image_ids(result) if i not in inputs] if result else []
-        if error is not None:
-            status: Status = "error"
+        if cancelled:
+            status: Status = "cancelled"
+        elif error is not None:
+            status = "error"
         elif is_error:
             status = "tool_error"
         elif result and result.get("status") == "running":
@@ -88,7 +95,7 @@ class SessionLog:
                 started=round(started, 3),
                 duration_s=round(duration_s, 4),
                 status=status,
-                error=shorten((error or reason)[:500]) if error or reason else None,
+                error=_clip(error or reason, MAX_ERROR_CHARS) if error or reason else None,
                 inputs=inputs,
                 outputs=outputs,
                 result=kept,
@@ -131,6 +138,12 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _strings(item)
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` up to `limit` characters (a lone surrogate as its escape), then how long it was."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def shorten(value: Any) -> Any:
