@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def unusable_home(home: Path) -> str | None:
+    """Why limner cannot write under `home` (made if missing), else None. Checked before serving: the store
+    failing inside the lifespan ends the process with a traceback and no answer to the host's initialize."""
+    try:
+        for folder in (home, home / "images"):
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home / "images"):
+            pass
+    except OSError as exc:
+        return f"limner: cannot use home {home}: {exc}; pass --home or LIMNER_HOME (a folder you can write)."
+    return None
+
+
 def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) -> int:
+    in_process = args.command in ("serve", "demo") or (args.command == "call" and not args.url)
+    if in_process and (problem := unusable_home(settings.home)) is not None:
+        print(problem, file=sys.stderr)
+        return 2
     if args.command == "serve":
-        try:
-            settings.home.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(
-                f"limner: cannot use home {settings.home}: {exc}; pass --home or LIMNER_HOME.",
-                file=sys.stderr,
-            )
-            return 2
         return serve(settings, http=args.http)
     if args.command == "call":
         from server.call import run_call

@@ -519,6 +519,23 @@ async def test_a_server_bound_to_every_address_answers_to_this_machines_names_an
         proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("command", [["serve"], ["demo"], ["call", "generate", "--arg", "prompt=a boat"]])
+def test_a_home_limner_cannot_write_in_is_one_line_and_exit_2_before_serving(home, models_path, command):
+    """The store failing inside the lifespan ended the process with a traceback and no initialize answer."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "images").write_text("a file where the image store goes")
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", *command],
+        capture_output=True,
+        env=server_env(home, models_path),
+        cwd=REPO,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2 and proc.stdout == b"", proc.stderr[-2000:]
+    assert b"Traceback" not in proc.stderr and f"cannot use home {home}".encode() in proc.stderr
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
     proc = subprocess.run(
         [
@@ -744,7 +761,7 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
         (["serve", "--port", "99999"], 2, b"port: Input should be less than or equal to 65535"),
         (["serve", "--max-wait-s", "-1"], 2, b"max_wait_s: Input should be greater than or equal to 0"),
         (["serve", "--home", "{file}"], 2, b"cannot use home"),
-        (["demo", "--home", "{file}"], 1, b"limner demo: failed: MCPError: Connection closed"),
+        (["demo", "--home", "{file}"], 2, b"cannot use home"),  # was "failed: MCPError: Connection closed"
         (["demo", "--profile", "real"], 1, b"limner demo: failed: generate answered with an error"),
     ],
 )
