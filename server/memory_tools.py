@@ -177,7 +177,9 @@ def register(server: MCPServer) -> None:
         scope: Annotated[str | None, Field(description="Filter: memories in this scope.")] = None,
         before: Annotated[
             str | None,
-            Field(description="Filter: memories made before: ISO 8601 or a duration back from now ('30d')."),
+            Field(
+                description="Filter: memories made before: ISO 8601, a duration back from now ('30d') or 'now'."
+            ),
         ] = None,
         dry_run: Annotated[
             bool | None,

@@ -7,6 +7,7 @@ import io
 import itertools
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -561,6 +562,26 @@ async def test_a_confirmed_forget_removes_exactly_what_its_dry_run_listed_or_not
         assert "confirm: only with a filter" in error_text(
             await client.call_tool("forget", {"kind": "plan", "confirm": again["confirm"]})
         )
+
+
+async def test_a_dry_runs_note_is_a_forget_call_that_works_as_written_and_before_takes_now(settings):
+    """The note said "call again with dry_run=false and confirm=..." without the filter, which was refused."""
+    import ast
+
+    async with connect(settings) as client:
+        for i in range(2):
+            await client.call_tool("remember", {"text": f"old draft {i}", "kind": "plan", "tags": ["draft"]})
+        keep = structured(await client.call_tool("remember", {"text": "the final plan", "kind": "plan"}))
+        preview = structured(
+            await client.call_tool("forget", {"kind": "plan", "tags": ["draft"], "before": "now"})
+        )
+        call = re.search(r"call forget\((.*)\) \(refused", preview["note"]).group(1)
+        parsed = ast.parse(f"forget({call})".replace("=false", "=False"), mode="eval").body
+        arguments = {k.arg: ast.literal_eval(k.value) for k in parsed.keywords}
+        done = structured(await client.call_tool("forget", arguments))
+        left = structured(await client.call_tool("recall", {"query": "plan", "k": 10}))
+    assert preview["matched"] == 2 and arguments["confirm"] == preview["confirm"]
+    assert done["removed"] == 2 and [m["id"] for m in left["memories"]] == [keep["id"]]
 
 
 async def test_recall_cuts_long_texts_with_a_marker(settings):

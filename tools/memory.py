@@ -131,6 +131,17 @@ class ForgetRequest:
     before: float | None
     dry_run: bool
     confirm: str | None = None
+    before_given: str | None = None  # as passed: the note repeats the filter in the caller's words
+
+    def filter_arguments(self) -> str:
+        """The filter as forget's arguments, for a note the agent can follow as written."""
+        given = {
+            "kind": self.kind,
+            "tags": list(self.tags) or None,
+            "scope": self.scope,
+            "before": self.before_given,
+        }
+        return ", ".join(f"{name}={value!r}" for name, value in given.items() if value is not None)
 
 
 def check_remember(
@@ -192,7 +203,7 @@ def check_forget(
     if not ids and not has_filter:
         raise ToolError(
             "forget: give ids=[...] (from remember or recall) or at least one filter: kind, tags, scope or "
-            "before. To clear everything, forget with before set to now (dry_run first)."
+            "before. To clear everything, forget(before='now') (a dry run first)."
         )
     if ids and len(ids) > MAX_IDS:
         raise ToolError(f"ids: {len(ids)} ids given; at most {MAX_IDS} per call.")
@@ -205,6 +216,7 @@ def check_forget(
         # a filter can match far more than meant: it only shows what it would remove unless told otherwise
         dry_run=dry_run if dry_run is not None else not ids,
         confirm=confirm.strip() if confirm is not None else None,
+        before_given=before.strip() if before is not None else None,
     )
 
 
@@ -293,6 +305,8 @@ def parse_time(value: str, field: str, now: float | None = None) -> float:
     """ISO 8601 (date or datetime; UTC when no offset) or a duration back from now ('30m', '12h', '7d')."""
     now = time.time() if now is None else now
     text = value.strip()
+    if text.lower() == "now":
+        return now
     match = _DURATION.match(text.lower())
     if match:
         return now - float(match.group(1)) * _SECONDS[match.group(2)]
@@ -300,8 +314,8 @@ def parse_time(value: str, field: str, now: float | None = None) -> float:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ToolError(
-            f"{field}: {value!r} is not a time; use ISO 8601 ('2026-11-23' or '2026-11-23T14:00:00Z') "
-            "or a duration back from now ('30m', '12h', '7d', '2w')."
+            f"{field}: {value!r} is not a time; use ISO 8601 ('2026-11-23' or '2026-11-23T14:00:00Z'), "
+            "a duration back from now ('30m', '12h', '7d', '2w') or 'now'."
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -412,8 +426,8 @@ def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
     note = None
     if request.dry_run and matched:
         note = (
-            "dry run: nothing removed; to remove exactly these, call again with dry_run=false and "
-            f"confirm={token!r} (refused if the matches have changed meanwhile)."
+            f"dry run: nothing removed; to remove exactly these, call forget({request.filter_arguments()}, "
+            f"dry_run=false, confirm={token!r}) (refused if the matches have changed meanwhile)."
         )
     elif not matched:
         note = "nothing matched; nothing removed."
