@@ -14,6 +14,7 @@ from server.app import app_context
 from server.jobs_tools import run_on_worker, to_call_result
 from tools import refine_region as rr
 from tools.masks import BLEND_BLUR, BLEND_DILATE
+from tools.models import spec_label
 from tools.refine_region import RefineResult
 
 Point = Annotated[list[int], Field(min_length=2, max_length=2, description="[x, y] in pixels.")]
@@ -192,5 +193,12 @@ def register(server: MCPServer) -> None:
             "refine_region",
             f"{request.backend} {request.model}: region {region.how[:60]}: {request.prompt[:60]}",
             work,
-            lambda handle: RefineResult(status="running", job=handle),
+            lambda handle: RefineResult(
+                status="running",
+                backend=request.backend,
+                model=spec_label(app.models.models[request.model]),
+                tiny=app.models.models[request.model].tiny_kind is not None,
+                focus=request.focus,
+                job=handle,
+            ),
         )

@@ -171,6 +171,9 @@ async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_complete
     async with connect(make_settings()) as client:
         direct = structured(await client.call_tool("generate", args))
     assert [c["id"] for c in out["result"]["candidates"]] == [c["id"] for c in direct["candidates"]]
+    # while running, the call's model, size and steps are already its own, not blank defaults (tiny false)
+    for key in ("model", "tiny", "prompt", "width", "height", "steps", "guidance"):
+        assert started[key] == out["result"][key], key
 
 
 async def test_jobs_explains_missing_and_unknown_job_ids(settings):

@@ -724,6 +724,9 @@ async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_complete
     assert out["jobs"][0]["status"] == "done"
     result = out["result"]
     assert result["status"] == "done" and result["metrics"]["changed_outside_blend"] == 0
+    # while running, the fields known before the work are the finished ones, not blank defaults
+    for key in ("backend", "model", "tiny", "focus"):
+        assert started[key] == result[key], key
     assert_bit_exact(result, np.asarray(photo("astronaut", 96)), mask_of(96, 96, (20, 20, 50, 50)))
 
 

@@ -169,11 +169,14 @@ class Loaded:
 
     @property
     def label(self) -> str:
-        return (
-            f"{TINY_LABEL} {self.spec.name} (random weights: output is noise, not a real image)"
-            if (self.tiny)
-            else self.spec.name
-        )
+        return spec_label(self.spec)
+
+
+def spec_label(spec: ModelSpec) -> str:
+    """How results name a model: a tiny one says what its output is."""
+    if spec.tiny_kind:
+        return f"{TINY_LABEL} {spec.name} (random weights: output is noise, not a real image)"
+    return spec.name
 
 
 # -- where weights are ------------------------------------------------------------------------------
