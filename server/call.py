@@ -23,8 +23,10 @@ class UsageError(ValueError):
     """The command line is wrong; the message says how to fix it."""
 
 
-def parse_arguments(pairs: list[str] | None, raw_json: str | None) -> dict[str, Any]:
-    """--json first (an object), then each --arg k=v; a value is read as JSON when it parses, else text."""
+def parse_arguments(pairs: list[str] | None, raw_json: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """--json first (an object), then each --arg k=v; a value is read as JSON when it parses, else text.
+    Also each --arg's text as typed: a field the tool takes as a string gets it (prompt=1984, seed-like ids)."""
+    typed: dict[str, str] = {}
     arguments: dict[str, Any] = {}
     if raw_json is not None:
         try:
@@ -43,27 +45,30 @@ def parse_arguments(pairs: list[str] | None, raw_json: str | None) -> dict[str, 
             raise UsageError(
                 f"--arg {pair!r} must look like key=value (e.g. --arg n=2 --arg prompt='a cat')."
             )
+        typed[key.strip()] = value
         try:
             arguments[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             arguments[key.strip()] = value
-    return arguments
+    return arguments, typed
 
 
 def run_call(
     settings: Settings, tool: str, pairs: list[str] | None, raw_json: str | None, url: str | None
 ) -> int:
     try:
-        arguments = parse_arguments(pairs, raw_json)
+        arguments, typed = parse_arguments(pairs, raw_json)
     except UsageError as exc:
         print(f"limner call: {exc}", file=sys.stderr)
         return 2
     import anyio
 
-    return anyio.run(_call, settings, tool, arguments, url)
+    return anyio.run(_call, settings, tool, arguments, typed, url)
 
 
-async def _call(settings: Settings, tool: str, arguments: dict[str, Any], url: str | None) -> int:
+async def _call(
+    settings: Settings, tool: str, arguments: dict[str, Any], typed: dict[str, str], url: str | None
+) -> int:
     from mcp import Client
 
     if url is None:
@@ -79,13 +84,18 @@ async def _call(settings: Settings, tool: str, arguments: dict[str, Any], url: s
         target = streamable_http_client(url, http_client=http)
     try:
         async with Client(target) as client:
-            tools = {t.name for t in (await client.list_tools()).tools}
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            tools = set(listed)
             if tool not in tools:
                 print(
                     f"limner call: unknown tool {tool!r}; this server has: {', '.join(sorted(tools))}.",
                     file=sys.stderr,
                 )
                 return 2
+            properties = listed[tool].input_schema.get("properties", {})
+            for key, text in typed.items():  # --arg prompt=1984 read as JSON is a number: the tool wants text
+                if properties.get(key, {}).get("type") == "string" and not isinstance(arguments[key], str):
+                    arguments[key] = text
             result = await client.call_tool(tool, arguments)
             result = await follow_job(client, result)
     except JobFailed as exc:

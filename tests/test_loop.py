@@ -344,7 +344,7 @@ def test_limner_call_prints_the_structured_result_from_an_http_server(http_serve
         "call",
         "generate",
         "--arg",
-        "prompt=a paper boat",
+        "prompt=1984",  # a number as JSON, but the prompt is text: it was refused as not a string
         "--arg",
         "n=2",
         "--arg",
@@ -359,7 +359,9 @@ def test_limner_call_prints_the_structured_result_from_an_http_server(http_serve
     )
     assert made.returncode == 0, made.stderr[-2000:]
     out = json.loads(made.stdout)
-    assert [c["seed"] for c in out["candidates"]] == [3, 4] and out["tiny"] is True
+    assert (
+        [c["seed"] for c in out["candidates"]] == [3, 4] and out["tiny"] is True and out["prompt"] == "1984"
+    )
     first = out["candidates"][0]["id"]
     refined = limner(
         "call",
