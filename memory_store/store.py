@@ -130,7 +130,10 @@ def words(text: str, parts: bool = False) -> list[str]:
     pieces = _UNSPACED.split(document(text))
     for i, piece in enumerate(pieces):
         if i % 2:  # split() puts the unspaced runs at odd places
-            terms.update(dict.fromkeys(pairs(piece)))
+            run = pairs(piece)
+            terms.update(dict.fromkeys(run))
+            if parts and len(run) > 1:  # the last character alone: a one-character query finds it too
+                terms.setdefault(regex.findall(r"\X", piece)[-1], None)
             continue
         for token in _TOKEN.findall(piece):
             token = token.strip(".-")
@@ -155,25 +158,48 @@ def is_pair(term: str) -> bool:
     return bool(_UNSPACED.fullmatch(term)) and len(regex.findall(r"\X", term)) == 2
 
 
-def phrases(terms: list[str]) -> list[str]:
-    """Matched terms as read back: pairs that follow one another in the query join into the stretch of text
-    they cover ("龙腾", "腾科", "科技" -> "龙腾科技")."""
+def phrases(terms: list[str], query: str, memory: str) -> list[str]:
+    """Matched terms as read back: pairs that overlap join into the stretch of text they cover ("龙腾", "腾科",
+    "科技" -> "龙腾科技") when both the query and the memory hold that stretch (in their document form);
+    "東京" and "京都" from 東京都 stay apart against 東京と京都."""
     out: list[str] = []
     for term in terms:
         if out and is_pair(term) and _UNSPACED.fullmatch(out[-1]):
             first = regex.match(r"\X", term)
             assert first is not None
-            if out[-1].endswith(first.group()):
-                out[-1] += term[first.end() :]
+            joined = out[-1] + term[first.end() :]
+            if out[-1].endswith(first.group()) and joined in query and joined in memory:
+                out[-1] = joined
                 continue
         out.append(term)
     return out
 
 
+def query_units(query: str) -> list[tuple[str, ...]]:
+    """What a query is looked up by, as units scored alike: each word, and each run of an unspaced script as
+    the tuple of its pairs. Agents write long queries: MAX_LOOKUPS terms in all, words first, so a name
+    after the eighth word, or after a long Chinese sentence ("...尤其是 Kweskin"), is still looked up."""
+    spaced: list[tuple[str, ...]] = []
+    runs: list[tuple[str, ...]] = []
+    for i, piece in enumerate(_UNSPACED.split(document(query))):
+        if i % 2:  # split() puts the unspaced runs at odd places
+            run = tuple(dict.fromkeys(pairs(piece)))
+            if run not in runs:
+                runs.append(run)
+        else:
+            spaced += [(word,) for word in words(piece) if (word,) not in spaced]
+    units, budget = [], MAX_LOOKUPS
+    for unit in [*spaced, *runs]:
+        if budget <= 0:
+            break
+        units.append(unit[:budget])
+        budget -= len(units[-1])
+    return units
+
+
 def query_terms(query: str) -> list[str]:
-    """The words of a query that get an exact lookup (the first MAX_LOOKUPS), whole. Agents write long
-    queries: a name after the eighth word must still be looked up."""
-    return words(query)[:MAX_LOOKUPS]
+    """Every term a query looks up (see query_units), once each."""
+    return list(dict.fromkeys(term for unit in query_units(query) for term in unit))
 
 
 @dataclass(frozen=True)
@@ -262,7 +288,9 @@ class MemoryStore:
             if stale:
                 ids, documents, embeddings = zip(*stale, strict=True)
                 self.collection.update(ids=list(ids), documents=list(documents), embeddings=list(embeddings))
-        meta = self.collection.metadata or {}
+        # without the hnsw:* keys an older limner set at creation: chromadb refuses to be sent them again
+        # ("changing the distance function ... is not supported"), even unchanged
+        meta = {k: v for k, v in (self.collection.metadata or {}).items() if not k.startswith("hnsw:")}
         self.collection.modify(metadata={**meta, "limner:documents": DOCUMENT_FORM})
 
     def _rebuild_terms(self) -> None:
@@ -521,29 +549,38 @@ class MemoryStore:
         if not fuse:
             return self._fetch(vector_ids[:k], vector, {}, {})
 
-        # 2. exact-term ranking: rare terms weigh more (idf), common ones are left to the vectors
+        # 2. exact-term ranking: rare terms weigh more (idf), common ones (None) are left to the vectors. A
+        # word is one unit; a run of an unspaced script is one too, each of its pairs weighing its share, so
+        # a sentence's many pairs do not outweigh a name beside it. The rarest units found are scored.
+        units = query_units(text)
+        hits = dict(self._term_hits(list(dict.fromkeys(t for unit in units for t in unit)), filt))
+        found = [(unit, [(t, hits[t]) for t in unit if hits.get(t)]) for unit in units]
+        found = [(unit, terms) for unit, terms in found if terms]
+        rarest = sorted(found, key=lambda f: min(len(ids) for _, ids in f[1]))[:MAX_TERMS]
         term_score: dict[str, float] = {}
-        matched: dict[str, list[str]] = {}
-        # looked up, then the rarest found (and not common: None) are scored
-        found = [(term, ids) for term, ids in self._term_hits(query_terms(text), filt) if ids]
-        rarest = set(sorted(range(len(found)), key=lambda n: len(found[n][1]))[:MAX_TERMS])
-        for n, (term, ids) in enumerate(found):  # in the query's order; every term found is reported
-            weight = math.log(1 + total / max(len(ids), 1))
-            for mem_id in ids:
-                if n in rarest:
+        for unit, terms in rarest:
+            for _, ids in terms:
+                weight = math.log(1 + total / max(len(ids), 1)) / len(unit)
+                for mem_id in ids:
                     term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
+        matched: dict[str, list[str]] = {}
+        for term in query_terms(text):  # in the query's order; every term found is reported
+            for mem_id in hits.get(term) or ():
                 matched.setdefault(mem_id, []).append(term)
         term_ids = sorted(term_score, key=lambda i: -term_score[i])
 
-        # 3. reciprocal rank fusion; a term hit outside the vector candidates ranks just past them
+        # 3. reciprocal rank fusion; a term hit outside the vector candidates ranks just past them. A term
+        # hit counts in proportion to its score against the best one: a few common pairs of a long sentence
+        # matched by chance rank after the name it was asked with, not beside it
         fused: dict[str, float] = {}
         for rank, mem_id in enumerate(vector_ids, start=1):
             fused[mem_id] = 1.0 / (RRF_K + rank)
+        best = term_score[term_ids[0]] if term_ids else 1.0
         for rank, mem_id in enumerate(term_ids, start=1):
             vector_part = fused.get(mem_id, 1.0 / (RRF_K + len(vector_ids) + 1))
-            fused[mem_id] = vector_part + 1.0 / (RRF_K + rank)
+            fused[mem_id] = vector_part + (term_score[mem_id] / best) / (RRF_K + rank)
         top = sorted(fused, key=lambda i: -fused[i])[:k]
-        return self._fetch(top, vector, fused, {i: phrases(terms) for i, terms in matched.items()})
+        return self._fetch(top, vector, fused, matched, document(text))
 
     def _vector_ranking(
         self, vector: np.ndarray, n: int, total: int, filt: Filter | None, at_least: int
@@ -638,7 +675,12 @@ class MemoryStore:
         return None
 
     def _fetch(
-        self, ids: list[str], vector: np.ndarray, fused: dict[str, float], matched: dict[str, list[str]]
+        self,
+        ids: list[str],
+        vector: np.ndarray,
+        fused: dict[str, float],
+        matched: dict[str, list[str]],
+        query: str = "",
     ) -> list[Memory]:
         if not ids:
             return []
@@ -654,7 +696,7 @@ class MemoryStore:
             memory = _memory(mem_id, meta)
             memory.similarity = float(np.dot(vector, np.asarray(embedding, dtype=np.float32)))
             memory.score = fused.get(mem_id, memory.similarity)
-            memory.matched_terms = matched.get(mem_id, [])
+            memory.matched_terms = phrases(matched.get(mem_id, []), query, document(memory.text))
             out.append(memory)
         return out
 

@@ -168,6 +168,25 @@ async def test_a_name_inside_chinese_japanese_korean_or_thai_text_is_found_by_ex
                                      ("ゾルバックス社のカメラ", "ゾルバックス", "ゾルバックス社の")):  # fmt: skip
             top = structured(await client.call_tool("recall", {"query": query, "k": 5}))["memories"][0]
             assert top["text"] == names[name] and stretch in top["matched_terms"], (query, top)
+        # a run's last character alone, as a one-character query, is found too
+        cat = structured(await client.call_tool("remember", {"text": "客户养了一只猫", "kind": "fact"}))
+        found = structured(await client.call_tool("recall", {"query": "猫", "k": 5}))["memories"]
+        assert [m["matched_terms"] for m in found if m["id"] == cat["id"]] == [["猫"]]
+        # pairs join into a stretch only where the memory holds it: Tokyo and Kyoto, not Tokyo-to
+        both = structured(
+            await client.call_tool("remember", {"text": "東京と京都の写真を撮る", "kind": "fact"})
+        )
+        found = structured(await client.call_tool("recall", {"query": "東京都", "k": 5}))["memories"]
+        assert [m["matched_terms"] for m in found if m["id"] == both["id"]] == [["東京", "京都"]]
+        # a long Chinese query spends no lookups the Latin name at its end needs
+        kweskin = structured(
+            await client.call_tool("remember", {"text": "Kweskin wants a teal frame.", "kind": "fact"})
+        )
+        query = (
+            "请帮我找一下关于客户对自行车车架颜色和光泽表面处理的偏好以及轮辋和前叉材料的要求，尤其是 Kweskin"
+        )
+        found = structured(await client.call_tool("recall", {"query": query, "k": 5}))["memories"]
+        assert [m["matched_terms"] for m in found if m["id"] == kweskin["id"]] == [["kweskin"]], found
 
 
 def test_a_long_joined_string_is_indexed_whole_not_under_every_tail():
@@ -584,6 +603,24 @@ async def test_a_dry_runs_note_is_a_forget_call_that_works_as_written_and_before
     assert done["removed"] == 2 and [m["id"] for m in left["memories"]] == [keep["id"]]
 
 
+async def test_a_dry_run_by_ids_notes_the_call_that_removes_them_and_a_folding_tag_counts_as_given(settings):
+    """The note for ids read "call forget(, dry_run=false, confirm=None)", which is refused; a 30-letter tag
+    of ß was refused as 60 characters, its case-folded length."""
+    async with connect(settings) as client:
+        made = structured(
+            await client.call_tool("remember", {"text": "a draft", "kind": "plan", "tags": ["ß" * 30]})
+        )
+        preview = structured(await client.call_tool("forget", {"ids": [made["id"]], "dry_run": True}))
+        call = re.search(r"call forget\((.*)\)\.$", preview["note"]).group(1)
+        import ast
+
+        parsed = ast.parse(f"forget({call})".replace("=false", "=False"), mode="eval").body
+        done = structured(
+            await client.call_tool("forget", {k.arg: ast.literal_eval(k.value) for k in parsed.keywords})
+        )
+    assert preview["matched"] == 1 and done["removed"] == 1
+
+
 async def test_recall_cuts_long_texts_with_a_marker(settings):
     long_text = "Zephyrine lamp notes. " + "word " * 1000
     async with connect(settings) as client:
@@ -741,17 +778,21 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
 async def test_a_chroma_server_finds_the_exact_terms_the_embedded_store_finds(make_settings, chroma_server):
     """The server's substring matches are cut into words as the term index cuts them: a code written with
     '_' is found as written with '-', a Turkish İ casefolded, a name inside Chinese text. A memory an older
-    limner wrote (its document only case-folded) is rewritten once, when the store is opened."""
+    limner wrote (its document only case-folded, the collection made with hnsw:space in its metadata, which
+    chromadb refuses to be sent again) is rewritten once, when the store is opened."""
+    import chromadb
+
+    from memory_store.store import COLLECTION
+
     url, _ = chroma_server
     old = "Order ZX_12 for the İZMİR shop."
-    store = MemoryStore.open_remote(url, Embedder())
-    try:
-        meta = {"text": old, "kind": "fact", "scope": "default", "created": time.time()}
-        store.collection.add(ids=[memory_id(old, "fact", "default")], embeddings=store.embedder.embed([old]),
-                             documents=[normalize(old)], metadatas=[meta])  # fmt: skip
-        store.collection.modify(metadata={**store.collection.metadata, "limner:documents": 1})
-    finally:
-        store.close()
+    embedder = Embedder()
+    client = chromadb.HttpClient(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+    created = {"hnsw:space": "cosine", "limner:embedder": embedder.name, "limner:dim": embedder.dim}
+    collection = client.create_collection(COLLECTION, metadata=created, embedding_function=None)
+    meta = {"text": old, "kind": "fact", "scope": "default", "created": time.time()}
+    collection.add(ids=[memory_id(old, "fact", "default")], embeddings=embedder.embed([old]),
+                   documents=[normalize(old)], metadatas=[meta])  # fmt: skip
     texts = {
         "SKU-7731-B": "SKU_7731_B approved the invoice layout last Tuesday.",
         "İnci's poster": "İNCİ AYDIN approved the poster.",

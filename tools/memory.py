@@ -44,7 +44,7 @@ DEFAULT_SCOPE = "default"
 # are) and a few joiners; never spaces, other punctuation or control characters
 _TAG_JOINERS = "-_.:"
 _SCOPE_JOINERS = "-_.:/"
-_TAG = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}_.:\-]{0,39}")
+_TAG = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}_.:\-]*")  # 1-40 characters as given (folding can grow it)
 _SCOPE = regex.compile(r"[\p{L}\p{N}][\p{L}\p{M}\p{N}_.:/\-]{0,63}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -256,10 +256,11 @@ def check_tags(tags: list[str] | None) -> tuple[str, ...]:
         raise ToolError(f"tags: {len(tags)} tags given; at most {MAX_TAGS}.")
     out = []
     for tag in tags:
-        folded = unicodedata.normalize("NFC", tag.strip().casefold())
-        if not _TAG.fullmatch(folded):
+        given = unicodedata.normalize("NFC", tag.strip())
+        folded = unicodedata.normalize("NFC", given.casefold())  # "ß" folds to "ss": count what was given
+        if not (0 < len(given) <= 40 and _TAG.fullmatch(folded)):
             raise ToolError(
-                f"tags: {tag!r} is not a tag{_why(folded, 40, _TAG_JOINERS)}; tags are 1-40 letters or digits "
+                f"tags: {tag!r} is not a tag{_why(given, 40, _TAG_JOINERS)}; tags are 1-40 letters or digits "
                 "in any script, '-', '_', '.' or ':' (case-insensitive), starting with a letter or digit."
             )
         if folded not in out:
@@ -424,7 +425,10 @@ def forget(store: MemoryStore, request: ForgetRequest) -> ForgetResult:
     if not request.dry_run and matched:
         store.delete([m.id for m in matched])
     note = None
-    if request.dry_run and matched:
+    if request.dry_run and matched and request.ids:
+        listed = [m.id for m in matched]
+        note = f"dry run: nothing removed; to remove these, call forget(ids={listed!r}, dry_run=false)."
+    elif request.dry_run and matched:
         note = (
             f"dry run: nothing removed; to remove exactly these, call forget({request.filter_arguments()}, "
             f"dry_run=false, confirm={token!r}) (refused if the matches have changed meanwhile)."
