@@ -15,6 +15,7 @@ from server.jobs_tools import run_on_worker
 from tools import foreground as fg
 from tools import generate as gen
 from tools.generate import GenerateResult
+from tools.images import read_note
 from tools.jobs import JobHandle
 from tools.models import ModelCache, spec_label
 
@@ -242,9 +243,14 @@ async def _foreground(ctx, request, foreground, foreground_mask, placement, scen
             negative_prompt=request.negative_prompt,
             repair=repair,
         )
-        return fg.store_results(
+        result, images = fg.store_results(
             made, templates, obj, parent, loaded, timings, app.images, {**params, "foreground": parent}
         )
+        # what reading the object left out (16-bit colour read at 8 bits, an animation's other frames)
+        read = [read_note(source.image, "foreground")]
+        read += [read_note(mask_image, "foreground_mask")] if mask_image is not None else []
+        result.warnings[:0] = [note for note in read if note]
+        return result, images
 
     return await run_on_worker(
         ctx,

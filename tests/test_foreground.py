@@ -242,6 +242,35 @@ async def test_grabcut_finds_a_product_on_a_plain_backdrop_and_keeps_it_exact(se
     assert_template_exact(out["candidates"][0], home, np.asarray(photo.convert("RGB"))[y0:y1, x0:x1])
 
 
+async def test_grabcut_gives_the_same_mask_every_time_and_an_edge_hugging_object_does_not_spill(
+    settings, home
+):
+    """GrabCut seeded its k-means from a generator the model worker kept advancing: the same call found
+    another object each time. An object 1 px from the canvas edge was always 'over-extended' (the blur's
+    mirrored border), and repair=true then spent two rounds changing nothing. A 16-bit colour foreground
+    read at 8 bits says so, as judge and refine_region do."""
+    photo = data_uri(Image.fromarray(data.coffee()).resize((96, 96)))
+    args = {"prompt": "a cup", "foreground": photo, "width": 64, "height": 64, "steps": 1, "seed": 7}
+    square = np.full((64, 64, 4), (30, 60, 200, 255), np.uint8)
+    square[:1], square[-1:], square[:, :1], square[:, -1:] = 0, 0, 0, 0  # a blue square 1 px from each edge
+    home.mkdir(parents=True, exist_ok=True)
+    deep = str(home / "tile16.png")
+    assert cv2.imwrite(deep, square[..., [2, 1, 0, 3]].astype(np.uint16) * 257)  # 16 bits per channel, BGRA
+    async with connect(settings) as client:
+        first = structured(await client.call_tool("generate", args))
+        second = structured(await client.call_tool("generate", args))
+        hugging = structured(await client.call_tool("generate", {
+            "prompt": "a tile", "foreground": deep, "width": 64, "height": 64,
+            "steps": 1, "placement": [{"x": 0.5, "y": 0.5, "scale": 1.0}], "repair": True,
+        }))  # fmt: skip
+    assert first["foreground"]["mask_source"] == "grabcut"
+    assert [c["id"] for c in first["candidates"]] == [c["id"] for c in second["candidates"]]
+    assert first["candidates"][0]["mask_id"] == second["candidates"][0]["mask_id"]
+    made = hugging["candidates"][0]
+    assert made["over_extension"] == 0 and made["passed"] and made["repair_rounds"] == 0
+    assert hugging["warnings"][0].startswith("foreground: a 16-bit-per-channel colour PNG, read at 8 bits")
+
+
 def test_placement_puts_the_object_where_x_y_and_scale_say():
     sticker = Image.new("RGBA", (44, 24), (0, 0, 0, 0))
     sticker.paste((200, 10, 10, 255), (2, 2, 42, 22))
@@ -408,6 +437,12 @@ async def test_bad_foreground_inputs_get_clear_errors_and_the_server_stays_up(se
         ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 0}]}, "scale"),
         ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": -1}]}, "scale"),
         ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 2.0}]}, "larger than the"),
+        # too small to show: the mask came back empty and the candidate "passed"; too large for a number
+        ({"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 0.03}]}, "shrinks the object to"),
+        (
+            {"foreground": cutout, "placement": [{"x": 0.5, "y": 0.5, "scale": 1e308}]},
+            "placement[0].scale: input",
+        ),
         (
             {"foreground": cutout, "placement": [{"x": 1.5, "y": 0.5, "scale": 0.4}]},
             "placement[0].x: input should be less than or equal to 1 (got 1.5).",

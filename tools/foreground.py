@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ ALPHA_THRESHOLD = 128  # alpha at or above this is the object
 MIN_OBJECT_SHARE = 0.001
 MIN_SIDE = 8  # px: a smaller foreground holds no object (and GrabCut's border leaves it no inside)
 MAX_OBJECT_SHARE = 0.98
+MIN_PLACED_PIXELS = 64  # a placed object smaller than this is no product to show (nor to judge)
+MAX_SCALE = 100.0
 REPAIR_ROUNDS = 2
 
 
@@ -45,7 +48,9 @@ class Placement(BaseModel):
     )
     y: float = Field(ge=0, le=1, description="Vertical centre of the object, 0 = top, 1 = bottom.")
     scale: float = Field(
-        description="The object's longest side as a share of the canvas's shorter side (0..1]."
+        le=MAX_SCALE,
+        description="The object's longest side as a share of the canvas's shorter side (0..1] (more for a "
+        "long object on a long canvas).",
     )
 
 
@@ -134,6 +139,9 @@ def grabcut(rgb: np.ndarray, border: float = 0.04, iterations: int = 5) -> np.nd
     bx, by = max(1, round(w * border)), max(1, round(h * border))
     mask = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its k-means from OpenCV's per-thread generator, which the long-lived model worker keeps
+    # advancing: the same call gave another mask (and other "exact" pixels) each time
+    cv2.setRNGSeed(0)
     cv2.grabCut(
         cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
         mask,
@@ -186,6 +194,12 @@ def place(obj: ForegroundObject, placement: Placement, width: int, height: int, 
     if resampled:
         rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
         mask = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if int(mask.sum()) < MIN_PLACED_PIXELS:
+        need = math.sqrt(MIN_PLACED_PIXELS / max(1, int(obj.mask.sum()))) * max(oh, ow) / min(width, height)
+        raise ToolError(
+            f"{field}.scale: {placement.scale} shrinks the object to {int(mask.sum())} pixels ({nw}x{nh} box), "
+            f"too small to show or judge; use a scale of at least {need:.3f}."
+        )
     canvas = np.full((height, width, 3), 127, np.uint8)
     canvas_mask = np.zeros((height, width), bool)
     np.copyto(canvas[y0 : y0 + nh, x0 : x0 + nw], rgb, where=mask[..., None])
@@ -313,6 +327,8 @@ def run(
                 region = np.zeros_like(sj.template.mask)
                 region[y0:y1, x0:x1] = True
                 region &= ~dilate(sj.template.mask, 3)
+                if not region.any():  # the spill hugs the object: nothing to repaint without touching it
+                    break
                 total += steps
                 job.total = total
                 (again,) = paint(sj, image, region, (seed + 1000 * rounds,))

@@ -226,7 +226,9 @@ def _main_box(region: np.ndarray) -> list[int] | None:
 
 def _continues_object(crop: np.ndarray, crop_fg: np.ndarray) -> np.ndarray:
     """Pixels whose (lightly smoothed) colour is within COLOUR_TOLERANCE of the nearest object pixel's."""
-    smooth = cv2.blur(crop, (3, 3))
+    # a replicated border: the default mirror made a 1 px band at the image edge average the same pixels as
+    # the object pixel beside it, so any object 1 px from the edge "continued" into it
+    smooth = cv2.blur(crop, (3, 3), borderType=cv2.BORDER_REPLICATE)
     iy, ix = ndimage.distance_transform_edt(~crop_fg, return_distances=False, return_indices=True)
     nearest = smooth.reshape(-1, 3)[(iy * crop.shape[1] + ix).ravel()].reshape(crop.shape)
     d = cv2.absdiff(smooth, nearest).astype(np.float32)
