@@ -260,21 +260,24 @@ def _inpaint(
         job.progress(done + step + 1, total, f"generate (foreground): step {done + step + 1}/{total}")
         return kwargs
 
+    # one batch row per candidate (not num_images_per_prompt): the pipeline encodes each row's masked image
+    # with that row's generator, so candidate i depends on its own seed alone and n=1 with it remakes it
+    n = len(seeds)
     kwargs: dict[str, Any] = {
-        "prompt": prompt,
-        "image": Image.fromarray(image),
-        "mask_image": Image.fromarray(paint.astype(np.uint8) * 255),
+        "prompt": [prompt] * n,
+        "image": [Image.fromarray(image)] * n,
+        "mask_image": [Image.fromarray(paint.astype(np.uint8) * 255)] * n,
         "width": w,
         "height": h,
         "num_inference_steps": steps,
         "guidance_scale": guidance,
         "strength": 1.0,
-        "num_images_per_prompt": len(seeds),
+        "num_images_per_prompt": 1,
         "generator": [torch.Generator().manual_seed(s) for s in seeds],
         "callback_on_step_end": callback,
     }
     if negative_prompt:
-        kwargs["negative_prompt"] = negative_prompt
+        kwargs["negative_prompt"] = [negative_prompt] * n
     with torch.inference_mode():
         images = loaded.model(**kwargs).images
     return [np.asarray(img.convert("RGB").resize((w, h))) for img in images]
