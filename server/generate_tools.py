@@ -16,24 +16,6 @@ from tools import foreground as fg
 from tools import generate as gen
 from tools.generate import GenerateResult
 from tools.images import read_note
-from tools.jobs import JobHandle
-from tools.models import ModelCache, spec_label
-
-
-def running(models: ModelCache, request: gen.GenerateRequest, handle: JobHandle) -> GenerateResult:
-    """The answer for work that outlived max_wait_s: the call as it will run (model, size, steps), no images."""
-    spec = models.models[request.model]
-    return GenerateResult(
-        status="running",
-        model=spec_label(spec),
-        tiny=spec.tiny_kind is not None,
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
-        guidance=request.guidance,
-        job=handle,
-    )
 
 
 def register(server: MCPServer) -> None:
@@ -163,7 +145,7 @@ def register(server: MCPServer) -> None:
             f"{len(request.seeds)} x {request.width}x{request.height} px, {request.steps} steps: "
             f"{request.prompt[:60]}",
             work,
-            lambda handle: running(app.models, request, handle),
+            lambda handle: gen.running(app.models.models[request.model], request, handle),
         )
 
 
@@ -257,5 +239,5 @@ async def _foreground(ctx, request, foreground, foreground_mask, placement, scen
         "generate",
         f"foreground: {count} x {request.width}x{request.height} px: {request.prompt[:50]}",
         work,
-        lambda handle: running(app.models, request, handle),
+        lambda handle: gen.running(app.models.models[request.model], request, handle),
     )

@@ -26,10 +26,13 @@ Output = tuple[BaseModel, list[Image.Image]]
 
 
 def to_call_result(model: BaseModel, images: list[Image.Image]) -> CallToolResult:
-    data = model.model_dump(mode="json")
-    content: list[Any] = [TextContent(type="text", text=model.model_dump_json(exclude_none=True))]
-    content.extend(preview(img) for img in images)
-    return CallToolResult(content=content, structured_content=data)
+    return with_previews(model, [preview(img) for img in images])
+
+
+def with_previews(model: BaseModel, previews: list[Any]) -> CallToolResult:
+    """The tool result: the model as structured content and as text, then the encoded previews."""
+    text = TextContent(type="text", text=model.model_dump_json(exclude_none=True))
+    return CallToolResult(content=[text, *previews], structured_content=model.model_dump(mode="json"))
 
 
 def handle(job: Job) -> JobHandle:
@@ -76,9 +79,7 @@ def job_result(job: Job) -> CallToolResult:
     if job.previews is None:
         job.previews = [preview(img) for img in images]
         job.release_images()
-    data = model.model_dump(mode="json")
-    content: list[Any] = [TextContent(type="text", text=model.model_dump_json(exclude_none=True))]
-    return CallToolResult(content=[*content, *job.previews], structured_content=data)
+    return with_previews(model, job.previews)
 
 
 def failure(tool: str, exc: BaseException) -> str:

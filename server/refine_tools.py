@@ -188,6 +188,7 @@ def register(server: MCPServer) -> None:
                 timings=timings,
             )
 
+        spec = app.models.models[request.model]  # already checked: the spec the worker will load
         return await run_on_worker(
             ctx,
             "refine_region",
@@ -196,8 +197,8 @@ def register(server: MCPServer) -> None:
             lambda handle: RefineResult(
                 status="running",
                 backend=request.backend,
-                model=spec_label(app.models.models[request.model]),
-                tiny=app.models.models[request.model].tiny_kind is not None,
+                model=spec_label(spec),
+                tiny=spec.tiny_kind is not None,
                 focus=request.focus,
                 job=handle,
             ),

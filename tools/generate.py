@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from tools.images import ImageRef, ImageStore
 from tools.jobs import Job, JobHandle
-from tools.models import Loaded, ModelCache, ModelSpec
+from tools.models import Loaded, ModelCache, ModelSpec, spec_label
 
 MIN_SIDE = 64
 MAX_SEED = 2**31 - 1
@@ -275,6 +275,28 @@ def negative_unused(pipe: Any, negative_prompt: str | None, guidance: float) -> 
     return [f"negative_prompt: not used: {reason}; {advice}"]
 
 
+def as_called(request: GenerateRequest) -> dict[str, Any]:
+    """The result fields that restate the call as it ran (or will run)."""
+    return {
+        "prompt": request.prompt,
+        "width": request.width,
+        "height": request.height,
+        "steps": request.steps,
+        "guidance": request.guidance,
+    }
+
+
+def running(spec: ModelSpec, request: GenerateRequest, handle: JobHandle) -> GenerateResult:
+    """The answer for work that outlived max_wait_s: the call as it will run (model, size, steps), no images."""
+    return GenerateResult(
+        status="running",
+        model=spec_label(spec),
+        tiny=spec.tiny_kind is not None,
+        **as_called(request),
+        job=handle,
+    )
+
+
 def finish(
     request: GenerateRequest, images: list[Image.Image], loaded: Loaded, timings: dict, store: ImageStore
 ) -> tuple[GenerateResult, list[Image.Image]]:
@@ -296,11 +318,7 @@ def finish(
         candidates=candidates,
         model=loaded.label,
         tiny=loaded.tiny,
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
-        guidance=request.guidance,
+        **as_called(request),
         timings=timings,
         warnings=prompt_cuts(
             loaded.model, {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
