@@ -197,11 +197,6 @@ def query_units(query: str) -> list[tuple[str, ...]]:
     return units
 
 
-def query_terms(query: str) -> list[str]:
-    """Every term a query looks up (see query_units), once each."""
-    return list(dict.fromkeys(term for unit in query_units(query) for term in unit))
-
-
 @dataclass(frozen=True)
 class Filter:
     """Conditions a memory must all meet: kind, scope, every one of the tags, created in [since, before)."""
@@ -553,18 +548,19 @@ class MemoryStore:
         # word is one unit; a run of an unspaced script is one too, each of its pairs weighing its share, so
         # a sentence's many pairs do not outweigh a name beside it. The rarest units found are scored.
         units = query_units(text)
-        hits = dict(self._term_hits(list(dict.fromkeys(t for unit in units for t in unit)), filt))
+        terms = list(dict.fromkeys(term for unit in units for term in unit))
+        hits = dict(self._term_hits(terms, filt))
         found = [(unit, [(t, hits[t]) for t in unit if hits.get(t)]) for unit in units]
-        found = [(unit, terms) for unit, terms in found if terms]
+        found = [(unit, unit_hits) for unit, unit_hits in found if unit_hits]
         rarest = sorted(found, key=lambda f: min(len(ids) for _, ids in f[1]))[:MAX_TERMS]
         term_score: dict[str, float] = {}
-        for unit, terms in rarest:
-            for _, ids in terms:
+        for unit, unit_hits in rarest:
+            for _, ids in unit_hits:
                 weight = math.log(1 + total / max(len(ids), 1)) / len(unit)
                 for mem_id in ids:
                     term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
         matched: dict[str, list[str]] = {}
-        for term in query_terms(text):  # in the query's order; every term found is reported
+        for term in terms:  # in the query's order; every term found is reported
             for mem_id in hits.get(term) or ():
                 matched.setdefault(mem_id, []).append(term)
         term_ids = sorted(term_score, key=lambda i: -term_score[i])
