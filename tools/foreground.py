@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from tools.jobs import Job
-from tools.masks import dilate, erode, read_mask, tight_bbox
+from tools.masks import box_mask, dilate, erode, read_mask, tight_bbox
 from tools.models import Loaded
 from tools.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
 from tools.quality import to_array
@@ -326,10 +326,8 @@ def run(
             while repair and share > OVER_EXTENSION_LIMIT and spill is not None and rounds < REPAIR_ROUNDS:
                 rounds += 1
                 # repaint the spill's box, never the object itself
-                x0, y0, x1, y1 = spill
-                region = np.zeros_like(sj.template.mask)
-                region[y0:y1, x0:x1] = True
-                region &= ~dilate(sj.template.mask, 3)
+                height, width = sj.template.mask.shape
+                region = box_mask(width, height, spill) & ~dilate(sj.template.mask, 3)
                 if not region.any():  # the spill hugs the object: nothing to repaint without touching it
                     break
                 total += steps

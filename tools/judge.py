@@ -24,7 +24,7 @@ from tools import preservation as pres
 from tools import quality as qual
 from tools.images import ImageStore, Resolved, read_note
 from tools.jobs import JobHandle
-from tools.masks import BLEND_BLUR, BLEND_DILATE, dilate, reach, read_mask, tight_bbox
+from tools.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach, read_mask, tight_bbox
 
 if TYPE_CHECKING:
     from tools.judge_models import ModelScores
@@ -491,12 +491,10 @@ def spill_region(fg: np.ndarray, box: list[int] | None) -> np.ndarray | None:
     dilate and blur) and a pixel or two more: repainting it leaves every object pixel as it is. None when empty."""
     if box is None:
         return None
-    x0, y0, x1, y1 = box
-    region = np.zeros_like(fg, dtype=bool)
-    region[y0:y1, x0:x1] = True
-    region &= ~dilate(
-        fg, 2 * reach(BLEND_DILATE, BLEND_BLUR) + 5
-    )  # an elliptic kernel's reach is a bit short
+    clear = (
+        2 * reach(BLEND_DILATE, BLEND_BLUR) + 5
+    )  # a kernel size; an elliptic kernel's reach is a bit short
+    region = box_mask(fg.shape[1], fg.shape[0], box) & ~dilate(fg, clear)
     return region if region.any() else None
 
 
