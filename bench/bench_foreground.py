@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data
 
-from tools import foreground as fg
-from tools.masks import erode
+from tools.core.masks import erode
+from tools.generate import foreground as fg
 
 
 def cutout(size: int) -> Image.Image:

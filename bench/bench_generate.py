@@ -51,7 +51,7 @@ def direct_pipeline(models_path: Path):
     """The same pipeline call generate makes, without the server: loaded once; each call returns its ms."""
     import torch
 
-    from tools.models import PRESETS, ModelCache
+    from tools.models.cache import PRESETS, ModelCache
 
     cache = ModelCache(PRESETS, {}, "tiny", models_path)
     pipe = cache.get("generator").model

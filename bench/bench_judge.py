@@ -30,9 +30,9 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import judge_models as jm  # noqa: E402
-from tools.preservation import foreground_integrity, preservation  # noqa: E402
-from tools.quality import quality  # noqa: E402
+from tools.judge import work as jm  # noqa: E402
+from tools.metrics.preservation import foreground_integrity, preservation  # noqa: E402
+from tools.metrics.quality import quality  # noqa: E402
 
 SIDE = 1024
 
@@ -99,7 +99,7 @@ def lpips_speed(runs: int) -> None:
     """LPIPS at full AlexNet size on random weights (speed does not depend on their values)."""
     import torch
 
-    from tools import perceptual
+    from tools.metrics import perceptual
 
     torch.manual_seed(0)
     backbone = {f"features.{k}": v for k, v in perceptual.alexnet_features().state_dict().items()}
@@ -117,8 +117,8 @@ def lpips_speed(runs: int) -> None:
 
 def model_paths(runs: int, profile: str) -> None:
     from server.settings import load_settings
-    from tools.jobs import Worker
-    from tools.models import ModelCache
+    from tools.core.jobs import Worker
+    from tools.models.cache import ModelCache
 
     home = Path(tempfile.mkdtemp(prefix="limner-bench-judge-"))
     settings = load_settings(flags={"home": home, "profile": profile}, environ={})

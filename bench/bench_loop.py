@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 from server.app import build_server  # noqa: E402
 from server.session_tools import SessionLogMiddleware  # noqa: E402
 from server.settings import load_settings  # noqa: E402
-from tools.gallery import render_gallery  # noqa: E402
-from tools.images import ImageStore  # noqa: E402
-from tools.session_log import SessionLog  # noqa: E402
+from tools.core.images import ImageStore  # noqa: E402
+from tools.session.gallery import render_gallery  # noqa: E402
+from tools.session.log import SessionLog  # noqa: E402
 
 
 def emit(name: str, value: float, unit: str, target: str | None = None) -> None:

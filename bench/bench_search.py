@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 from server.settings import load_settings  # noqa: E402
 from tests.conftest import connect, structured  # noqa: E402
 from tests.local_web import LocalWeb, encode, searxng_routes  # noqa: E402
-from tools.fetch import SafeFetcher  # noqa: E402
-from tools.search import check_request  # noqa: E402
-from tools.search_backends import SearxngBackend  # noqa: E402
+from tools.core.fetch import SafeFetcher  # noqa: E402
+from tools.search.backends import SearxngBackend  # noqa: E402
+from tools.search.service import check_request  # noqa: E402
 
 
 def emit(name: str, value: float, unit: str, target: str | None = None, **extra) -> None:

@@ -19,10 +19,10 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, Tool
 
 from server.settings import Settings
-from tools.fetch import FetchLimits, SafeFetcher
-from tools.images import ImageStore, resolve_image
-from tools.jobs import Worker
-from tools.models import ModelCache
+from tools.core.fetch import FetchLimits, SafeFetcher
+from tools.core.images import ImageStore, resolve_image
+from tools.core.jobs import Worker
+from tools.models.cache import ModelCache
 
 logger = logging.getLogger("limner")
 

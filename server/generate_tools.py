@@ -12,10 +12,10 @@ from pydantic import Field
 
 from server.app import app_context
 from server.jobs_tools import run_on_worker
-from tools import foreground as fg
-from tools import generate as gen
-from tools.generate import GenerateResult
-from tools.images import read_note
+from tools.core.images import read_note
+from tools.generate import foreground as fg
+from tools.generate import work as gen
+from tools.generate.work import GenerateResult
 
 
 def register(server: MCPServer) -> None:

@@ -18,8 +18,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from server.app import app_context
-from tools.images import preview
-from tools.jobs import Job, JobCancelled, JobHandle, wait_for
+from tools.core.images import preview
+from tools.core.jobs import Job, JobCancelled, JobHandle, wait_for
 
 # What model work returns: the tool's structured result and the images to preview.
 Output = tuple[BaseModel, list[Image.Image]]

@@ -13,9 +13,9 @@ from pydantic import Field
 
 from server.app import app_context
 from server.jobs_tools import run_on_worker, to_call_result
-from tools import judge as jd
-from tools import judge_models as jm
-from tools.judge import Check, JudgeResult
+from tools.judge import verdict as jd
+from tools.judge import work as jm
+from tools.judge.verdict import Check, JudgeResult
 
 ImageArg = Annotated[str, Field(description="A store id, limner:// URI, data URI, file path or URL.")]
 

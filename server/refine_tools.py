@@ -12,10 +12,10 @@ from pydantic import Field
 
 from server.app import app_context
 from server.jobs_tools import run_on_worker, to_call_result
-from tools import refine_region as rr
-from tools.masks import BLEND_BLUR, BLEND_DILATE
-from tools.models import spec_label
-from tools.refine_region import RefineResult
+from tools.core.masks import BLEND_BLUR, BLEND_DILATE
+from tools.models.cache import spec_label
+from tools.refine_region import work as rr
+from tools.refine_region.work import RefineResult
 
 Point = Annotated[list[int], Field(min_length=2, max_length=2, description="[x, y] in pixels.")]
 

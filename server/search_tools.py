@@ -11,11 +11,11 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import Field
 
 from server.app import AppContext, app_context
-from tools import page as pg
-from tools import search as se
-from tools.fetch import SafeFetcher
-from tools.images import preview
-from tools.search_backends import DdgsBackend, SearxngBackend
+from tools.core.fetch import SafeFetcher
+from tools.core.images import preview
+from tools.search import page as pg
+from tools.search import service as se
+from tools.search.backends import DdgsBackend, SearxngBackend
 
 PREVIEWS = 12  # small previews per search result, so the whole answer stays well under 1 MiB
 PREVIEW_SIDE = 256

@@ -28,9 +28,9 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from server.app import AppContext, app_context
 from server.arguments import argument_problem
 from server.settings import Settings
-from tools.gallery import write_gallery
-from tools.images import URI_PREFIX
-from tools.session_log import SessionLog
+from tools.core.images import URI_PREFIX
+from tools.session.gallery import write_gallery
+from tools.session.log import SessionLog
 
 logger = logging.getLogger("limner.session")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")

@@ -18,8 +18,8 @@ from skimage import data
 
 from tests.conftest import connect, error_text, structured
 from tests.local_web import LocalWeb, encode, huge_png, searxng_routes
-from tools.fetch import FetchError, FetchLimits, SafeFetcher, is_public_address, refusal_reason
-from tools.images import ImageStore, decode_image, resolve_image
+from tools.core.fetch import FetchError, FetchLimits, SafeFetcher, is_public_address, refusal_reason
+from tools.core.images import ImageStore, decode_image, resolve_image
 
 pytestmark = pytest.mark.anyio
 

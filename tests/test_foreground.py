@@ -14,11 +14,11 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from tests.conftest import connect, error_text, structured
-from tools import foreground as fg
-from tools.images import encode_png
-from tools.jobs import Job
-from tools.masks import dilate
-from tools.preservation import OVER_EXTENSION_LIMIT
+from tools.core.images import encode_png
+from tools.core.jobs import Job
+from tools.core.masks import dilate
+from tools.generate import foreground as fg
+from tools.metrics.preservation import OVER_EXTENSION_LIMIT
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from skimage import data
 
-from tools.images import ImageStore, encode_png, preview, resolve_image
+from tools.core.images import ImageStore, encode_png, preview, resolve_image
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_metadata_updates_from_several_threads_are_all_kept(store, photo):
 def test_masks_are_read_the_way_painting_tools_save_them_and_ambiguous_ones_are_refused():
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from tools.masks import read_mask
+    from tools.core.masks import read_mask
 
     region = np.zeros((40, 60), bool)
     region[10:30, 20:45] = True

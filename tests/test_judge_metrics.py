@@ -12,11 +12,11 @@ from scipy.stats import spearmanr
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from tools import judge as jd
-from tools import judge_models as jm
-from tools.images import ImageStore, Resolved
-from tools.preservation import ssim_map
-from tools.quality import grey, noise_sigma, quality
+from tools.core.images import ImageStore, Resolved
+from tools.judge import verdict as jd
+from tools.judge import work as jm
+from tools.metrics.preservation import ssim_map
+from tools.metrics.quality import grey, noise_sigma, quality
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
@@ -184,8 +184,8 @@ def test_the_prompt_split_rule():
 
 
 def test_a_failed_question_is_localised_on_the_grid_crop_the_tiny_clip_matches_best(settings):
-    from tools.judge_models import clip_embed_images, clip_embed_texts, grid_boxes, localise
-    from tools.models import ModelCache
+    from tools.judge.work import clip_embed_images, clip_embed_texts, grid_boxes, localise
+    from tools.models.cache import ModelCache
 
     clip = ModelCache(settings.models, settings.roles, settings.profile, settings.models_dir).get("clip")
     image = Image.fromarray(photo("astronaut", 128))
@@ -206,7 +206,7 @@ def test_a_failed_question_is_localised_on_the_grid_crop_the_tiny_clip_matches_b
 
 
 def test_over_extension_of_a_thin_object_in_a_large_image_is_measured_as_at_full_resolution():
-    from tools import preservation as pres
+    from tools.metrics import preservation as pres
 
     side = 1600  # the band's crop is far above BAND_WORK_SIDE: the analysis runs on a smaller copy
     scene = cv2.resize(data.coffee(), (side, side), interpolation=cv2.INTER_CUBIC)
@@ -224,7 +224,7 @@ def test_over_extension_of_a_thin_object_in_a_large_image_is_measured_as_at_full
 
 
 def test_preservation_computed_around_the_changes_equals_the_whole_image_computation():
-    from tools.preservation import preservation
+    from tools.metrics.preservation import preservation
 
     original = photo("chelsea", 300)
     h, w = original.shape[:2]

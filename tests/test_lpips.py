@@ -18,7 +18,7 @@ from torchmetrics.functional.image import lpips as tm_lpips
 
 from tests.conftest import connect, structured
 from tests.test_judge import data_uri, mask_uri, photo
-from tools import perceptual
+from tools.metrics import perceptual
 
 LINEAR = Path(tm_lpips.__file__).parent / "lpips_models" / "alex.pth"  # lpips' own v0.1 alex.pth
 

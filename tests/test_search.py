@@ -14,7 +14,7 @@ from skimage import data
 
 from tests.conftest import connect, error_text, structured
 from tests.local_web import LocalWeb, encode, huge_png, searxng_routes, send
-from tools.search import TTLCache
+from tools.search.service import TTLCache
 
 pytestmark = pytest.mark.anyio
 

@@ -699,8 +699,8 @@ def test_a_bad_model_spec_in_the_toml_file_is_a_settings_error_naming_it(tmp_pat
 def test_guidance_must_be_a_finite_number():
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from tools.generate import check_request
-    from tools.models import PRESETS, ModelCache
+    from tools.generate.work import check_request
+    from tools.models.cache import PRESETS, ModelCache
 
     models = ModelCache(PRESETS, {}, "tiny", REPO / "unused")
     for guidance in (float("nan"), float("inf"), -1.0):
@@ -728,7 +728,7 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
     import threading
     import weakref
 
-    from tools.jobs import JobCancelled, Worker
+    from tools.core.jobs import JobCancelled, Worker
 
     worker, release = Worker(), threading.Event()
     first = worker.submit("generate", "blocks the worker", lambda job: release.wait(10))

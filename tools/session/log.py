@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.images import ID_PATTERN, URI_PREFIX
+from tools.core.images import ID_PATTERN, URI_PREFIX
 
 MAX_ARG_CHARS = 300  # longer argument strings (data URIs, base64) are shortened in the log
 MAX_RESULT_CHARS = 64_000  # a larger structured result is kept as a note instead

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tools.images import DEEP_MODES, eight_bit
+from tools.core.images import DEEP_MODES, eight_bit
 
 ANALYSIS_SIDE = 512
 SHARPNESS_K = 100.0

@@ -24,11 +24,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.jobs import Job
-from tools.masks import box_mask, dilate, erode, read_mask, tight_bbox
-from tools.models import Loaded
-from tools.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
-from tools.quality import to_array
+from tools.core.jobs import Job
+from tools.core.masks import box_mask, dilate, erode, read_mask, tight_bbox
+from tools.metrics.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
+from tools.metrics.quality import to_array
+from tools.models.cache import Loaded
 
 AUTO_SCALE = 0.45  # the object's longest side as a share of the canvas's shorter side: room for context
 AUTO_Y = 2 / 3  # centred on the lower third
@@ -364,7 +364,7 @@ def store_results(
     params: dict[str, Any],
 ):
     """Store each template's mask once and every candidate with its scene, placement and integrity."""
-    from tools.generate import Candidate, GenerateResult, negative_unused, prompt_cuts
+    from tools.generate.work import Candidate, GenerateResult, negative_unused, prompt_cuts
 
     mask_ids = [
         store.put(

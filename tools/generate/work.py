@@ -18,9 +18,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.images import ImageRef, ImageStore
-from tools.jobs import Job, JobHandle
-from tools.models import Loaded, ModelCache, ModelSpec, spec_label
+from tools.core.images import ImageRef, ImageStore
+from tools.core.jobs import Job, JobHandle
+from tools.models.cache import Loaded, ModelCache, ModelSpec, spec_label
 
 MIN_SIDE = 64
 MAX_SEED = 2**31 - 1

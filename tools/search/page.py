@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from tools.fetch import SafeFetcher
+from tools.core.fetch import SafeFetcher
 
 logger = logging.getLogger("limner.page")
 

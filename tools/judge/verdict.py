@@ -20,14 +20,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools import preservation as pres
-from tools import quality as qual
-from tools.images import ImageStore, Resolved, read_note
-from tools.jobs import JobHandle
-from tools.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach, read_mask, tight_bbox
+from tools.core.images import ImageStore, Resolved, read_note
+from tools.core.jobs import JobHandle
+from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach, read_mask, tight_bbox
+from tools.metrics import preservation as pres
+from tools.metrics import quality as qual
 
 if TYPE_CHECKING:
-    from tools.judge_models import ModelScores
+    from tools.judge.work import ModelScores
 
 Check = Literal["alignment", "checklist", "quality", "preservation", "foreground"]
 CHECKS: tuple[Check, ...] = ("alignment", "checklist", "quality", "preservation", "foreground")

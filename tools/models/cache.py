@@ -438,7 +438,7 @@ def _load_lpips(spec: ModelSpec, source: str, dtype: Any, device: str, offline: 
     """LPIPS from the two files in its folder (tools/perceptual.py builds the network)."""
     import torch
 
-    from tools import perceptual
+    from tools.metrics import perceptual
 
     backbone, linear = lpips_files(Path(source))  # source is the resolved folder
     if not (backbone.is_file() and linear.is_file()):
@@ -469,7 +469,7 @@ _LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
 # -- the tiny profile ---------------------------------------------------------------------------------
 def ensure_tiny(kind: str, models_dir: Path) -> Path:
     """Build the tiny model `kind` once under models_dir (atomically) and return its folder."""
-    from tools import tiny
+    from tools.models import twins as tiny
 
     dest = models_dir / f"tiny-{kind}"
     if (dest / ".complete").is_file():

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.images import ImageStore, _atomic_write, preview
-from tools.session_log import LogEntry, SessionLog, judged
+from tools.core.images import ImageStore, _atomic_write, preview
+from tools.session.log import LogEntry, SessionLog, judged
 
 THUMB_SIDE = 384
 LINEAGE_SIDE = 96

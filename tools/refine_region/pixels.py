@@ -17,9 +17,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.images import profile_fits, read_note
-from tools.masks import Box, dilate, erode, expand, tight_bbox
-from tools.preservation import ssim_map
+from tools.core.images import profile_fits, read_note
+from tools.core.masks import Box, dilate, erode, expand, tight_bbox
+from tools.metrics.preservation import ssim_map
 
 SEAM_BAND_PX = 8  # the seam score looks this many pixels either side of the region's boundary
 

@@ -26,8 +26,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from scipy import ndimage
 
-from tools.masks import expand
-from tools.quality import grey
+from tools.core.masks import expand
+from tools.metrics.quality import grey
 
 SSIM_RADIUS = 5  # the 11x11 Gaussian window
 BAND_PX = 30

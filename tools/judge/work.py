@@ -19,10 +19,10 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
-from tools import perceptual
-from tools.jobs import Job
-from tools.judge import QUESTION_PASS, Alignment, JudgeRequest, QuestionScore
-from tools.models import Loaded, ModelCache
+from tools.core.jobs import Job
+from tools.judge.verdict import QUESTION_PASS, Alignment, JudgeRequest, QuestionScore
+from tools.metrics import perceptual
+from tools.models.cache import Loaded, ModelCache
 
 VQA_TEMPLATE = 'Does this figure show "{question}"? Please answer yes or no.'
 YES_WORDS, NO_WORDS = ("yes", "Yes", "YES"), ("no", "No", "NO")

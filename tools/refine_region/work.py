@@ -34,9 +34,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.images import ImageRef, ImageStore, Resolved
-from tools.jobs import Job, JobHandle
-from tools.masks import (
+from tools.core.images import ImageRef, ImageStore, Resolved
+from tools.core.jobs import Job, JobHandle
+from tools.core.masks import (
     Box,
     MaskReading,
     box_mask,
@@ -48,7 +48,7 @@ from tools.masks import (
     stroke_mask,
     tight_bbox,
 )
-from tools.refine_pixels import (
+from tools.refine_region.pixels import (
     Pixels,
     RefineMetrics,
     colour_of,
@@ -393,7 +393,7 @@ def diffusion_refiner(
     reference when given, and the crop's mask as a white-on-black image, the spatial cue its LoRA was
     trained on. The blend mask protects the background either way.
     """
-    from tools.generate import step_callback
+    from tools.generate.work import step_callback
 
     params = inspect.signature(pipe.__call__).parameters
     if reference is not None and "mask_image" in params:

@@ -13,8 +13,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from tools.fetch import FetchError, SafeFetcher, origin_of
-from tools.search import SAFESEARCH, BackendError, SearchHit, SearchRequest, tidy
+from tools.core.fetch import FetchError, SafeFetcher, origin_of
+from tools.search.service import SAFESEARCH, BackendError, SearchHit, SearchRequest, tidy
 
 
 def _host(url: str) -> str:

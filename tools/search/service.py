@@ -23,8 +23,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr
 
-from tools.fetch import SafeFetcher
-from tools.images import ImageRef, ImageStore, decode_image
+from tools.core.fetch import SafeFetcher
+from tools.core.images import ImageRef, ImageStore, decode_image
 
 KINDS = ("web", "news", "images")
 SAFESEARCH = ("on", "moderate", "off")
