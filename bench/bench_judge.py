@@ -117,19 +117,19 @@ def lpips_speed(runs: int) -> None:
 
 def model_paths(runs: int, profile: str) -> None:
     from server.settings import load_settings
-    from tools.core.jobs import Worker
     from tools.models.cache import ModelCache
+    from tools.models.runner import LocalRunner
 
     home = Path(tempfile.mkdtemp(prefix="limner-bench-judge-"))
     settings = load_settings(flags={"home": home, "profile": profile}, environ={})
     models = ModelCache(
         settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline
     )
-    worker = Worker()
+    worker = LocalRunner(models)
     pil = Image.fromarray(inputs()[0])
 
     def on_worker(fn):
-        return worker.submit("bench", "bench", lambda job: fn()).future.result()
+        return worker.submit("bench", "bench", lambda *_: fn(), None).future.result()
 
     started = time.perf_counter()
     clip = on_worker(lambda: models.get("clip"))

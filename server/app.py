@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
@@ -18,11 +17,23 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, Tool
 
+from server import (
+    generate_tools,
+    jobs_tools,
+    judge_tools,
+    memory_tools,
+    prompts,
+    refine_tools,
+    search_tools,
+    session_tools,
+)
+from server.context import AppContext, app_context
 from server.settings import Settings
+from server.stdio import serve_stdio
 from tools.core.fetch import FetchLimits, SafeFetcher
-from tools.core.images import ImageStore, resolve_image
-from tools.core.jobs import Worker
+from tools.core.images import ImageStore
 from tools.models.cache import ModelCache
+from tools.models.runner import LocalRunner
 
 logger = logging.getLogger("limner")
 
@@ -36,31 +47,6 @@ limner runs local image models for you; you do the planning. The loop that close
 The prompts close_context_gap and product_scene spell the loop out; limner://images/<id>/lineage shows how an
 image was made; limner://session/log lists this session's calls and the path of its HTML gallery.
 Results made with the tiny offline models say so: they are noise, useful only to test the plumbing."""
-
-
-@dataclass
-class AppContext:
-    """Everything a tool needs, built once per server process."""
-
-    settings: Settings
-    images: ImageStore
-    models: ModelCache
-    worker: Worker
-    extras: dict[str, Any] = field(default_factory=dict)  # lazily opened parts (memory store, fetcher)
-
-    def resolve(self, ref: str, field: str):
-        """Resolve an image reference (see tools.images.resolve_image) with this server's folders."""
-        return resolve_image(
-            ref,
-            field=field,
-            store=self.images,
-            readable_dirs=self.settings.readable_dirs(),
-            fetch=self.extras.get("fetch"),
-        )
-
-
-def app_context(ctx: Context) -> AppContext:
-    return ctx.request_context.lifespan_context
 
 
 class LimnerServer(MCPServer):
@@ -132,8 +118,6 @@ class LimnerServer(MCPServer):
 
     async def run_stdio_async(self) -> None:
         """stdio without the SDK's worker-thread hops (server/stdio.py)."""
-        from server.stdio import serve_stdio
-
         async with serve_stdio() as (read_stream, write_stream):
             lowlevel = self._lowlevel_server
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
@@ -237,26 +221,23 @@ def build_server(settings: Settings) -> MCPServer:
         )
         for role, name in models.describe().items():
             logger.info("role %s -> %s", role, name)
+        # the safe outbound fetchers, alike but for their allow-lists (AppContext says which is for what)
+        limits = FetchLimits(total_s=settings.fetch_timeout_s, max_bytes=settings.fetch_max_bytes)
+        fetcher = SafeFetcher(settings.fetch_intranet_allow, limits)
+        searxng_fetcher = SafeFetcher(settings.fetch_allow, limits)
         context = AppContext(
             settings=settings,
             images=ImageStore(settings.images_dir, settings.max_input_pixels),
             models=models,
-            worker=Worker(),
+            runner=LocalRunner(models),
+            fetcher=fetcher,
+            searxng_fetcher=searxng_fetcher,
+            closers=[fetcher.close, searxng_fetcher.close],
         )
-        # the safe outbound fetchers, alike but for their allow-lists: `fetcher` for pages, image references
-        # (`fetch` lets them be http(s) URLs) and downloads; `searxng_fetcher` for the SearXNG backend's own
-        # requests only, the one place fetch_allow's private origins are reachable
-        limits = FetchLimits(total_s=settings.fetch_timeout_s, max_bytes=settings.fetch_max_bytes)
-        fetcher = SafeFetcher(settings.fetch_intranet_allow, limits)
-        searxng_fetcher = SafeFetcher(settings.fetch_allow, limits)
-        context.extras.update(fetcher=fetcher, searxng_fetcher=searxng_fetcher, fetch=fetcher.fetch_image)
-        context.extras.setdefault("closers", []).extend([fetcher.close, searxng_fetcher.close])
         try:
             yield context
         finally:
-            context.worker.shutdown()
-            for closer in context.extras.get("closers", []):
-                closer()
+            context.close()
 
     server = LimnerServer(
         "limner",
@@ -280,24 +261,8 @@ def build_server(settings: Settings) -> MCPServer:
             raise ResourceNotFoundError(f"no stored image {image_id!r}")
         return store.png_bytes(image_id)
 
-    from server import generate_tools, jobs_tools
-
-    generate_tools.register(server)
-    jobs_tools.register(server)
-    from server import search_tools
-
-    search_tools.register(server)
-    from server import refine_tools
-
-    refine_tools.register(server)
-    from server import memory_tools
-
-    memory_tools.register(server)
-    from server import judge_tools
-
-    judge_tools.register(server)
-    from server import prompts, session_tools
-
+    for wiring in (generate_tools, jobs_tools, search_tools, refine_tools, memory_tools, judge_tools):
+        wiring.register(server)
     session_tools.register(server, settings)
     prompts.register(server)
     return server

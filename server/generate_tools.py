@@ -1,4 +1,4 @@
-"""The `generate` tool: wiring only; the logic is tools/generate.py."""
+"""The `generate` tool: wiring only; the logic is tools/generate/ (request, work, result, foreground)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ from typing import Annotated, Literal
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from server.app import app_context
-from server.jobs_tools import run_on_worker
-from tools.core.images import read_note
-from tools.generate import foreground as fg
-from tools.generate import work as gen
-from tools.generate.work import GenerateResult
+from server.context import app_context, run_work
+from tools.generate.foreground import Placement
+from tools.generate.request import ForegroundRequest, check_foreground, check_request
+from tools.generate.result import GenerateResult, finish, finish_foreground, running
+from tools.generate.work import foreground_work, work
 
 
 def register(server: MCPServer) -> None:
-    @server.tool()
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
     async def generate(
         ctx: Context,
         prompt: Annotated[
@@ -52,7 +55,8 @@ def register(server: MCPServer) -> None:
             ),
         ] = None,
         n: Annotated[
-            int, Field(description="Candidates made in one batched call; judge them to pick the best.")
+            int,
+            Field(ge=1, description="Candidates made in one batched call; judge them to pick the best."),
         ] = 1,
         model: Annotated[
             str | None,
@@ -74,7 +78,7 @@ def register(server: MCPServer) -> None:
             ),
         ] = None,
         placement: Annotated[
-            list[fg.Placement] | Literal["auto"],
+            list[Placement] | Literal["auto"],
             Field(
                 description="Where the object goes: 'auto' (centred on the lower third) or a list of {x, y, "
                 "scale} (relative centre; scale = the object's longest side / the canvas's shorter side)."
@@ -110,11 +114,12 @@ def register(server: MCPServer) -> None:
         in one call with foreground_mask=<their mask_id> (one judge call per distinct mask_id).
         """
         app = app_context(ctx)
+        settings = app.settings
         if foreground is None and (foreground_mask is not None or scenes is not None or placement != "auto"):
             raise ToolError(
                 "foreground: foreground_mask, placement and scenes need a foreground image reference."
             )
-        request = gen.check_request(
+        base = check_request(
             prompt=prompt,
             negative_prompt=negative_prompt,
             width=width,
@@ -126,118 +131,44 @@ def register(server: MCPServer) -> None:
             model=model,
             models=app.models,
             role="generator" if foreground is None else "inpainter",
-            max_pixels=app.settings.max_pixels,
-            max_steps=app.settings.max_steps,
-            max_batch=app.settings.max_batch,
-            max_prompt_chars=app.settings.max_prompt_chars,
+            max_pixels=settings.max_pixels,
+            max_steps=settings.max_steps,
+            max_batch=settings.max_batch,
+            max_prompt_chars=settings.max_prompt_chars,
         )
+        spec = app.models.models[base.model]
+        if foreground is None:
+            return await run_work(
+                ctx,
+                "generate",
+                f"{len(base.seeds)} x {base.width}x{base.height} px, {base.steps} steps: {base.prompt[:60]}",
+                work,
+                base,
+                lambda output: finish(base, output, app.images),
+                lambda handle: running(spec, base, handle),
+            )
 
-        if foreground is not None:
-            return await _foreground(ctx, request, foreground, foreground_mask, placement, scenes, repair)
+        def prepare() -> ForegroundRequest:  # resolving may read a file or fetch a URL: off the event loop
+            source = app.resolve(foreground, "foreground")
+            mask = app.resolve(foreground_mask, "foreground_mask").image if foreground_mask else None
+            return check_foreground(
+                base,
+                source,
+                mask,
+                placement,
+                scenes,
+                repair,
+                max_batch=settings.max_batch,
+                max_prompt_chars=settings.max_prompt_chars,
+            )
 
-        def work(job):
-            images, loaded, timings = gen.run(request, app.models, job)
-            return gen.finish(request, images, loaded, timings, app.images)
-
-        return await run_on_worker(
+        request = await anyio.to_thread.run_sync(prepare)
+        return await run_work(
             ctx,
             "generate",
-            f"{len(request.seeds)} x {request.width}x{request.height} px, {request.steps} steps: "
-            f"{request.prompt[:60]}",
-            work,
-            lambda handle: gen.running(app.models.models[request.model], request, handle),
+            f"foreground: {request.count} x {base.width}x{base.height} px: {base.prompt[:50]}",
+            foreground_work,
+            request,
+            lambda output: finish_foreground(request, output, app.images),
+            lambda handle: running(spec, base, handle),
         )
-
-
-async def _foreground(ctx, request, foreground, foreground_mask, placement, scenes, repair):
-    """generate with a foreground: understand the object, template it, paint scenes around it. Only the
-    arguments are checked here; finding the object (GrabCut: 1.6 s at 512 px, 18 s at 2048) is part of the
-    job, so max_wait_s and cancellation cover it."""
-    app = app_context(ctx)
-    settings = app.settings
-    # resolving may fetch a URL: off the event loop
-    source = await anyio.to_thread.run_sync(app.resolve, foreground, "foreground")
-    if min(source.image.size) < fg.MIN_SIDE:
-        raise ToolError(
-            f"foreground: {source.image.width}x{source.image.height} px is too small to hold an object; pass a "
-            f"photo or cut-out at least {fg.MIN_SIDE} px a side."
-        )
-    mask_image = None
-    if foreground_mask:
-        mask_image = (await anyio.to_thread.run_sync(app.resolve, foreground_mask, "foreground_mask")).image
-    if placement != "auto" and not placement:
-        raise ToolError("placement: an empty list; pass 'auto' or at least one {x, y, scale}.")
-    if scenes is not None and (not scenes or any(not s.strip() for s in scenes)):
-        raise ToolError("scenes: pass a non-empty list of non-empty scene prompts, or leave it out.")
-    scene_list = scenes if scenes is not None else [""]
-    for i, scene in enumerate(scene_list):
-        gen.check_text(f"scenes[{i}]", scene, settings.max_prompt_chars)
-    n = len(request.seeds)
-    places = 1 if placement == "auto" else len(placement)
-    count = places * len(scene_list) * n
-    if count > settings.max_batch:
-        raise ToolError(
-            f"n: placements x scenes x n = {places} x {len(scene_list)} x {n} = {count} candidates, above "
-            f"the limit of {settings.max_batch} per call; lower n or split the scenes over several calls."
-        )
-    base = request.seeds[0]
-    if base + count - 1 > gen.MAX_SEED:  # every candidate's seed must be one generate takes back
-        raise ToolError(
-            f"seed: {base} leaves no room for {count} candidates; use 0..{gen.MAX_SEED - count + 1}."
-        )
-    params = {
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "width": request.width,
-        "height": request.height,
-        "steps": request.steps,
-        "guidance": request.guidance,
-        "model": request.model,
-    }
-
-    def work(job):
-        # 1. the object, and its placements on the canvas
-        job.message = "foreground: finding the object"  # no progress step yet: the scenes' steps follow
-        obj = fg.understand(source.image, mask_image)
-        job.check_cancelled()
-        chosen = [fg.auto_placement(obj, request.width, request.height)] if placement == "auto" else placement
-        templates = [
-            fg.place(obj, p, request.width, request.height, f"placement[{i}]") for i, p in enumerate(chosen)
-        ]
-        # 2. the object's source goes into the store too, so every candidate's lineage reaches it
-        parent = source.id or app.images.put(source.image, tool="input", params={"field": "foreground"}).id
-        scene_jobs = []
-        for t_index, template in enumerate(templates):
-            for scene in scene_list:
-                k = len(scene_jobs) * n
-                prompt = f"{request.prompt}, {scene.strip()}" if scene.strip() else request.prompt
-                seeds = tuple(base + k + i for i in range(n))
-                scene_jobs.append(
-                    fg.SceneJob(template, t_index, scene.strip() or request.prompt, prompt, seeds)
-                )
-        # 3. the scenes around it
-        made, loaded, timings = fg.run(
-            scene_jobs,
-            lambda: app.models.get("inpainter", request.model),
-            job,
-            steps=request.steps,
-            guidance=request.guidance,
-            negative_prompt=request.negative_prompt,
-            repair=repair,
-        )
-        result, images = fg.store_results(
-            made, templates, obj, parent, loaded, timings, app.images, {**params, "foreground": parent}
-        )
-        # what reading the object left out (16-bit colour read at 8 bits, an animation's other frames)
-        read = [read_note(source.image, "foreground")]
-        read += [read_note(mask_image, "foreground_mask")] if mask_image is not None else []
-        result.warnings[:0] = [note for note in read if note]
-        return result, images
-
-    return await run_on_worker(
-        ctx,
-        "generate",
-        f"foreground: {count} x {request.width}x{request.height} px: {request.prompt[:50]}",
-        work,
-        lambda handle: gen.running(app.models.models[request.model], request, handle),
-    )

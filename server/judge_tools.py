@@ -1,4 +1,4 @@
-"""The `judge` tool: wiring only; the logic is tools/judge.py (+ tools/quality.py, tools/preservation.py)."""
+"""The `judge` tool: wiring only; the logic is tools/judge/ (request, checks, work, verdict)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,22 @@ from typing import Annotated
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, ToolAnnotations
+from PIL import Image
 from pydantic import Field
 
-from server.app import app_context
-from server.jobs_tools import run_on_worker, to_call_result
-from tools.judge import verdict as jd
-from tools.judge import work as jm
-from tools.judge.verdict import Check, JudgeResult
+from server.context import app_context, run_work, to_call_result
+from tools.judge.checks import model_free
+from tools.judge.request import check_request
+from tools.judge.types import DEFAULT_MIN_ALIGNMENT, Check, JudgeRequest, JudgeResult, ModelScores
+from tools.judge.verdict import finish
+from tools.judge.work import JudgeWork, work
 
 ImageArg = Annotated[str, Field(description="A store id, limner:// URI, data URI, file path or URL.")]
 
 
 def register(server: MCPServer) -> None:
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def judge(
         ctx: Context,
         image: Annotated[str | None, Field(description="The image to judge (or pass `images`).")] = None,
@@ -74,7 +76,7 @@ def register(server: MCPServer) -> None:
                 le=100,
                 description="CLIPScore at or above which alignment passes (CLIP ViT-L/14 scale).",
             ),
-        ] = jd.DEFAULT_MIN_ALIGNMENT,
+        ] = DEFAULT_MIN_ALIGNMENT,
     ) -> Annotated[CallToolResult, JudgeResult]:
         """Score, check and rank images so you know whether to stop, and what to fix if not.
 
@@ -114,7 +116,7 @@ def register(server: MCPServer) -> None:
             )
 
         # 2. resolve every reference (file reads and fetches off the event loop), then validate sizes
-        def prepare() -> jd.JudgeRequest:
+        def prepare() -> JudgeRequest:
             field = "image" if image is not None else "images"
             resolved = [
                 app.resolve(ref, field if len(refs) == 1 else f"images[{i}]") for i, ref in enumerate(refs)
@@ -123,7 +125,7 @@ def register(server: MCPServer) -> None:
             def optional(ref: str | None, name: str):
                 return app.resolve(ref, name) if ref is not None else None
 
-            return jd.check_request(
+            return check_request(
                 images=resolved,
                 prompt=prompt,
                 questions=questions,
@@ -143,7 +145,7 @@ def register(server: MCPServer) -> None:
 
         # 3. model-free checks off the event loop (not on the model worker: they need no model)
         started = time.perf_counter()
-        found = await anyio.to_thread.run_sync(jd.model_free, request)
+        found = await anyio.to_thread.run_sync(model_free, request)
         timings["model_free"] = round(time.perf_counter() - started, 4)
         lpips = "preservation" in request.checks and request.original is not None
         if lpips and (missing := app.models.unavailable("lpips")) is not None:
@@ -153,21 +155,19 @@ def register(server: MCPServer) -> None:
             "alignment" in request.checks or request.questions or request.reference is not None or lpips
         )
         if not needs_models:
-            result = await anyio.to_thread.run_sync(
-                lambda: jd.finish(request, found, None, app.images, timings)
-            )
+            result = await anyio.to_thread.run_sync(lambda: finish(request, found, None, app.images, timings))
             return to_call_result(result, [])
 
         # 4. model checks on the worker, in order with other model work
-        def work(job):
-            timings["queue"] = round(time.time() - job.created, 4)
-            scores = jm.run_models(request, app.models, job, lpips=lpips)
-            return jd.finish(request, found, scores, app.images, timings), []
+        def scored(scores: ModelScores) -> tuple[JudgeResult, list[Image.Image]]:
+            return finish(request, found, scores, app.images, timings), []
 
-        return await run_on_worker(
+        return await run_work(
             ctx,
             "judge",
             f"{len(request.images)} image(s), {len(request.questions)} question(s): {(request.prompt or '')[:60]}",
             work,
+            JudgeWork(request, lpips),
+            scored,
             lambda handle: JudgeResult(status="running", job=handle),
         )

@@ -1,7 +1,7 @@
 """The `remember`, `recall` and `forget` tools: wiring only; the logic is tools/memory.py.
 
 The MemoryStore is opened on the first memory call (loading the embedder takes seconds, so never at start-up)
-and kept in `AppContext.extras["memory"]`. Its blocking work runs on anyio worker threads, not on the model
+and kept in `AppContext.memory`. Its blocking work runs on anyio worker threads, not on the model
 worker, so memory keeps answering while a generation runs.
 """
 
@@ -18,10 +18,11 @@ import anyio.to_thread
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from memory_store import MemoryStore
-from server.app import AppContext, app_context
+from server.context import AppContext, app_context
 from tools import memory
 from tools.memory import MAX_K, MAX_TEXT_CHARS, ForgetResult, Kind, RecallResult, RememberResult
 
@@ -64,9 +65,8 @@ async def in_store(app: AppContext, work: Callable[..., Any], *args: Any) -> Any
 
 async def open_memory(app: AppContext) -> MemoryStore:
     """The store, opened once per server (a failed open is retried by the next call)."""
-    lock = app.extras.setdefault("memory_lock", anyio.Lock())
-    async with lock:
-        store = app.extras.get("memory")
+    async with app.memory_lock:
+        store = app.memory
         if store is None:
             settings = app.settings
             store = await anyio.to_thread.run_sync(
@@ -77,13 +77,17 @@ async def open_memory(app: AppContext) -> MemoryStore:
                 settings.models_dir / "embedders",
                 settings.embedder_runtime,
             )
-            app.extras["memory"] = store
-            app.extras.setdefault("closers", []).append(store.close)
+            app.memory = store
+            app.closers.append(store.close)
         return store
 
 
 def register(server: MCPServer) -> None:
-    @server.tool()
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        )
+    )
     async def remember(
         ctx: Context,
         text: Annotated[
@@ -131,7 +135,7 @@ def register(server: MCPServer) -> None:
         store = await open_memory(app)
         return await in_store(app, memory.remember, store, request, image_id)
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def recall(
         ctx: Context,
         query: Annotated[str, Field(description="What you need: a question, a name, a topic.")],
@@ -164,7 +168,11 @@ def register(server: MCPServer) -> None:
         store = await open_memory(app)
         return await in_store(app, memory.recall, store, request)
 
-    @server.tool()
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        )
+    )
     async def forget(
         ctx: Context,
         ids: Annotated[

@@ -1,4 +1,4 @@
-"""The `refine_region` tool: wiring only; the logic is tools/refine_region.py."""
+"""The `refine_region` tool: wiring only; the logic is tools/refine_region/ (request, work, result)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,26 @@ from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from server.app import app_context
-from server.jobs_tools import run_on_worker, to_call_result
+from server.context import app_context, run_work, to_call_result
+from tools.core.jobs import Job
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE
 from tools.models.cache import spec_label
-from tools.refine_region import work as rr
-from tools.refine_region.work import RefineResult
+from tools.refine_region.request import check_request, read_region
+from tools.refine_region.result import RefineResult, finish
+from tools.refine_region.work import RefineWork, work
 
 Point = Annotated[list[int], Field(min_length=2, max_length=2, description="[x, y] in pixels.")]
 
 
 def register(server: MCPServer) -> None:
-    @server.tool()
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
     async def refine_region(
         ctx: Context,
         image: Annotated[
@@ -123,7 +128,7 @@ def register(server: MCPServer) -> None:
         """
         app = app_context(ctx)
         settings = app.settings
-        request = rr.check_request(
+        request = check_request(
             prompt=prompt,
             backend=backend,
             model=model,
@@ -144,56 +149,33 @@ def register(server: MCPServer) -> None:
             max_prompt_chars=settings.max_prompt_chars,
         )
 
-        def prepare():
+        def prepare() -> RefineWork:  # file reads and fetches: off the event loop
             source = app.resolve(image, "image")
             mask_image = app.resolve(mask, "mask").image if mask is not None else None
-            region = rr.read_region(source.image.width, source.image.height, mask_image, bbox, points, radius)
+            region = read_region(source.image.width, source.image.height, mask_image, bbox, points, radius)
             ref = app.resolve(reference, "reference") if reference is not None else None
-            return source, region, ref
+            return RefineWork(request, source, region, ref)
 
         started = time.perf_counter()
-        source, region, ref = await anyio.to_thread.run_sync(prepare)
+        given = await anyio.to_thread.run_sync(prepare)
         timings = {"resolve": round(time.perf_counter() - started, 5)}
 
-        if request.backend == "classical":
+        if request.backend == "classical":  # no model: on a thread, not queued behind model work
+            inline = Job(id="inline", tool="refine_region", description="classical")
             result, previews = await anyio.to_thread.run_sync(
-                lambda: rr.run(
-                    request,
-                    source,
-                    region,
-                    rr.classical_refiner(),
-                    app.images,
-                    model_label="classical (OpenCV Telea inpainting, no model)",
-                    timings=timings,
-                )
+                lambda: finish(given, work(given, app.models, inline), app.images, timings)
             )
             return to_call_result(result, previews)
 
-        def work(job):
-            timings["queue"] = round(time.time() - job.created, 4)
-            started = time.perf_counter()
-            loaded = app.models.get(request.backend, request.model)
-            timings["load"] = round(time.perf_counter() - started, 4)
-            reference_id = rr.ensure_stored(ref, app.images) if ref is not None else None
-            refiner = rr.diffusion_refiner(loaded.model, request, job, ref.image if ref is not None else None)
-            return rr.run(
-                request,
-                source,
-                region,
-                refiner,
-                app.images,
-                model_label=loaded.label,
-                tiny=loaded.tiny,
-                reference_id=reference_id,
-                timings=timings,
-            )
-
-        spec = app.models.models[request.model]  # already checked: the spec the worker will load
-        return await run_on_worker(
+        assert request.model is not None  # a model backend: check_request named its spec
+        spec = app.models.models[request.model]
+        return await run_work(
             ctx,
             "refine_region",
-            f"{request.backend} {request.model}: region {region.how[:60]}: {request.prompt[:60]}",
+            f"{request.backend} {request.model}: region {given.region.how[:60]}: {request.prompt[:60]}",
             work,
+            given,
+            lambda output: finish(given, output, app.images, timings),
             lambda handle: RefineResult(
                 status="running",
                 backend=request.backend,

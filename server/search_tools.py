@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
-from server.app import AppContext, app_context
-from tools.core.fetch import SafeFetcher
+from server.context import AppContext, app_context
 from tools.core.images import preview
 from tools.search import page as pg
 from tools.search import service as se
@@ -23,50 +22,52 @@ PREVIEW_SIDE = 256
 
 def service(app: AppContext) -> se.SearchService:
     """The per-process search service (backend, limiter, cache), opened on first use."""
-    if (existing := app.extras.get("search")) is not None:
-        return existing
+    if app.search is not None:
+        return app.search
     settings = app.settings
-    fetcher: SafeFetcher = app.extras["fetcher"]
     if settings.search_backend == "searxng":
         if not settings.searxng_url:
             raise ToolError(
                 "search_backend is 'searxng' but searxng_url is not set; set LIMNER_SEARXNG_URL to the "
                 "instance's base URL (and LIMNER_FETCH_ALLOW to its origin when it runs on a private address)."
             )
-        backend: se.Backend = SearxngBackend(settings.searxng_url, app.extras["searxng_fetcher"])
+        backend: se.Backend = SearxngBackend(settings.searxng_url, app.searxng_fetcher)
     else:
         backend = DdgsBackend()
-    return app.extras.setdefault(
-        "search",
-        se.SearchService(
-            backend,
-            fetcher,
-            app.images,
-            per_minute=settings.search_per_minute,
-            cache_s=settings.search_cache_s,
-        ),
+    app.search = se.SearchService(
+        backend,
+        app.fetcher,
+        app.images,
+        per_minute=settings.search_per_minute,
+        cache_s=settings.search_cache_s,
     )
+    return app.search
 
 
 def register(server: MCPServer) -> None:
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True))
     async def search(
         ctx: Context,
         query: Annotated[
             str, Field(description="What to look up: names, products, places, with a year if recent.")
         ],
         kind: Annotated[
-            str,
+            Literal["web", "news", "images"],
             Field(description="'web' (pages), 'news' (recent articles) or 'images' (reference pictures)."),
         ] = "web",
-        max_results: Annotated[int, Field(description=f"Results wanted, 1..{se.MAX_RESULTS}.")] = 8,
+        max_results: Annotated[
+            int, Field(ge=1, le=se.MAX_RESULTS, description=f"Results wanted, 1..{se.MAX_RESULTS}.")
+        ] = 8,
         region: Annotated[
             str | None, Field(description="Region-language like 'us-en', 'de-de'; 'wt-wt' for none.")
         ] = None,
         timelimit: Annotated[
-            str | None, Field(description="Only results from the last 'd'ay, 'w'eek, 'm'onth or 'y'ear.")
+            Literal["d", "w", "m", "y"] | None,
+            Field(description="Only results from the last 'd'ay, 'w'eek, 'm'onth or 'y'ear."),
         ] = None,
-        safesearch: Annotated[str, Field(description="'on', 'moderate' or 'off'.")] = "moderate",
+        safesearch: Annotated[
+            Literal["on", "moderate", "off"], Field(description="'on', 'moderate' or 'off'.")
+        ] = "moderate",
         download_images: Annotated[
             bool,
             Field(
@@ -105,7 +106,7 @@ def register(server: MCPServer) -> None:
             )
         return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True))
     async def fetch_page(
         ctx: Context,
         url: Annotated[str, Field(description="An http(s) URL, typically from search results.")],
@@ -125,11 +126,13 @@ def register(server: MCPServer) -> None:
         """
         app = app_context(ctx)
         pg.check_request(url, start, max_chars)
-        pages = app.extras.setdefault("pages", se.TTLCache(app.settings.search_cache_s, max_entries=32))
+        if app.pages is None:
+            app.pages = se.TTLCache(app.settings.search_cache_s, max_entries=32)
+        pages = app.pages
         url = url.strip()
         page = pages.get(url)
         cached = page is not None
         if page is None:
-            page = await anyio.to_thread.run_sync(pg.read_page, url, app.extras["fetcher"])
+            page = await anyio.to_thread.run_sync(pg.read_page, url, app.fetcher)
             pages.put(url, page)
         return pg.paginate(page, start, max_chars, cached)

@@ -1,7 +1,7 @@
 """The session: a log of every tool call (middleware), the lineage and session-log resources, the gallery.
 
 Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
-`AppContext.extras["session_log"]`; the middleware appends one entry per `tools/call` (first refusing, for
+`AppContext.session_log`; the middleware appends one entry per `tools/call` (first refusing, for
 every tool at once, arguments that hold a lone UTF-16 surrogate, that the tool does not take, or that its
 argument model refuses: server/arguments.py) and rewrites the session's gallery
 (`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
@@ -25,8 +25,8 @@ from mcp_types import CallToolResult, TextContent
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
-from server.app import AppContext, app_context
 from server.arguments import argument_problem
+from server.context import AppContext, app_context
 from server.settings import Settings
 from tools.core.images import URI_PREFIX
 from tools.session.gallery import write_gallery
@@ -40,17 +40,15 @@ LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "r
 
 def session_log(app: AppContext) -> SessionLog:
     """This process's session log, opened on first use."""
-    log = app.extras.get("session_log")
-    if log is None:
-        log = app.extras["session_log"] = SessionLog(app.settings.home)
-    return log
+    if app.session_log is None:
+        app.session_log = SessionLog(app.settings.home)
+    return app.session_log
 
 
 async def refresh_gallery(app: AppContext) -> str:
     """Rewrite the session's gallery file (off the event loop); returns its path."""
     log = session_log(app)
-    thumbs = app.extras.setdefault("gallery_thumbs", {})
-    path = await anyio.to_thread.run_sync(write_gallery, log, app.images, thumbs)
+    path = await anyio.to_thread.run_sync(write_gallery, log, app.images, app.gallery_thumbs)
     return str(path)
 
 
@@ -81,7 +79,8 @@ class SessionLogMiddleware:
             return await call_next(ctx)
         params = ctx.params or {}
         tool = str(params.get("name", "?"))
-        arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+        sent = params.get("arguments")
+        arguments: dict[str, Any] = sent if isinstance(sent, dict) else {}
         started, clock = time.time(), time.perf_counter()
         log = session_log(app)
         if (problem := self.refusal(tool, arguments)) is not None:

@@ -313,19 +313,21 @@ async def test_a_lora_that_is_absent_or_corrupt_is_a_tool_error_that_says_what_t
 
 
 async def test_model_work_that_fails_unexpectedly_is_a_tool_error_with_its_reason(settings):
-    from server.jobs_tools import run_on_worker
+    from server.context import run_work
 
     server = build_server(settings)
 
     async def explode(ctx: Context, oom: bool) -> CallToolResult:
         """A tool whose model work raises something that is not a ToolError."""
 
-        def work(job):
+        def work(request, models, progress):
             raise RuntimeError(
                 "CUDA out of memory. Tried to allocate 2.00 GiB" if oom else "index 7 is out of bounds"
             )
 
-        return await run_on_worker(ctx, "explode", "a failing test job", work, lambda handle: handle)
+        return await run_work(
+            ctx, "explode", "a failing test job", work, None, lambda out: out, lambda handle: handle
+        )
 
     server.add_tool(explode)
     async with Client(server) as client:

@@ -13,8 +13,10 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from tools.core.images import ImageStore, Resolved
-from tools.judge import verdict as jd
-from tools.judge import work as jm
+from tools.judge.checks import model_free
+from tools.judge.request import check_request, split_prompt
+from tools.judge.types import ModelScores, QuestionScore
+from tools.judge.verdict import finish
 from tools.metrics.preservation import ssim_map
 from tools.metrics.quality import grey, noise_sigma, quality
 
@@ -103,7 +105,7 @@ def test_flat_graphics_and_pixel_doubled_photographs_are_no_jpeg_grid():
 
 def _request(tmp_path, questions):
     image = Image.fromarray(photo("coffee", 128))
-    return jd.check_request(
+    return check_request(
         images=[Resolved(image, None, "data")],
         prompt="a cup of coffee, a spoon and a saucer",
         questions=questions,
@@ -118,18 +120,18 @@ def _request(tmp_path, questions):
     ), ImageStore(tmp_path / "images")
 
 
-def _scores(answers: list[jd.QuestionScore]) -> jm.ModelScores:
-    return jm.ModelScores([None], [None], [answers], {"vlm": "test"}, False, [], {})
+def _scores(answers: list[QuestionScore]) -> ModelScores:
+    return ModelScores([None], [None], [answers], {"vlm": "test"}, False, [], {})
 
 
 def test_one_failing_question_comes_first_with_a_refine_region_step_on_its_box(tmp_path):
     request, store = _request(tmp_path, ["a cup", "a spoon", "a saucer"])
     answers = [
-        jd.QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
-        jd.QuestionScore(question="a spoon", p_yes=0.2, p_yes_raw=0.2, passed=False, where=[0, 32, 64, 96]),
-        jd.QuestionScore(question="a saucer", p_yes=0.7, p_yes_raw=0.7, passed=True),
+        QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
+        QuestionScore(question="a spoon", p_yes=0.2, p_yes_raw=0.2, passed=False, where=[0, 32, 64, 96]),
+        QuestionScore(question="a saucer", p_yes=0.7, p_yes_raw=0.7, passed=True),
     ]
-    result = jd.finish(request, jd.model_free(request), _scores(answers), store, {})
+    result = finish(request, model_free(request), _scores(answers), store, {})
     judgement = result.judgements[0]
     assert judgement.verdict == "fix"
     first = judgement.items[0]
@@ -151,36 +153,36 @@ def test_a_failing_question_on_a_refined_image_judged_with_its_mask_points_at_it
     request.images = [Resolved(image, made.id, "store")]
     request.mask = np.ones(image.size[::-1], bool)
     answers = [
-        jd.QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
-        jd.QuestionScore(question="a spoon", p_yes=0.2, p_yes_raw=0.2, passed=False, where=[0, 0, 128, 96]),
-        jd.QuestionScore(question="a saucer", p_yes=0.7, p_yes_raw=0.7, passed=True),
+        QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
+        QuestionScore(question="a spoon", p_yes=0.2, p_yes_raw=0.2, passed=False, where=[0, 0, 128, 96]),
+        QuestionScore(question="a saucer", p_yes=0.7, p_yes_raw=0.7, passed=True),
     ]
-    step = jd.finish(request, [{}], _scores(answers), store, {}).judgements[0].items[0].next_step
+    step = finish(request, [{}], _scores(answers), store, {}).judgements[0].items[0].next_step
     assert (step.action, step.image, step.mask, step.bbox) == ("refine_region", made.id, region, None)
 
 
 def test_most_questions_failing_asks_to_regenerate_with_the_missing_elements_first(tmp_path):
     request, store = _request(tmp_path, ["a cup", "a spoon", "a saucer"])
     answers = [
-        jd.QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
-        jd.QuestionScore(question="a spoon", p_yes=0.1, p_yes_raw=0.1, passed=False),
-        jd.QuestionScore(question="a saucer", p_yes=0.3, p_yes_raw=0.3, passed=False),
+        QuestionScore(question="a cup", p_yes=0.9, p_yes_raw=0.9, passed=True),
+        QuestionScore(question="a spoon", p_yes=0.1, p_yes_raw=0.1, passed=False),
+        QuestionScore(question="a saucer", p_yes=0.3, p_yes_raw=0.3, passed=False),
     ]
-    result = jd.finish(request, jd.model_free(request), _scores(answers), store, {})
+    result = finish(request, model_free(request), _scores(answers), store, {})
     steps = [item.next_step for item in result.judgements[0].items[:2]]
     assert all(s.action == "regenerate" for s in steps)
     assert steps[0].prompt == "a spoon, a saucer; a cup of coffee, a spoon and a saucer"
 
 
 def test_the_prompt_split_rule():
-    assert jd.split_prompt("a red apple, a blue cup and a table with a vase.") == [
+    assert split_prompt("a red apple, a blue cup and a table with a vase.") == [
         "a red apple",
         "a blue cup",
         "a table",
         "a vase",
     ]
-    assert jd.split_prompt("a lighthouse at dusk") == ["a lighthouse at dusk"]
-    assert jd.split_prompt("a cat, A cat; and") == ["a cat, A cat; and"]
+    assert split_prompt("a lighthouse at dusk") == ["a lighthouse at dusk"]
+    assert split_prompt("a cat, A cat; and") == ["a cat, A cat; and"]
 
 
 def test_a_failed_question_is_localised_on_the_grid_crop_the_tiny_clip_matches_best(settings):

@@ -683,16 +683,16 @@ async def test_the_editor_backend_without_weights_says_how_to_get_them(settings,
 
 def test_the_metrics_catch_a_background_pixel_that_changed():
     """The verifier itself: a pixel changed outside the blend mask is counted, and MSE/SSIM move."""
-    from tools.refine_region import work as rr
+    from tools.refine_region import backends, focus
     from tools.refine_region.pixels import measure, to_pixels
 
     image = photo("coffee", 240, 160)
     px = to_pixels(image)
     region = mask_of(240, 160, (100, 60, 130, 90))
-    refined = rr.focus_and_refine(
+    refined = focus.focus_and_refine(
         px,
         region,
-        rr.classical_refiner(),
+        backends.classical_refiner(),
         margin=64,
         focus=True,
         focus_size=128,
@@ -763,7 +763,8 @@ class FakeQwenImageEditPlus:
 @pytest.mark.parametrize("with_reference", [True, False])
 def test_an_editor_without_a_mask_input_gets_crop_reference_and_mask_as_refineanything_does(with_reference):
     from tools.core.jobs import Job
-    from tools.refine_region.work import RefineRequest, diffusion_refiner
+    from tools.refine_region.backends import diffusion_refiner
+    from tools.refine_region.request import RefineRequest
 
     crop = data.astronaut()[100:164, 200:296]
     mask = np.zeros(crop.shape[:2], np.uint8)

@@ -699,7 +699,7 @@ def test_a_bad_model_spec_in_the_toml_file_is_a_settings_error_naming_it(tmp_pat
 def test_guidance_must_be_a_finite_number():
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from tools.generate.work import check_request
+    from tools.generate.request import check_request
     from tools.models.cache import PRESETS, ModelCache
 
     models = ModelCache(PRESETS, {}, "tiny", REPO / "unused")
@@ -723,16 +723,18 @@ def test_guidance_must_be_a_finite_number():
             )
 
 
-def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
+def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames(tmp_path):
     import gc
     import threading
     import weakref
 
-    from tools.core.jobs import JobCancelled, Worker
+    from tools.core.jobs import JobCancelled
+    from tools.models.cache import ModelCache
+    from tools.models.runner import LocalRunner
 
-    worker, release = Worker(), threading.Event()
-    first = worker.submit("generate", "blocks the worker", lambda job: release.wait(10))
-    queued = worker.submit("generate", "waits behind it", lambda job: "never run")
+    worker, release = LocalRunner(ModelCache({}, {}, "tiny", tmp_path)), threading.Event()
+    first = worker.submit("generate", "blocks the worker", lambda *_: release.wait(10), None)
+    queued = worker.submit("generate", "waits behind it", lambda *_: "never run", None)
     queued.cancel()
     assert queued.status == "cancelled" and isinstance(queued.future.exception(timeout=0), JobCancelled)
 
@@ -741,12 +743,12 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames():
 
     held: list[weakref.ref] = []
 
-    def failing(job):
+    def failing(request, models, progress):
         latents = Latents()
         held.append(weakref.ref(latents))
         raise RuntimeError("out of memory")
 
-    failed = worker.submit("generate", "fails", failing)
+    failed = worker.submit("generate", "fails", failing, None)
     release.set()
     assert first.future.result(timeout=10) is True
     assert str(failed.future.exception(timeout=10)) == "out of memory" and failed.status == "failed"

@@ -1,8 +1,7 @@
-"""The model worker and long-job handles.
+"""Jobs: one piece of model work, its progress, its cancellation, and the handle of work that outlives a call.
 
-All model work runs in order on one worker thread, so one GPU is never shared by two pipelines at once,
-and the event loop stays free: other tools, progress and cancellation keep answering while a job runs.
-A job that outlives the caller's wait becomes a handle the `jobs` tool can poll, wait on and cancel.
+Where the work runs is the runner's business (tools/models/runner.py). A job that outlives the caller's wait
+becomes a handle the `jobs` tool can poll, wait on and cancel.
 """
 
 from __future__ import annotations
@@ -10,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 logger = logging.getLogger("limner.jobs")
@@ -43,6 +40,21 @@ class JobCancelled(Exception):
     """Raised inside model work (at the next step) when its job was cancelled."""
 
 
+class Progress(Protocol):
+    """What model work sees of its job: report steps (and stop there when cancelled), say what it is doing.
+
+    A local `Job` is one; a remote runner passes its own, which reports back to the job the caller holds."""
+
+    created: float  # when the job was submitted (epoch seconds): work reports its queue time from it
+    total: int
+
+    def progress(self, step: int, total: int, message: str) -> None: ...
+
+    def check_cancelled(self) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
 @dataclass
 class Job:
     id: str
@@ -58,7 +70,6 @@ class Job:
     error: str | None = None
     result: Any = None
     detached: bool = False  # handed to the `jobs` tool: the original request no longer owns it
-    previews: list[Any] | None = None  # the result's encoded previews, made at its first delivery
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     _listeners: list[Callable[[int, int, str], None]] = field(default_factory=list)
@@ -76,15 +87,9 @@ class Job:
         if self.cancel_event.is_set():
             raise JobCancelled(self.id)
 
-    def release_images(self) -> None:
-        """Once delivered, keep the structured result but not the images (model work returns (model, images))."""
-        if self.status != "done" or not (
-            isinstance(self.result, tuple) and len(self.result) == 2 and self.result[1]
-        ):
-            return
-        kept = concurrent.futures.Future()
-        kept.set_result((self.result[0], []))
-        self.result, self.future = (self.result[0], []), kept
+    def note(self, message: str) -> None:
+        """Say what the work is doing between steps (no progress notification: no step was made)."""
+        self.message = message
 
     # -- called from the event loop ----------------------------------------------------------------
     def cancel(self) -> None:
@@ -118,63 +123,6 @@ class Job:
             "error": self.error,
             "elapsed_s": round((self.finished or time.time()) - (self.started or self.created), 3),
         }
-
-
-class Worker:
-    """One thread, one queue: model work runs in submission order."""
-
-    def __init__(self, keep_finished: int = 200) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="limner-model"
-        )
-        self._ids = itertools.count(1)
-        self.jobs: dict[str, Job] = {}
-        self._keep_finished = keep_finished
-
-    def submit(self, tool: str, description: str, work: Callable[[Job], Any]) -> Job:
-        """Queue `work(job)`; it should call `job.progress(...)` per step so it can be cancelled."""
-        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
-        self.jobs[job.id] = job
-        self._prune()
-
-        def run() -> None:
-            with job._state:
-                if job.status != "queued":  # cancelled while it waited
-                    return
-                job.status, job.started = "running", time.time()
-            try:
-                job.result = work(job)
-            except JobCancelled as exc:
-                job.fail("cancelled", exc)
-            except BaseException as exc:  # reported to whoever waits on the job
-                job.error = str(exc)
-                if not isinstance(exc, ToolError):
-                    logger.exception("job %s (%s) failed", job.id, tool)
-                job.fail("failed", exc)
-            else:
-                job.status = "done"
-                job.future.set_result(job.result)
-            finally:
-                job.finished = time.time()
-
-        self._executor.submit(run)
-        return job
-
-    def get(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            known = ", ".join(list(self.jobs)[-10:]) or "none"
-            raise ToolError(f"job_id: no job {job_id!r}; recent jobs: {known}.")
-        return self.jobs[job_id]
-
-    def shutdown(self) -> None:
-        for job in self.jobs.values():
-            job.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def _prune(self) -> None:
-        finished = [j for j in self.jobs.values() if j.finished is not None]
-        for job in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self.jobs[job.id]
 
 
 async def wait_for(job: Job, timeout: float | None, on_progress: ProgressFn | None = None) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.core.jobs import Job
+from tools.core.jobs import Progress
 from tools.core.masks import box_mask, dilate, erode, read_mask, tight_bbox
 from tools.metrics.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
 from tools.metrics.quality import to_array
+from tools.models import diffusion
 from tools.models.cache import Loaded
 
 AUTO_SCALE = 0.45  # the object's longest side as a share of the canvas's shorter side: room for context
@@ -240,53 +242,47 @@ def over_extension(image: np.ndarray, template: Template) -> tuple[float, list[i
 
 
 def _inpaint(
-    loaded: Loaded,
-    job: Job,
+    pipe: Any,
+    progress: Progress,
     prompt: str,
     image: np.ndarray,
     paint: np.ndarray,
-    seeds,
-    steps,
-    guidance,
+    seeds: tuple[int, ...],
+    steps: int,
+    guidance: float,
     negative_prompt: str | None,
     done: int,
     total: int,
 ) -> list[np.ndarray]:
-    import torch
-
     h, w = paint.shape
-
-    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        job.progress(done + step + 1, total, f"generate (foreground): step {done + step + 1}/{total}")
-        return kwargs
-
     # one batch row per candidate (not num_images_per_prompt): the pipeline encodes each row's masked image
     # with that row's generator, so candidate i depends on its own seed alone and n=1 with it remakes it
     n = len(seeds)
-    kwargs: dict[str, Any] = {
-        "prompt": [prompt] * n,
-        "image": [Image.fromarray(image)] * n,
-        "mask_image": [Image.fromarray(paint.astype(np.uint8) * 255)] * n,
-        "width": w,
-        "height": h,
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-        "strength": 1.0,
-        "num_images_per_prompt": 1,
-        "generator": [torch.Generator().manual_seed(s) for s in seeds],
-        "callback_on_step_end": callback,
-    }
-    if negative_prompt:
-        kwargs["negative_prompt"] = [negative_prompt] * n
-    with torch.inference_mode():
-        images = loaded.model(**kwargs).images
+    images = diffusion.call(
+        pipe,
+        progress,
+        seeds=seeds,
+        total=total,
+        done=done,
+        label="generate (foreground)",
+        prompt=[prompt] * n,
+        image=[Image.fromarray(image)] * n,
+        mask_image=[Image.fromarray(paint.astype(np.uint8) * 255)] * n,
+        width=w,
+        height=h,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        strength=1.0,
+        num_images_per_prompt=1,
+        negative_prompt=[negative_prompt] * n if negative_prompt else None,
+    )
     return [np.asarray(img.convert("RGB").resize((w, h))) for img in images]
 
 
 def run(
     scene_jobs: list[SceneJob],
-    loaded_fn,
-    job: Job,
+    loaded_fn: Callable[[], Loaded],
+    job: Progress,
     *,
     steps: int,
     guidance: float,
@@ -304,12 +300,14 @@ def run(
     job.total = total
     made: list[Made] = []
 
-    def paint(sj: SceneJob, image: np.ndarray, region: np.ndarray, seeds) -> list[np.ndarray]:
+    def paint(
+        sj: SceneJob, image: np.ndarray, region: np.ndarray, seeds: tuple[int, ...]
+    ) -> list[np.ndarray]:
         """Inpaint `region` of `image` for scene job `sj`; its progress follows the steps already done."""
         nonlocal done
         t0 = time.perf_counter()
         outs = _inpaint(
-            loaded, job, sj.prompt, image, region, seeds, steps, guidance, negative_prompt, done, total
+            loaded.model, job, sj.prompt, image, region, seeds, steps, guidance, negative_prompt, done, total
         )
         done += steps
         timings["model"] += time.perf_counter() - t0
@@ -344,89 +342,10 @@ def run(
     return made, loaded, timings
 
 
-def read_prompts(made: list[Made], params: dict[str, Any]) -> dict[str, str | None]:
+def read_prompts(made: list[Made], prompt: str, negative_prompt: str | None) -> dict[str, str | None]:
     """Each distinct text the inpainter read (the prompt, or the prompt with a scene appended), by name."""
     prompts: dict[str, str | None] = {}
     for m in made:
-        name = "prompt" if m.job.prompt == params["prompt"] else f"prompt with scene {m.job.scene!r}"
+        name = "prompt" if m.job.prompt == prompt else f"prompt with scene {m.job.scene!r}"
         prompts.setdefault(name, m.job.prompt)
-    return {**prompts, "negative_prompt": params.get("negative_prompt")}
-
-
-def store_results(
-    made: list[Made],
-    templates: list[Template],
-    obj: ForegroundObject,
-    parent_id: str,
-    loaded: Loaded,
-    timings: dict[str, float],
-    store,
-    params: dict[str, Any],
-):
-    """Store each template's mask once and every candidate with its scene, placement and integrity."""
-    from tools.generate.work import Candidate, GenerateResult, negative_unused, prompt_cuts
-
-    mask_ids = [
-        store.put(
-            Image.fromarray(t.mask.astype(np.uint8) * 255),
-            tool="generate",
-            params={"role": "object mask"},
-            parents=[parent_id],
-        ).id
-        for t in templates
-    ]
-    candidates = []
-    for index, m in enumerate(made):
-        t = m.job.template
-        info = {
-            "seed": m.seed,
-            "model": loaded.label,
-            "tiny": loaded.tiny,
-            "scene": m.job.scene,
-            "over_extension": m.over_extension,
-            "object_box": t.box,
-        }
-        ref = store.put(
-            m.image,
-            tool="generate",
-            params={**params, "seed": m.seed, "scene": m.job.scene, "placement": t.placement.model_dump()},
-            parents=[parent_id, mask_ids[m.job.template_index]],
-            info=info,
-        )
-        candidates.append(
-            Candidate(
-                **ref.model_dump(),
-                index=index,
-                seed=m.seed,
-                scene=m.job.scene,
-                placement=t.placement.model_dump(),
-                object_box=t.box,
-                mask_id=mask_ids[m.job.template_index],
-                over_extension=m.over_extension,
-                passed=m.passed,
-                repair_rounds=m.repair_rounds,
-            )
-        )
-    flagged = sum(1 for c in candidates if not c.passed)
-    note = f"{flagged} of {len(candidates)} candidates over-extend the object; " if flagged else ""
-    if flagged:
-        note += "pass repair=true, or judge them and refine_region the flagged band."
-    if loaded.tiny:
-        note += " Made with the tiny random-weight offline model: noise, for testing the plumbing only."
-    result = GenerateResult(
-        status="done",
-        candidates=candidates,
-        model=loaded.label,
-        tiny=loaded.tiny,
-        prompt=params["prompt"],
-        width=params["width"],
-        height=params["height"],
-        steps=params["steps"],
-        guidance=params["guidance"],
-        timings=timings,
-        foreground={**obj.info.model_dump(), "any_resampled": any(t.resampled for t in templates)},
-        warnings=prompt_cuts(loaded.model, read_prompts(made, params))
-        + negative_unused(loaded.model, params.get("negative_prompt"), params["guidance"]),
-        note=note.strip() or None,
-    )
-    return result, [m.image for m in made]
+    return {**prompts, "negative_prompt": negative_prompt}

@@ -1,297 +1,35 @@
 """judge: score, check and rank images so the agent knows what to fix.
 
 Plain functions. `check_request` validates everything before any model runs; `model_free` runs the
-quality, preservation and foreground checks (tools/quality.py, tools/preservation.py); the model work
-(CLIPScore alignment, VQAScore checklist) is tools/judge_models.py, run on the worker thread; `finish`
+quality, preservation and foreground checks (tools/metrics/); the model work
+(CLIPScore alignment, VQAScore checklist) is tools/judge/work.py, run by the runner; `finish`
 builds the verdicts (failing items first, each with a next step), ranks the images (fewest failing items,
 then the highest overall score) and writes the scores onto stored input images.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
-from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
-from pydantic import BaseModel, Field
 
-from tools.core.images import ImageStore, Resolved, read_note
-from tools.core.jobs import JobHandle
-from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach, read_mask, tight_bbox
+from tools.core.images import ImageStore
+from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach
+from tools.judge.types import (
+    ALIGNMENT_FULL,
+    QUESTION_PASS,
+    Alignment,
+    Item,
+    Judgement,
+    JudgeRequest,
+    JudgeResult,
+    ModelScores,
+    NextStep,
+)
 from tools.metrics import preservation as pres
 from tools.metrics import quality as qual
-
-if TYPE_CHECKING:
-    from tools.judge.work import ModelScores
-
-Check = Literal["alignment", "checklist", "quality", "preservation", "foreground"]
-CHECKS: tuple[Check, ...] = ("alignment", "checklist", "quality", "preservation", "foreground")
-QUESTION_PASS = 0.5
-DEFAULT_MIN_ALIGNMENT = 20.0  # CLIP ViT-L/14: matching captions score ~25-35, unrelated ones ~10-18
-ALIGNMENT_FULL = 35.0  # the CLIPScore that counts as a full 1.0 in `overall`
-MAX_QUESTION_CHARS = 300
-_SPLIT = re.compile(r"[,;.\n]|\band\b|\bwith\b", re.IGNORECASE)
-
-
-# -- results ------------------------------------------------------------------------------------------
-class NextStep(BaseModel):
-    """For refine_region: `image` with `bbox` or `mask`, and `prompt`, are that call's arguments as they are.
-    For judge: `image`, `original` and `mask` are the arguments of the judge call to make instead."""
-
-    action: Literal["refine_region", "strengthen_prompt", "regenerate", "judge"]
-    image: str | None = Field(
-        default=None,
-        description="The image to pass (null: this judgement's image, which has no store id: pass it as you "
-        "passed it to judge).",
-    )
-    bbox: list[int] | None = Field(default=None, description="[x0, y0, x1, y1] to pass to refine_region.")
-    mask: str | None = Field(default=None, description="A mask id to pass as `mask`.")
-    original: str | None = Field(default=None, description="For action judge: the `original` to pass.")
-    prompt: str | None = Field(
-        default=None,
-        description="The prompt for that call (null for refine_region: none is known, write one).",
-    )
-    why: str
-
-
-class Item(BaseModel):
-    check: str = Field(description="e.g. checklist, alignment, quality.sharpness, preservation, foreground.")
-    passed: bool
-    value: float | None = None
-    threshold: float | None = None
-    detail: str
-    next_step: NextStep | None = None
-
-
-class QuestionScore(BaseModel):
-    question: str
-    p_yes: float = Field(description="P(yes) / (P(yes) + P(no)) over the answer tokens; passes at >= 0.5.")
-    p_yes_raw: float = Field(description="P(yes) over the whole vocabulary (VQAScore's number).")
-    passed: bool
-    where: list[int] | None = Field(
-        default=None, description="For a failed question: [x0, y0, x1, y1] of the crop CLIP matches best."
-    )
-
-
-class Alignment(BaseModel):
-    clipscore: float = Field(description="100 * max(cos, 0), 0..100; see the tool description for scales.")
-    threshold: float
-    passed: bool
-
-
-class Judgement(BaseModel):
-    index: int = Field(description="Position in the images given (0-based).")
-    id: str | None = Field(default=None, description="Store id when the image came from the store.")
-    width: int
-    height: int
-    verdict: Literal["pass", "fix"]
-    overall: float = Field(description="0..1: mean of checklist P(yes), CLIPScore/35 and the quality score.")
-    items: list[Item] = Field(
-        description="Every check, failing items first, each failing one with a next step."
-    )
-    alignment: Alignment | None = None
-    reference_similarity: float | None = Field(
-        default=None,
-        description="100 * max(cos, 0) between the CLIP image embeddings of image and reference.",
-    )
-    checklist: list[QuestionScore] | None = None
-    quality: qual.Quality | None = None
-    preservation: pres.Preservation | None = None
-    foreground: pres.ForegroundIntegrity | None = None
-
-
-class JudgeResult(BaseModel):
-    status: str = Field(description="'done', or 'running' when the work outlived max_wait_s (see `job`).")
-    judgements: list[Judgement] = Field(default_factory=list)
-    ranking: list[int] = Field(default_factory=list, description="Image indexes, best first.")
-    best: int | None = Field(
-        default=None, description="Index of the best image (fewest failures, then overall)."
-    )
-    best_id: str | None = None
-    questions: list[str] = Field(default_factory=list, description="The checklist questions asked.")
-    question_source: str = Field(default="none", description="'given', 'split from prompt' or 'none'.")
-    models: dict[str, str] = Field(default_factory=dict, description="The model used for each model check.")
-    tiny: bool = Field(default=False, description="True when a tiny random-weight model made any score.")
-    warnings: list[str] = Field(default_factory=list)
-    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
-    job: JobHandle | None = None
-
-
-# -- the request ----------------------------------------------------------------------------------------
-@dataclass
-class JudgeRequest:
-    images: list[Resolved]
-    arrays: list[Any]  # uint8 RGB numpy arrays
-    prompt: str | None
-    questions: list[str]
-    question_source: str
-    checks: tuple[Check, ...]
-    min_alignment: float
-    reference: Image.Image | None = None
-    original: Any = None
-    original_image: Image.Image | None = None  # as given: alpha and bit depth, for hidden_changes
-    original_id: str | None = None  # its store id, for a next step that redoes an edit from it
-    mask: Any = None  # bool array, True = edited region
-    mask_id: str | None = None  # its store id, to tell an edit's region mask from its blend mask
-    mask_box: list[int] | None = None
-    foreground_mask: Any = None
-    warnings: list[str] = field(default_factory=list)
-
-
-def split_prompt(prompt: str) -> list[str]:
-    """The checklist rule when no questions are given: split the prompt at , ; . newlines and the words
-    'and' / 'with'; keep fragments of 3+ characters, once each. One fragment: the whole prompt."""
-    seen: dict[str, None] = {}
-    for part in _SPLIT.split(prompt):
-        part = part.strip(" \t\"'")
-        if len(part) >= 3 and part.lower() not in {p.lower() for p in seen}:
-            seen[part] = None
-    parts = list(seen)
-    return parts if len(parts) > 1 else [prompt.strip()]
-
-
-def check_request(
-    *,
-    images: list[Resolved],
-    prompt: str | None,
-    questions: list[str] | None,
-    reference: Resolved | None,
-    original: Resolved | None,
-    mask: Resolved | None,
-    foreground_mask: Resolved | None,
-    checks: Sequence[str] | None,
-    min_alignment: float,
-    max_questions: int,
-    max_prompt_chars: int,
-) -> JudgeRequest:
-    """Validate sizes, limits and which checks can run; raise ToolError naming the field."""
-    warnings: list[str] = []
-    if prompt is not None:
-        if not prompt.strip():
-            raise ToolError("prompt: empty; pass the prompt the images were made from, or omit it.")
-        if len(prompt) > max_prompt_chars:
-            raise ToolError(f"prompt: {len(prompt)} characters is over the limit of {max_prompt_chars}.")
-        prompt = prompt.strip()
-    # 1. questions: given, or split from the prompt
-    source = "none"
-    if questions is not None:
-        if not questions:
-            raise ToolError(
-                f"questions: the list is empty; pass 1..{max_questions} yes/no questions, or omit it to "
-                "split them from the prompt."
-            )
-        if len(questions) > max_questions:
-            raise ToolError(
-                f"questions: {len(questions)} is over the limit of {max_questions}; keep the ones that "
-                "matter most, or judge in several calls."
-            )
-        for i, q in enumerate(questions):
-            if not q or not q.strip():
-                raise ToolError(f"questions[{i}]: empty; each question names one thing the image must show.")
-            if len(q) > MAX_QUESTION_CHARS:
-                raise ToolError(
-                    f"questions[{i}]: {len(q)} characters; keep questions under {MAX_QUESTION_CHARS}."
-                )
-        questions, source = [q.strip() for q in questions], "given"
-    elif prompt:
-        questions, source = split_prompt(prompt), "split from prompt"
-        if len(questions) > max_questions:
-            warnings.append(
-                f"the prompt split into {len(questions)} questions; only the first {max_questions} asked"
-            )
-            questions = questions[:max_questions]
-        questions = [q[:MAX_QUESTION_CHARS] for q in questions]
-    else:
-        questions = []
-    # 2. which checks run: the asked ones must have their inputs; by default every one that can
-    if checks is not None and not checks:
-        raise ToolError(
-            f"checks: the list is empty; leave checks out to run every check that can run, or name some of "
-            f"{', '.join(CHECKS)}."
-        )
-    wanted = tuple(dict.fromkeys(checks)) if checks else None
-    needs = {
-        "alignment": (prompt is not None, "a prompt"),
-        "checklist": (bool(questions), "a prompt or questions"),
-        "preservation": (original is not None, "an original"),
-        "foreground": (foreground_mask is not None, "a foreground_mask"),
-        "quality": (True, ""),
-    }
-    if wanted is None:
-        selected = tuple(c for c in CHECKS if needs[c][0])
-    else:
-        for c in wanted:
-            if not needs[c][0]:
-                raise ToolError(f"checks: {c!r} needs {needs[c][1]}; pass it or leave {c!r} out of checks.")
-        selected = tuple(c for c in CHECKS if c in wanted)
-    if mask is not None and original is None:
-        raise ToolError("mask: needs `original` (the image before the edit) to compare against; pass both.")
-    # 3. sizes: an original and the masks must align with every image
-    sizes = {img.image.size for img in images}
-    request = JudgeRequest(
-        images=images,
-        arrays=[qual.to_array(img.image) for img in images],
-        prompt=prompt,
-        questions=questions if "checklist" in selected else [],
-        question_source=source if "checklist" in selected else "none",
-        checks=selected,
-        min_alignment=min_alignment,
-        reference=Image.fromarray(qual.to_array(reference.image)) if reference is not None else None,
-        warnings=warnings,
-    )
-    given = [(f"images[{i}]", img) for i, img in enumerate(images)] + [("original", original)]
-    warnings.extend(filter(None, (read_note(ref.image, name) for name, ref in given if ref is not None)))
-    for name, ref in (("original", original), ("mask", mask), ("foreground_mask", foreground_mask)):
-        if ref is None:
-            continue
-        if len(sizes) > 1:
-            listed = ", ".join(f"{img.image.width}x{img.image.height}" for img in images)
-            raise ToolError(
-                f"images: sizes differ ({listed}) but {name} must align with every image; judge images of "
-                f"one size per call when passing {name}."
-            )
-        (w, h) = next(iter(sizes))
-        if ref.image.size != (w, h):
-            raise ToolError(
-                f"{name}: {ref.image.width}x{ref.image.height} does not match the image size {w}x{h}; pass "
-                f"the {name} made for these images (same width and height)."
-            )
-    if original is not None:
-        request.original = qual.to_array(original.image)
-        request.original_image = original.image
-        request.original_id = original.id
-    if mask is not None:
-        request.mask = read_mask(mask.image, "mask").mask
-        request.mask_id = mask.id
-        box = tight_bbox(request.mask)
-        request.mask_box = list(box) if box else None
-    if foreground_mask is not None:
-        request.foreground_mask = read_mask(foreground_mask.image, "foreground_mask").mask
-        if not request.foreground_mask.any():
-            raise ToolError("foreground_mask: has no white pixels; white must mark the object to protect.")
-    return request
-
-
-# -- model-free checks ----------------------------------------------------------------------------------
-def model_free(request: JudgeRequest) -> list[dict[str, Any]]:
-    """Quality, preservation and foreground integrity of every image (no model)."""
-    out = []
-    for arr, given in zip(request.arrays, request.images, strict=True):
-        found: dict[str, Any] = {}
-        if "quality" in request.checks:
-            found["quality"] = qual.quality(arr)
-        if "preservation" in request.checks:
-            hidden = pres.hidden_changes(given.image, request.original_image)
-            found["preservation"] = pres.preservation(arr, request.original, request.mask, hidden)
-        if "foreground" in request.checks:
-            found["foreground"] = pres.foreground_integrity(arr, request.foreground_mask, request.original)
-        out.append(found)
-    return out
 
 
 # -- verdicts, ranking, storage -------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
-from tools.core.jobs import Job
-from tools.judge.verdict import QUESTION_PASS, Alignment, JudgeRequest, QuestionScore
+from tools.core.jobs import Progress
+from tools.judge.types import QUESTION_PASS, Alignment, JudgeRequest, ModelScores, QuestionScore
 from tools.metrics import perceptual
 from tools.models.cache import Loaded, ModelCache
 
@@ -143,27 +143,23 @@ def localise(clip: Loaded, image: Image.Image, questions: list[str]) -> dict[str
     return {q: boxes[int(k)] for q, k in zip(questions, best, strict=True)}
 
 
-@dataclass
-class ModelScores:
-    alignment: list[Alignment | None]
-    reference: list[float | None]
-    checklist: list[list[QuestionScore] | None]
-    models: dict[str, str]
-    tiny: bool
-    warnings: list[str]
-    timings: dict[str, float]
-    lpips: list[tuple[float | None, float | None]] | None = None  # (outside, inside) per image
+@dataclass(frozen=True)
+class JudgeWork:
+    request: JudgeRequest  # checked, its images decoded
+    lpips: bool  # measure LPIPS too (its weights are on this machine)
 
 
-def run_models(request: JudgeRequest, models: ModelCache, job: Job, lpips: bool = False) -> ModelScores:
+def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
     """CLIPScore, LPIPS and VQAScore for every image; progress per image and per question, cancellable."""
+    request, lpips = given.request, given.lpips
     n = len(request.images)
     pil = [Image.fromarray(array) for array in request.arrays]  # uint8 RGB, 16-bit scaled (not clipped)
     alignment: list[Alignment | None] = [None] * n
     reference: list[float | None] = [None] * n
     checklist: list[list[QuestionScore] | None] = [None] * n
     used: dict[str, str] = {}
-    tiny, warnings, timings = False, [], {}
+    tiny, warnings = False, []
+    timings: dict[str, float] = {"queue": round(time.time() - job.created, 4)}
     total = (n if "alignment" in request.checks else 0) + (n if lpips else 0) + n * len(request.questions)
     step = 0
     clip: Loaded | None = None

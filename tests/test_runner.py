@@ -1,0 +1,232 @@
+"""The runner boundary: model work is plain data in and out, and the model thread never waits on storing.
+
+Every model tool's request and work output must pickle (a remote runner sends them over the wire), and a
+round-tripped output must finish into the very result the original does: the same stored image ids."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from server.settings import Settings
+from tools.core.images import ImageStore, Resolved
+from tools.core.jobs import Job
+from tools.core.masks import MaskReading, box_mask
+from tools.generate import request as generate_request
+from tools.generate import result as generate_result
+from tools.generate import work as generate_work
+from tools.generate.foreground import Placement
+from tools.judge import checks as judge_checks
+from tools.judge import request as judge_request
+from tools.judge import verdict as judge_verdict
+from tools.judge import work as judge_work
+from tools.models.cache import ModelCache
+from tools.models.runner import LocalRunner
+from tools.refine_region import request as refine_request
+from tools.refine_region import result as refine_result
+from tools.refine_region import work as refine_work
+
+
+def photo(side: int = 64) -> Image.Image:
+    return Image.fromarray(data.astronaut()).resize((side, side))
+
+
+def models_of(settings: Settings) -> ModelCache:
+    return ModelCache(settings.models, settings.roles, settings.profile, settings.models_dir)
+
+
+def generate_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+    request = generate_request.check_request(
+        prompt="a red chair",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=2,
+        guidance=None,
+        seed=7,
+        n=2,
+        model=None,
+        models=models,
+        max_pixels=settings.max_pixels,
+        max_steps=settings.max_steps,
+        max_batch=settings.max_batch,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    return request, generate_work.work, generate_result.finish
+
+
+def foreground_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+    base = generate_request.check_request(
+        prompt="a mug on a table",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=2,
+        guidance=None,
+        seed=3,
+        n=1,
+        model=None,
+        models=models,
+        role="inpainter",
+        max_pixels=settings.max_pixels,
+        max_steps=settings.max_steps,
+        max_batch=settings.max_batch,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    cutout = np.zeros((48, 48, 4), np.uint8)
+    cutout[12:36, 12:36] = (200, 40, 40, 255)
+    source = Resolved(Image.fromarray(cutout), None, "data")
+    request = generate_request.check_foreground(
+        base,
+        source,
+        None,
+        [Placement(x=0.5, y=0.5, scale=0.5)],
+        ["kitchen"],
+        False,
+        max_batch=settings.max_batch,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    return request, generate_work.foreground_work, generate_result.finish_foreground
+
+
+def refine_case(backend: str) -> Callable[[Settings, ModelCache], tuple[Any, Callable, Callable]]:
+    def case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+        checked = refine_request.check_request(
+            prompt="a clean patch",
+            backend=backend,  # type: ignore[arg-type]
+            model=None,
+            reference=None,
+            margin=16,
+            focus=True,
+            focus_size=None,
+            steps=2,
+            strength=1.0,
+            guidance=None,
+            seed=5,
+            blend_dilate=7,
+            blend_blur=11,
+            paste_back="mask",
+            models=models,
+            max_steps=settings.max_steps,
+            max_pixels=settings.max_pixels,
+            max_prompt_chars=settings.max_prompt_chars,
+        )
+        region = MaskReading(box_mask(96, 96, (30, 30, 60, 60)), "box [30, 30, 60, 60]")
+        given = refine_work.RefineWork(checked, Resolved(photo(96), None, "data"), region)
+        return given, refine_work.work, refine_result.finish
+
+    return case
+
+
+def judge_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+    checked = judge_request.check_request(
+        images=[Resolved(photo(), None, "data"), Resolved(photo().rotate(90), None, "data")],
+        prompt="an astronaut, a flag",
+        questions=None,
+        reference=None,
+        original=None,
+        mask=None,
+        foreground_mask=None,
+        checks=None,
+        min_alignment=20.0,
+        max_questions=settings.judge_max_questions,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    found = judge_checks.model_free(checked)
+    given = judge_work.JudgeWork(checked, lpips=False)
+
+    def finish(given: judge_work.JudgeWork, scores: Any, store: ImageStore) -> tuple[Any, list]:
+        return judge_verdict.finish(given.request, found, scores, store, {}), []
+
+    return given, judge_work.work, finish
+
+
+CASES = {
+    "generate": generate_case,
+    "generate-foreground": foreground_case,
+    "refine_region-inpainter": refine_case("inpainter"),
+    "refine_region-classical": refine_case("classical"),
+    "judge": judge_case,
+}
+
+
+def stored_ids(result: Any) -> list[str]:
+    """Every store id a result names, in order (candidates, refined image, masks, judged images)."""
+    dumped = result.model_dump()
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("id", "mask_id", "region_mask_id", "input_id") and isinstance(item, str):
+                    found.append(item)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(dumped)
+    return found
+
+
+@pytest.mark.parametrize("tool", list(CASES))
+def test_a_model_tools_request_and_output_pickle_and_finish_into_the_same_result(settings, tmp_path, tool):
+    models = models_of(settings)
+    request, work, finish = CASES[tool](settings, models)
+    sent = pickle.loads(pickle.dumps(request))
+    job = Job(id="job_1", tool=tool, description="pickle round trip")
+    output = work(sent, models, job)
+    returned = pickle.loads(pickle.dumps(output))
+
+    here, there = ImageStore(tmp_path / "here"), ImageStore(tmp_path / "there")
+    local, _ = finish(request, output, here)
+    remote, _ = finish(sent, returned, there)
+    if tool == "judge":  # judge stores no image of its own: every score must survive the trip
+        assert len(local.judgements) == 2 and all(j.items for j in local.judgements)
+        assert local.model_dump(exclude={"timings"}) == remote.model_dump(exclude={"timings"})
+        return
+    ids = stored_ids(local)
+    assert ids, f"{tool}: the result names no stored image"
+    assert stored_ids(remote) == ids
+
+
+def test_the_model_thread_starts_the_next_job_while_the_last_is_still_being_stored(settings):
+    runner = LocalRunner(models_of(settings))
+    storing, release, second_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_finish(output: str) -> str:
+        storing.set()
+        assert release.wait(10), "never released"
+        return output
+
+    first = runner.submit("generate", "stored slowly", lambda *_: "first", None, slow_finish)
+    second = runner.submit("generate", "next", lambda *_: second_ran.set() or "second", None)
+    try:
+        assert storing.wait(10)
+        assert second_ran.wait(10), "the model thread waited for the first job's storing"
+        assert first.status == "running"
+    finally:
+        release.set()
+    assert first.future.result(timeout=10) == "first" and second.future.result(timeout=10) == "second"
+    assert first.status == "done" and second.status == "done"
+    runner.shutdown()
+
+
+def test_a_finish_that_fails_fails_its_job_with_the_reason(settings):
+    runner = LocalRunner(models_of(settings))
+
+    def broken(output: str) -> str:
+        raise OSError("disk full")
+
+    job = runner.submit("generate", "cannot store", lambda *_: "made", None, broken)
+    with pytest.raises(OSError, match="disk full"):
+        job.future.result(timeout=10)
+    assert job.status == "failed" and job.error == "disk full" and job.finished is not None
+    runner.shutdown()

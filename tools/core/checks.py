@@ -1,0 +1,65 @@
+"""Checks every model tool makes of its arguments, with one wording: errors name the field, the value, the
+range and what to do. And the names they share: the seed range, the smallest image side, the tiny note."""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+MAX_SEED = 2**31 - 1
+MIN_SIDE = 64  # px: the smallest width or height a generator makes
+TINY_NOTE = "made with the tiny random-weight offline model: noise, for testing the plumbing only"
+
+
+def check_text(field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise ToolError(f"{field}: {len(text)} characters is over the limit of {limit}; shorten it.")
+
+
+def check_prompt(prompt: str, limit: int) -> str:
+    """A prompt that says something, within the limit; returned stripped."""
+    if not prompt or not prompt.strip():
+        raise ToolError("prompt: must not be empty; describe the image you want.")
+    check_text("prompt", prompt, limit)
+    return prompt.strip()
+
+
+def check_steps(steps: int, max_steps: int, default: int) -> int:
+    if not 1 <= steps <= max_steps:
+        raise ToolError(
+            f"steps: {steps} is out of range; use 1..{max_steps} (this model's default is {default})."
+        )
+    return steps
+
+
+def check_guidance(guidance: float, default: float, model: str) -> float:
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ToolError(
+            f"guidance: {guidance} is not allowed; use 0 (off) or more ({default} suits {model})."
+        )
+    return float(guidance)
+
+
+def check_seed(seed: int | None, room: int = 1) -> int:
+    """The base seed of `room` consecutive seeds (drawn when None); every one of them stays in range."""
+    if seed is None:
+        return secrets.randbelow(MAX_SEED - room + 1)
+    if not 0 <= seed <= MAX_SEED - room + 1:
+        raise ToolError(f"seed: {seed} is out of range; use 0..{MAX_SEED - room + 1}.")
+    return seed
+
+
+def check_size(width: int, height: int, factor: int, model: str, max_pixels: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value < MIN_SIDE or value % factor:
+            raise ToolError(
+                f"{name}: {value} must be a multiple of {factor} and at least {MIN_SIDE} for {model} "
+                f"(try {max(MIN_SIDE, round(value / factor) * factor)})."
+            )
+    if width * height > max_pixels:
+        raise ToolError(
+            f"width/height: {width}x{height} = {width * height} pixels is above the limit of {max_pixels}; "
+            "generate smaller and refine regions instead."
+        )

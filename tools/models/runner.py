@@ -1,0 +1,122 @@
+"""Where model work runs.
+
+Every model tool hands the runner three things: a frozen request of plain data, its `work(request, models,
+progress) -> output` (the only code that touches a loaded model; the output is plain data too) and its
+`finish(output)` (store, measure, build the answer, encode previews). The runner decides where each runs.
+
+`LocalRunner` (this process): one model thread runs work in submission order, so one GPU is never shared by
+two pipelines at once, and the event loop stays free (other tools, progress and cancellation keep answering).
+A second thread finishes what the model thread made, so the GPU starts the next job while the last one is
+stored and encoded. Because requests and outputs are plain data (they pickle: a test checks every tool's),
+the same work functions can run on another machine's worker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from tools.core.jobs import Job, JobCancelled, Progress
+from tools.models.cache import ModelCache
+
+logger = logging.getLogger("limner.runner")
+
+Request = TypeVar("Request")
+Output = TypeVar("Output")
+Work = Callable[[Any, ModelCache, Progress], Any]
+Finish = Callable[[Any], Any]
+
+
+class Runner(Protocol):
+    jobs: dict[str, Job]
+
+    def submit(
+        self, tool: str, description: str, work: Work, request: Any, finish: Finish | None = None
+    ) -> Job: ...
+
+    def get(self, job_id: str) -> Job: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalRunner:
+    """Model work on one thread of this process, finishing on another; the jobs kept for the `jobs` tool."""
+
+    def __init__(self, models: ModelCache, keep_finished: int = 200) -> None:
+        self.models = models
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="limner-model"
+        )
+        self._finish_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="limner-finish"
+        )
+        self._ids = itertools.count(1)
+        self.jobs: dict[str, Job] = {}
+        self._keep_finished = keep_finished
+
+    def submit(
+        self, tool: str, description: str, work: Work, request: Any, finish: Finish | None = None
+    ) -> Job:
+        """Queue `work(request, models, job)`, then `finish(output)`; the job's result is what finish returns
+        (the output itself without one). Work should call `job.progress(...)` per step so it can be cancelled."""
+        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
+        self.jobs[job.id] = job
+        self._prune()
+
+        def run() -> None:
+            with job._state:
+                if job.status != "queued":  # cancelled while it waited
+                    return
+                job.status, job.started = "running", time.time()
+            try:
+                output = work(request, self.models, job)
+            except BaseException as exc:
+                self._failed(job, exc)
+                return
+            self._finish_thread.submit(complete, output)
+
+        def complete(output: Any) -> None:
+            try:
+                job.result = finish(output) if finish is not None else output
+            except BaseException as exc:
+                self._failed(job, exc)
+                return
+            job.status, job.finished = "done", time.time()
+            job.future.set_result(job.result)
+
+        self._model_thread.submit(run)
+        return job
+
+    @staticmethod
+    def _failed(job: Job, exc: BaseException) -> None:
+        job.finished = time.time()
+        if isinstance(exc, JobCancelled):
+            job.fail("cancelled", exc)
+            return
+        job.error = str(exc)  # reported to whoever waits on the job
+        if not isinstance(exc, ToolError):
+            logger.exception("job %s (%s) failed", job.id, job.tool, exc_info=exc)
+        job.fail("failed", exc)
+
+    def get(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            known = ", ".join(list(self.jobs)[-10:]) or "none"
+            raise ToolError(f"job_id: no job {job_id!r}; recent jobs: {known}.")
+        return self.jobs[job_id]
+
+    def shutdown(self) -> None:
+        for job in self.jobs.values():
+            job.cancel()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._finish_thread.shutdown(wait=False, cancel_futures=True)
+
+    def _prune(self) -> None:
+        finished = [j for j in self.jobs.values() if j.finished is not None]
+        for job in finished[: max(0, len(finished) - self._keep_finished)]:
+            del self.jobs[job.id]
