@@ -51,7 +51,8 @@ def direct_pipeline(models_path: Path):
     """The same pipeline call generate makes, without the server: loaded once; each call returns its ms."""
     import torch
 
-    from tools.models.cache import PRESETS, ModelCache
+    from tools.models.cache import ModelCache
+    from tools.models.specs import PRESETS
 
     cache = ModelCache(PRESETS, {}, "tiny", models_path)
     pipe = cache.get("generator").model

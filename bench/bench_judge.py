@@ -99,7 +99,7 @@ def lpips_speed(runs: int) -> None:
     """LPIPS at full AlexNet size on random weights (speed does not depend on their values)."""
     import torch
 
-    from tools.metrics import perceptual
+    from tools.models import perceptual
 
     torch.manual_seed(0)
     backbone = {f"features.{k}": v for k, v in perceptual.alexnet_features().state_dict().items()}

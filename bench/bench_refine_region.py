@@ -26,7 +26,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.core.masks import box_mask  # noqa: E402
-from tools.models.cache import PRESETS  # noqa: E402
+from tools.models.specs import PRESETS  # noqa: E402
 from tools.refine_region import focus as rr  # noqa: E402
 from tools.refine_region import pixels as rp  # noqa: E402
 

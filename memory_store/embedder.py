@@ -203,7 +203,12 @@ class Embedder:
             raise self._missing(source, exc) from exc
         self.active_runtime = "sentence-transformers"
         size = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        dim = int(size())  # renamed in sentence-transformers 6
+        found = size()  # renamed in sentence-transformers 6
+        if found is None:  # sentence-transformers 6: None when no module of the model names a dimension
+            raise EmbedderError(
+                f"the embedding model {self.name!r} from {source!r} does not say its embedding dimension"
+            )
+        dim = int(found)
         logger.info(
             "embedder %s loaded from %s (%d dims; %s: run by sentence-transformers)",
             self.name,
@@ -301,7 +306,9 @@ def _onnx_session(path: Path) -> Forward:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        hidden = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        assert isinstance(hidden, np.ndarray)  # a dense tensor output: never a sparse tensor, list or map
+        return hidden
 
     return forward
 

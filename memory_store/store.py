@@ -342,7 +342,7 @@ class MemoryStore:
             raise MemoryStoreError(f"cannot reach the chroma server at {url}: {exc}") from exc
 
     def _open_collection(self) -> Any:
-        expected = {"limner:embedder": self.embedder.name}
+        expected: dict[str, str | int] = {"limner:embedder": self.embedder.name}
         existing = {c.name: c for c in self.client.list_collections()}
         if COLLECTION in existing:
             collection = self.client.get_collection(COLLECTION, embedding_function=None)
@@ -516,7 +516,9 @@ class MemoryStore:
     # -- reading ---------------------------------------------------------------------------------
     def count(self) -> int:
         if self._count is None or self.terms is None:
-            self._count = self.collection.count()
+            counted: int = self.collection.count()
+            self._count = counted
+            return counted
         return self._count
 
     def get(self, ids: Sequence[str]) -> list[Memory]:
@@ -550,7 +552,7 @@ class MemoryStore:
         units = query_units(text)
         terms = list(dict.fromkeys(term for unit in units for term in unit))
         hits = dict(self._term_hits(terms, filt))
-        found = [(unit, [(t, hits[t]) for t in unit if hits.get(t)]) for unit in units]
+        found = [(unit, [(t, term_hit) for t in unit if (term_hit := hits.get(t))]) for unit in units]
         found = [(unit, unit_hits) for unit, unit_hits in found if unit_hits]
         rarest = sorted(found, key=lambda f: min(len(ids) for _, ids in f[1]))[:MAX_TERMS]
         term_score: dict[str, float] = {}

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 MAX_LISTED = 4  # field errors spelled out; the rest are counted
 
@@ -37,11 +38,11 @@ def argument_problem(tool: Any, arguments: dict[str, Any]) -> str | None:
     return None
 
 
-def _summary(errors: list[dict[str, Any]]) -> str:
+def _summary(errors: list[ErrorDetails]) -> str:
     """One line per field. Of a union's branches (`list[Placement]`, `literal['auto']`) only the deepest
     errors of each argument are kept: the branch the caller meant got furthest. Messages for the same field
     are joined with "or"."""
-    found: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+    found: dict[str, list[tuple[int, str, ErrorDetails]]] = {}
     for error in errors:
         parts = [p for p in error["loc"] if isinstance(p, int) or str(p).isidentifier()]  # drop branch tags
         path = "".join(
@@ -68,7 +69,7 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return "; ".join(said) + "."
 
 
-def _message(path: str, error: dict[str, Any]) -> str:
+def _message(path: str, error: ErrorDetails) -> str:
     if error["type"] == "missing":
         return "required; pass it"
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ").rstrip(".")

@@ -71,7 +71,7 @@ async def _call(
 ) -> int:
     from mcp import Client
 
-    if url is None:
+    if url is None:  # lazily: a call to a URL needs no server of its own
         from server.app import build_server
 
         target: Any = build_server(settings)

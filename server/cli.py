@@ -112,6 +112,7 @@ def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) ->
         return 2
     if args.command == "serve":
         return serve(settings, http=args.http)
+    # each command imports only what it runs: a mistyped flag or --help answers without loading the server
     if args.command == "call":
         from server.call import run_call
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -46,7 +46,7 @@ class AppContext:
     search: SearchService | None = None  # lazily, server/search_tools.py
     pages: TTLCache | None = None  # fetch_page's cache, lazily
     session_log: SessionLog | None = None  # lazily, server/session_tools.py
-    gallery_thumbs: dict[str, Any] = field(default_factory=dict)
+    gallery_thumbs: dict[tuple[str, int], str] = field(default_factory=dict)  # (image id, side) -> data URI
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def resolve(self, ref: str, field: str) -> Resolved:
@@ -66,7 +66,7 @@ class AppContext:
 
 
 def app_context(ctx: Context) -> AppContext:
-    return ctx.request_context.lifespan_context
+    return cast(AppContext, ctx.request_context.lifespan_context)  # what the lifespan yields (app.py)
 
 
 # -- model work: hand it to the runner, answer with its result or a job handle ------------------------------

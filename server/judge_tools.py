@@ -7,17 +7,17 @@ from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from PIL import Image
 from pydantic import Field
 
 from server.context import app_context, run_work, to_call_result
+from tools.core.images import Resolved
 from tools.judge.checks import model_free
-from tools.judge.request import check_request
+from tools.judge.request import check_refs, check_request
 from tools.judge.types import DEFAULT_MIN_ALIGNMENT, Check, JudgeRequest, JudgeResult, ModelScores
 from tools.judge.verdict import finish
-from tools.judge.work import JudgeWork, work
+from tools.judge.work import plan, work
 
 ImageArg = Annotated[str, Field(description="A store id, limner:// URI, data URI, file path or URL.")]
 
@@ -101,32 +101,14 @@ def register(server: MCPServer) -> None:
         """
         app = app_context(ctx)
         settings = app.settings
-        # 1. validate what can be checked without decoding anything
-        if image is None and not images:
-            raise ToolError(
-                "image: no image given; pass `image` (one) or `images` (several) as ids, URIs or paths."
-            )
-        if image is not None and images:
-            raise ToolError("image/images: pass one or the other, not both (put every image in `images`).")
-        refs = [image] if image is not None else list(images or [])
-        if len(refs) > settings.judge_max_images:
-            raise ToolError(
-                f"images: {len(refs)} is over the limit of {settings.judge_max_images} per call; judge the "
-                "rest in another call and compare the overall scores."
-            )
+        refs = check_refs(image, images, settings.judge_max_images)
 
-        # 2. resolve every reference (file reads and fetches off the event loop), then validate sizes
-        def prepare() -> JudgeRequest:
-            field = "image" if image is not None else "images"
-            resolved = [
-                app.resolve(ref, field if len(refs) == 1 else f"images[{i}]") for i, ref in enumerate(refs)
-            ]
-
-            def optional(ref: str | None, name: str):
+        def prepare() -> JudgeRequest:  # file reads and fetches, then decoding: off the event loop
+            def optional(ref: str | None, name: str) -> Resolved | None:
                 return app.resolve(ref, name) if ref is not None else None
 
             return check_request(
-                images=resolved,
+                images=[app.resolve(ref, field) for field, ref in refs],
                 prompt=prompt,
                 questions=questions,
                 reference=optional(reference, "reference"),
@@ -142,23 +124,15 @@ def register(server: MCPServer) -> None:
         started = time.perf_counter()
         request = await anyio.to_thread.run_sync(prepare)
         timings = {"resolve": round(time.perf_counter() - started, 4)}
-
-        # 3. model-free checks off the event loop (not on the model worker: they need no model)
+        # the model-free checks need no model: on a thread, not queued behind model work
         started = time.perf_counter()
         found = await anyio.to_thread.run_sync(model_free, request)
         timings["model_free"] = round(time.perf_counter() - started, 4)
-        lpips = "preservation" in request.checks and request.original is not None
-        if lpips and (missing := app.models.unavailable("lpips")) is not None:
-            request.warnings.append(f"preservation: LPIPS not computed: {missing}")
-            lpips = False
-        needs_models = (
-            "alignment" in request.checks or request.questions or request.reference is not None or lpips
-        )
-        if not needs_models:
+        given = plan(request, app.models.unavailable("lpips"))
+        if given is None:
             result = await anyio.to_thread.run_sync(lambda: finish(request, found, None, app.images, timings))
             return to_call_result(result, [])
 
-        # 4. model checks on the worker, in order with other model work
         def scored(scores: ModelScores) -> tuple[JudgeResult, list[Image.Image]]:
             return finish(request, found, scores, app.images, timings), []
 
@@ -167,7 +141,7 @@ def register(server: MCPServer) -> None:
             "judge",
             f"{len(request.images)} image(s), {len(request.questions)} question(s): {(request.prompt or '')[:60]}",
             work,
-            JudgeWork(request, lpips),
+            given,
             scored,
             lambda handle: JudgeResult(status="running", job=handle),
         )

@@ -13,7 +13,7 @@ from pydantic import Field
 from server.context import app_context, run_work, to_call_result
 from tools.core.jobs import Job
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE
-from tools.models.cache import spec_label
+from tools.models.specs import spec_label
 from tools.refine_region.request import check_request, read_region
 from tools.refine_region.result import RefineResult, finish
 from tools.refine_region.work import RefineWork, work

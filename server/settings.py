@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from tools.models.cache import PRESETS, ModelSpec
+from tools.models.specs import PRESETS, ModelSpec
 
 Profile = Literal["auto", "tiny", "real"]
 

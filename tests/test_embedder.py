@@ -43,6 +43,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+@pytest.mark.slow
 def test_onnx_gives_torchs_vectors_and_its_export_is_reused(cache, torch_vectors):
     first = Embedder(cache_dir=cache)
     vectors = first.embed(TEXTS * 20)

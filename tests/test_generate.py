@@ -153,6 +153,7 @@ async def test_a_cancelled_generation_stops_early_and_the_next_call_works(settin
     assert cancelled[0]["step"] < 60
 
 
+@pytest.mark.slow
 async def test_work_longer_than_max_wait_returns_a_job_handle_that_jobs_completes(make_settings):
     args = {"prompt": "a mountain lake", "n": 2, "seed": 21, "steps": 20, "width": 128, "height": 128}
     async with connect(make_settings(max_wait_s=0.05)) as client:

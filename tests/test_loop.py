@@ -316,6 +316,7 @@ async def test_a_lone_surrogate_in_any_argument_is_a_tool_error_naming_it_and_no
 
 
 # -- limner demo ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_limner_demo_runs_the_whole_loop_offline_and_its_gallery_shows_every_image_it_made(demo_run):
     assert "skipping" not in demo_run.result.stderr, demo_run.result.stderr
     logs = list((demo_run.home / "sessions").glob("*.jsonl"))
@@ -338,6 +339,7 @@ def test_limner_demo_runs_the_whole_loop_offline_and_its_gallery_shows_every_ima
 
 
 # -- limner call -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_limner_call_prints_the_structured_result_from_an_http_server(http_server):
     env = http_server.env
     made = limner(
@@ -376,6 +378,7 @@ def test_limner_call_prints_the_structured_result_from_an_http_server(http_serve
     assert json.loads(refined.stdout)["input_id"] == first
 
 
+@pytest.mark.slow
 def test_limner_call_with_an_unknown_tool_or_malformed_json_exits_non_zero_with_a_clear_message(
     http_server, capsys
 ):
@@ -405,6 +408,7 @@ def test_limner_call_with_an_unknown_tool_or_malformed_json_exits_non_zero_with_
 
 
 # -- the gallery over HTTP and in a real browser -----------------------------------------------------------------
+@pytest.mark.slow
 async def test_the_gallery_is_served_at_slash_gallery_behind_the_bearer_token(http_server):
     made = limner(
         "call",
@@ -429,6 +433,7 @@ async def test_the_gallery_is_served_at_slash_gallery_behind_the_bearer_token(ht
     assert past.status_code == 404
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)"
 )

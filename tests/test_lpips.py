@@ -18,7 +18,7 @@ from torchmetrics.functional.image import lpips as tm_lpips
 
 from tests.conftest import connect, structured
 from tests.test_judge import data_uri, mask_uri, photo
-from tools.metrics import perceptual
+from tools.models import perceptual
 
 LINEAR = Path(tm_lpips.__file__).parent / "lpips_models" / "alex.pth"  # lpips' own v0.1 alex.pth
 
@@ -90,7 +90,8 @@ def as_input(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-@pytest.mark.parametrize("side", [96, 1200])  # 1200: scaled down to 1024 a side first
+# 1200: scaled down to 1024 a side first
+@pytest.mark.parametrize("side", [96, pytest.param(1200, marks=pytest.mark.slow)])
 def test_lpips_equals_torchmetrics_lpips_on_the_same_weights(weights, monkeypatch, side):
     edited, original, mask = edited_pair(side)
     outside, inside = perceptual.lpips(ours(weights), edited, original, mask)

@@ -257,6 +257,7 @@ async def test_a_cmyk_jpeg_attached_to_a_memory_is_stored_as_rgb(settings):
         assert stored.mode == "RGB" and stored.size == (512, 512)
 
 
+@pytest.mark.slow
 async def test_a_memory_acknowledged_over_stdio_survives_sigkill_and_the_folder_has_one_owner(
     home, make_settings
 ):
@@ -676,6 +677,7 @@ async def test_opening_the_memory_with_another_embedder_is_a_clear_error(make_se
     assert out["memories"][0]["text"] == FACT
 
 
+@pytest.mark.slow
 async def test_a_read_only_memory_folder_is_a_clear_error_and_nothing_is_lost(make_settings, tmp_path):
     # root ignores file permissions: as root the server runs as `nobody` (setpriv), in a folder outside
     # pytest's private temp root so that `nobody` can reach it
@@ -748,6 +750,7 @@ async def chroma_server(tmp_path: Path) -> AsyncIterator[tuple[str, subprocess.P
         process.wait(timeout=20)
 
 
+@pytest.mark.slow
 async def test_two_servers_share_memory_through_a_real_chroma_server(make_settings, tmp_path, chroma_server):
     url, _ = chroma_server
     one = make_settings(home=tmp_path / "one", chroma_url=url)
@@ -775,6 +778,7 @@ async def test_two_servers_share_memory_through_a_real_chroma_server(make_settin
     assert not (tmp_path / "one" / "memory").exists()  # nothing embedded was opened
 
 
+@pytest.mark.slow
 async def test_a_chroma_server_finds_the_exact_terms_the_embedded_store_finds(make_settings, chroma_server):
     """The server's substring matches are cut into words as the term index cuts them: a code written with
     '_' is found as written with '-', a Turkish İ casefolded, a name inside Chinese text. A memory an older
@@ -808,6 +812,7 @@ async def test_a_chroma_server_finds_the_exact_terms_the_embedded_store_finds(ma
             assert top["text"] == wanted and top["matched_terms"], (query, top)
 
 
+@pytest.mark.slow
 async def test_a_chroma_server_that_went_away_is_a_tool_error_naming_it(make_settings, chroma_server):
     url, process = chroma_server
     async with connect(make_settings(chroma_url=url)) as client:

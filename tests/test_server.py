@@ -241,6 +241,7 @@ async def test_the_listing_is_sent_from_its_cache_and_made_again_when_the_tools_
     assert len(server._wire) == 2
 
 
+@pytest.mark.slow
 async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_model(home, tmp_path):
     fresh_models = tmp_path / "fresh-models"
     async with Client(stdio_params(server_env(home, fresh_models))) as client:
@@ -250,6 +251,7 @@ async def test_the_server_starts_and_lists_tools_over_stdio_without_loading_any_
         assert not fresh_models.exists(), "a model was built or loaded before any call needed it"
 
 
+@pytest.mark.slow
 async def test_generate_over_stdio_returns_candidates_and_progress(home, models_path):
     steps: list[float] = []
 
@@ -265,6 +267,7 @@ async def test_generate_over_stdio_returns_candidates_and_progress(home, models_
     assert steps == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_stdio_mode_writes_nothing_but_protocol_to_stdout(home, models_path):
     proc = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve"],
@@ -278,6 +281,7 @@ def test_stdio_mode_writes_nothing_but_protocol_to_stdout(home, models_path):
     assert b"limner serving MCP over stdio" in proc.stderr
 
 
+@pytest.mark.slow
 def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_answering(home, models_path):
     import json
     import select
@@ -339,6 +343,7 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
     assert err.count(b"stdio: refused a message") == 9
 
 
+@pytest.mark.slow
 async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0_and_1(home, models_path):
     import base64
     import io
@@ -367,6 +372,7 @@ async def test_stdio_carries_megabyte_messages_both_ways_with_the_wire_off_fds_0
             assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2")
 
 
+@pytest.mark.slow
 def test_where_a_regular_file_is_on_stdio_the_sdks_transport_serves(home, models_path, tmp_path):
     # a regular file on stdout (as on stdin) cannot be watched by the event loop, so the SDK's threaded
     # transport serves; stdin stays open until both answers are in, since end of input cancels what is
@@ -419,6 +425,7 @@ async def wait_for_port(port: int, proc: subprocess.Popen) -> None:
                 await anyio.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_http_transport_requires_the_bearer_token_and_checks_the_host_header(home, models_path):
     port = free_port()
     cmd = [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", "s3cret"]
@@ -471,6 +478,7 @@ async def test_http_transport_requires_the_bearer_token_and_checks_the_host_head
     assert stdout == b"", "the HTTP server wrote to stdout; logs belong on stderr"
 
 
+@pytest.mark.slow
 async def test_a_server_bound_to_every_address_answers_to_this_machines_names_and_no_others(
     home, models_path
 ):
@@ -519,6 +527,7 @@ async def test_a_server_bound_to_every_address_answers_to_this_machines_names_an
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["serve"], ["demo"], ["call", "generate", "--arg", "prompt=a boat"]])
 def test_a_home_limner_cannot_write_in_is_one_line_and_exit_2_before_serving(home, models_path, command):
     """The store failing inside the lifespan ended the process with a traceback and no initialize answer."""
@@ -536,6 +545,7 @@ def test_a_home_limner_cannot_write_in_is_one_line_and_exit_2_before_serving(hom
     assert b"Traceback" not in proc.stderr and f"cannot use home {home}".encode() in proc.stderr
 
 
+@pytest.mark.slow
 def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
     proc = subprocess.run(
         [
@@ -558,6 +568,7 @@ def test_binding_beyond_loopback_without_a_token_is_refused(home, models_path):
     assert b"bearer token" in proc.stderr
 
 
+@pytest.mark.slow
 async def test_offline_false_lets_a_real_profile_fetch_its_models_and_offline_true_never_asks(home, tmp_path):
     """offline = false said "may contact a model hub", yet profile real refused missing weights at once."""
     import threading
@@ -652,6 +663,7 @@ def test_folders_given_with_a_leading_tilde_are_the_users_folders(tmp_path, monk
     assert from_file.allowed_dirs == (user / "pics", user / "more") and from_file.models_dir == user / "m2"
 
 
+@pytest.mark.slow
 def test_the_log_level_takes_any_case_and_a_wrong_one_is_a_one_line_error(tmp_path):
     assert load_settings(flags={"log_level": "debug"}, environ={"HOME": str(tmp_path)}).log_level == "DEBUG"
     proc = subprocess.run(
@@ -665,6 +677,7 @@ def test_the_log_level_takes_any_case_and_a_wrong_one_is_a_one_line_error(tmp_pa
     assert proc.returncode != 0 and b"Traceback" not in proc.stderr and b"log_level" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -700,7 +713,8 @@ def test_guidance_must_be_a_finite_number():
     from mcp.server.mcpserver.exceptions import ToolError
 
     from tools.generate.request import check_request
-    from tools.models.cache import PRESETS, ModelCache
+    from tools.models.cache import ModelCache
+    from tools.models.specs import PRESETS
 
     models = ModelCache(PRESETS, {}, "tiny", REPO / "unused")
     for guidance in (float("nan"), float("inf"), -1.0):
@@ -757,6 +771,7 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames(tmp_
     assert queued.status == "cancelled" and queued.started is None  # it never ran
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

@@ -148,7 +148,7 @@ def check_remember(
     text: str, kind: str, tags: list[str] | None, scope: str | None, source: str | None
 ) -> RememberRequest:
     return RememberRequest(
-        text=check_text(text, "text"),
+        text=check_memory_text("text", text),
         kind=check_kind(kind),
         tags=check_tags(tags),
         scope=check_scope(scope) or DEFAULT_SCOPE,
@@ -169,7 +169,7 @@ def check_recall(
     if not 1 <= k <= MAX_K:
         raise ToolError(f"k: {k} is out of range; ask for 1 to {MAX_K} memories.")
     return RecallRequest(
-        query=check_text(query, "query"),
+        query=check_memory_text("query", query),
         k=k,
         kind=check_kind(kind) if kind is not None else None,
         tags=check_tags(tags),
@@ -220,7 +220,9 @@ def check_forget(
     )
 
 
-def check_text(text: str, field: str) -> str:
+def check_memory_text(field: str, text: str) -> str:
+    """A memory text or query: something visible, within MAX_TEXT_CHARS (tools.core.checks.check_text is
+    for prompts, whose limit is a setting); returned stripped."""
     if not visible(text):
         raise ToolError(
             f"{field}: empty, or only whitespace and invisible characters; give the text to {_VERB[field]}."

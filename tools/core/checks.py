@@ -10,7 +10,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 MAX_SEED = 2**31 - 1
 MIN_SIDE = 64  # px: the smallest width or height a generator makes
-TINY_NOTE = "made with the tiny random-weight offline model: noise, for testing the plumbing only"
+TINY_NOISE = "noise, for testing the plumbing only"  # what a tiny random-weight model's output is, said once
+TINY_NOTE = f"made with the tiny random-weight offline model: {TINY_NOISE}"
 
 
 def check_text(field: str, text: str, limit: int) -> None:

@@ -374,6 +374,8 @@ def eight_bit(image: Image.Image) -> Image.Image:
     (I;16, or I/F above 255) keep their top 8 bits; F at most 1 is 0..1 (the float convention); I and F at
     most 255 are already 8-bit levels (Pillow's own L -> I/F). Pillow's convert("L") clips them all at 255."""
     top = image.getextrema()[1]
+    if isinstance(top, tuple):  # a band's (min, max): only single-band images (DEEP_MODES) are read here
+        raise TypeError(f"eight_bit reads a single-band image, not {image.mode}")
     if image.mode.startswith("I;16") or top > 255:
         scale = 1 / 256
     elif image.mode == "F" and top <= 1:

@@ -116,7 +116,7 @@ def expand(box: Box, by: int, width: int, height: int) -> Box:
     return max(0, x1 - by), max(0, y1 - by), min(width, x2 + by), min(height, y2 + by)
 
 
-def box_mask(width: int, height: int, box: Box) -> np.ndarray:
+def box_mask(width: int, height: int, box: Box | Sequence[int]) -> np.ndarray:
     mask = np.zeros((height, width), dtype=bool)
     x1, y1, x2, y2 = box
     mask[y1:y2, x1:x2] = True

@@ -119,7 +119,9 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
             f"foreground: the {source} mask covers {share:.1%} of the image, so there is no background to "
             "separate; pass a foreground_mask with only the object in white, or a cut-out with alpha."
         )
-    x0, y0, x1, y1 = tight_bbox(mask)
+    box = tight_bbox(mask)
+    assert box is not None, "the share checks above refuse an empty mask"
+    x0, y0, x1, y1 = box
     info = ForegroundInfo(
         mask_source=source,
         mask_reading=how,

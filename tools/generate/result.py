@@ -16,7 +16,7 @@ from tools.core.images import ImageRef, ImageStore
 from tools.core.jobs import JobHandle
 from tools.generate.request import ForegroundRequest, GenerateRequest
 from tools.generate.work import ForegroundOutput, GenerateOutput
-from tools.models.cache import ModelSpec, spec_label
+from tools.models.specs import ModelSpec, spec_label
 
 
 class Candidate(ImageRef):

@@ -16,7 +16,7 @@ def model_free(request: JudgeRequest) -> list[dict[str, Any]]:
         found: dict[str, Any] = {}
         if "quality" in request.checks:
             found["quality"] = qual.quality(arr)
-        if "preservation" in request.checks:
+        if "preservation" in request.checks and request.original_image is not None:  # check_request: both
             hidden = pres.hidden_changes(given.image, request.original_image)
             found["preservation"] = pres.preservation(arr, request.original, request.mask, hidden)
         if "foreground" in request.checks:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tools.core.images import Resolved, read_note
 from tools.core.masks import read_mask, tight_bbox
-from tools.judge.types import CHECKS, MAX_QUESTION_CHARS, JudgeRequest
+from tools.judge.types import CHECKS, MAX_QUESTION_CHARS, Check, JudgeRequest
 from tools.metrics import quality as qual
 
 _SPLIT = re.compile(r"[,;.\n]|\band\b|\bwith\b", re.IGNORECASE)
@@ -26,6 +26,25 @@ def split_prompt(prompt: str) -> list[str]:
             seen[part] = None
     parts = list(seen)
     return parts if len(parts) > 1 else [prompt.strip()]
+
+
+def check_refs(image: str | None, images: Sequence[str] | None, max_images: int) -> list[tuple[str, str]]:
+    """The image references to judge, each with the field that named it; checked before anything is read."""
+    if image is None and not images:
+        raise ToolError(
+            "image: no image given; pass `image` (one) or `images` (several) as ids, URIs or paths."
+        )
+    if image is not None and images:
+        raise ToolError("image/images: pass one or the other, not both (put every image in `images`).")
+    if image is not None:
+        return [("image", image)]
+    refs = list(images or [])
+    if len(refs) > max_images:
+        raise ToolError(
+            f"images: {len(refs)} is over the limit of {max_images} per call; judge the rest in another call "
+            "and compare the overall scores."
+        )
+    return [("images" if len(refs) == 1 else f"images[{i}]", ref) for i, ref in enumerate(refs)]
 
 
 def check_request(
@@ -96,7 +115,7 @@ def check_request(
         "quality": (True, ""),
     }
     if wanted is None:
-        selected = tuple(c for c in CHECKS if needs[c][0])
+        selected: tuple[Check, ...] = tuple(c for c in CHECKS if needs[c][0])
     else:
         for c in wanted:
             if not needs[c][0]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageStore
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach
 from tools.judge.types import (
@@ -313,9 +314,7 @@ def finish(
     tiny = bool(scores and scores.tiny)
     warnings = list(request.warnings) + (scores.warnings if scores else [])
     if tiny:
-        warnings.insert(
-            0, "scores made with tiny random-weight models: noise, useful only to test the plumbing"
-        )
+        warnings.insert(0, f"scores made with tiny random-weight models: {TINY_NOISE}")
     result = JudgeResult(
         status="done",
         judgements=judgements,

@@ -6,7 +6,7 @@
 - checklist: VQAScore (Lin et al. 2024): the `vlm` role's model reads `Does this figure show "{question}"?
   Please answer yes or no.` through its own chat template; P(yes) comes from the next-token logits.
 - where: a failed question is localised on the 3x3 grid crop (half the image each) CLIP matches best.
-- lpips: LPIPS against the original, inside and outside the mask (tools/perceptual.py), when the `lpips`
+- lpips: LPIPS against the original, inside and outside the mask (tools/models/perceptual.py), when the `lpips`
   role's weights are present; judge_tools asks for it only then.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 
 from tools.core.jobs import Progress
 from tools.judge.types import QUESTION_PASS, Alignment, JudgeRequest, ModelScores, QuestionScore
-from tools.metrics import perceptual
+from tools.models import perceptual
 from tools.models.cache import Loaded, ModelCache
 
 VQA_TEMPLATE = 'Does this figure show "{question}"? Please answer yes or no.'
@@ -119,7 +119,7 @@ def vlm_working_copy(image: Image.Image, processor: Any) -> Image.Image:
         return image
     scale = 2 * edge / min(image.size)
     return image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
     )
 
 
@@ -137,7 +137,7 @@ def grid_boxes(width: int, height: int) -> list[list[int]]:
 def localise(clip: Loaded, image: Image.Image, questions: list[str]) -> dict[str, list[int]]:
     """For each question, the grid crop (see grid_boxes) whose CLIP embedding matches it best."""
     boxes = grid_boxes(*image.size)
-    crops = clip_embed_images(clip, [image.crop(tuple(b)) for b in boxes])
+    crops = clip_embed_images(clip, [image.crop((b[0], b[1], b[2], b[3])) for b in boxes])
     texts, _ = clip_embed_texts(clip, questions)
     best = (crops @ texts.T).argmax(dim=0)
     return {q: boxes[int(k)] for q, k in zip(questions, best, strict=True)}
@@ -147,6 +147,19 @@ def localise(clip: Loaded, image: Image.Image, questions: list[str]) -> dict[str
 class JudgeWork:
     request: JudgeRequest  # checked, its images decoded
     lpips: bool  # measure LPIPS too (its weights are on this machine)
+
+
+def plan(request: JudgeRequest, lpips_missing: str | None) -> JudgeWork | None:
+    """The model work a judge call needs, or None when its checks are all model-free. LPIPS runs with
+    preservation when its weights are here (`lpips_missing` says why not, as a warning, when they are not)."""
+    lpips = "preservation" in request.checks and request.original is not None
+    if lpips and lpips_missing is not None:
+        request.warnings.append(f"preservation: LPIPS not computed: {lpips_missing}")
+        lpips = False
+    needs_models = (
+        "alignment" in request.checks or request.questions or request.reference is not None or lpips
+    )
+    return JudgeWork(request, lpips) if needs_models else None
 
 
 def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
@@ -173,7 +186,7 @@ def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
         started = time.perf_counter()
         feats = clip_embed_images(clip, pil)
         if request.reference is not None:
-            reference = clipscore(feats, clip_embed_images(clip, [request.reference]).expand_as(feats))
+            reference[:] = clipscore(feats, clip_embed_images(clip, [request.reference]).expand_as(feats))
         timings["clip_images"] = round(time.perf_counter() - started, 4)
     if "alignment" in request.checks and clip is not None:
         started = time.perf_counter()

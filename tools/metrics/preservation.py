@@ -7,7 +7,7 @@ Plain numpy/OpenCV on uint8 RGB arrays of the same size and boolean masks (True 
   K1 = 0.01, K2 = 0.03; 1 = identical) inside and outside the edit mask, plus every pixel changed outside
   it (count, share, bounding box, largest difference). The metrics see 8-bit RGB; the count also sees
   alpha and the low bits of 16-bit images (`hidden_changes`), so no changed pixel goes unreported. LPIPS
-  is added on the model worker (tools/perceptual.py) when the `lpips` role's weights are present;
+  is added on the model worker (tools/models/perceptual.py) when the `lpips` role's weights are present;
   otherwise it is null.
 - Foreground integrity (Anywhere's quality control): pixel fidelity inside the foreground mask against the
   original (MSE, PSNR, SSIM), and over-extension: the share of pixels in the band between the object's box
@@ -229,7 +229,9 @@ def _continues_object(crop: np.ndarray, crop_fg: np.ndarray) -> np.ndarray:
     # a replicated border: the default mirror made a 1 px band at the image edge average the same pixels as
     # the object pixel beside it, so any object 1 px from the edge "continued" into it
     smooth = cv2.blur(crop, (3, 3), borderType=cv2.BORDER_REPLICATE)
-    iy, ix = ndimage.distance_transform_edt(~crop_fg, return_distances=False, return_indices=True)
+    indices = ndimage.distance_transform_edt(~crop_fg, return_distances=False, return_indices=True)
+    assert isinstance(indices, np.ndarray)  # indices alone: one (2, h, w) array, never None
+    iy, ix = indices
     nearest = smooth.reshape(-1, 3)[(iy * crop.shape[1] + ix).ravel()].reshape(crop.shape)
     d = cv2.absdiff(smooth, nearest).astype(np.float32)
     dist2 = cv2.transform(cv2.multiply(d, d), np.ones((1, 3), np.float32))

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tools.core.checks import TINY_NOTE
+from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageRef, ImageStore, Resolved
 from tools.core.jobs import JobHandle
 from tools.core.masks import (
@@ -126,7 +126,7 @@ def finish(
     if px.note:
         notes.append(px.note)
     if tiny:
-        notes.append(f"refined with the tiny random-weight offline model: {TINY_NOTE.partition(': ')[2]}")
+        notes.append(f"refined with the tiny random-weight offline model: {TINY_NOISE}")
     cut = x1 > 0 or y1 > 0 or x2 < width or y2 < height  # a side at the image's edge has nothing to cut
     if plan.margin_px < reach(request.blend_dilate, request.blend_blur) and request.focus and cut:
         notes.append("the margin is narrower than the blend; the blend is cut at the crop box edge")

@@ -59,7 +59,9 @@ def work(given: RefineWork, models: ModelCache, progress: Progress) -> RefineOut
     height, width = px.array.shape[:2]
     mask = given.region.mask
     if request.paste_back == "bbox":  # the model repaints, and the blend covers, the region's whole box
-        mask = box_mask(width, height, tight_bbox(mask))
+        box = tight_bbox(mask)
+        assert box is not None, "read_region refuses an empty region"
+        mask = box_mask(width, height, box)
     timings["prepare"] = round(time.perf_counter() - started, 5)
     # 3. Focus-and-Refine: crop, refine at the model's resolution, blend back
     refined = focus_and_refine(

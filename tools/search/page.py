@@ -59,6 +59,7 @@ def check_request(url: str, start: int, max_chars: int) -> None:
 
 def read_page(url: str, fetcher: SafeFetcher) -> PageText:
     """Fetch and extract (blocking: run it in a thread)."""
+    import lxml.etree
     import lxml.html
     import trafilatura
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageStore, _atomic_write, preview
 from tools.session.log import LogEntry, SessionLog, judged
 
@@ -98,7 +99,7 @@ def render_gallery(log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, i
     if tiny:
         parts.append(
             '<p class="warn">Some images were made with the tiny random-weight offline models: they are '
-            "noise, useful only to test the plumbing.</p>"
+            f"{TINY_NOISE}.</p>"
         )
     parts.append('<h2>Images</h2><section class="cards" id="images">')
     if not session_ids:

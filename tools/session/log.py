@@ -87,6 +87,7 @@ class SessionLog:
         kept = result
         if result is not None and len(json.dumps(result, default=str)) > MAX_RESULT_CHARS:
             kept = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
+        problem = error or reason
         with self._lock:
             entry = LogEntry(
                 seq=len(self.entries) + 1,
@@ -95,7 +96,7 @@ class SessionLog:
                 started=round(started, 3),
                 duration_s=round(duration_s, 4),
                 status=status,
-                error=_clip(error or reason, MAX_ERROR_CHARS) if error or reason else None,
+                error=_clip(problem, MAX_ERROR_CHARS) if problem else None,
                 inputs=inputs,
                 outputs=outputs,
                 result=kept,

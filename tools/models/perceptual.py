@@ -56,6 +56,9 @@ def build(backbone: dict[str, Any], linear: dict[str, Any]) -> Any:
     from torch import nn
 
     class LPIPS(nn.Module):
+        shift: torch.Tensor  # buffers, set by register_buffer
+        scale: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.features = alexnet_features()
@@ -111,10 +114,14 @@ def lpips(
         maps = net(_tensor(image, device), _tensor(original, device))
         if mask is None:
             return round(float(sum(m.mean() for m in maps)), 6), None
-        full = sum(
+        layers = [
             torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
             for m in maps
-        )[0, 0]
+        ]
+        total = layers[0]
+        for layer in layers[1:]:
+            total = total + layer
+        full = total[0, 0]
         inside = torch.from_numpy(np.ascontiguousarray(mask)).to(full.device)
 
         def mean(region: Any) -> float | None:

@@ -1,0 +1,153 @@
+"""Model specs: a role bound to where its weights are and how to run them, and the presets limner knows.
+
+A GPU user picks presets by name (limner.toml `roles`, LIMNER_<ROLE>_MODEL, a tool's `model`); the tiny ones
+are random-weight twins built from configs (tools/models/twins.py) for offline runs and the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["generator", "inpainter", "editor", "clip", "vlm", "lpips"]
+TINY_LABEL = "tiny-random"
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    source: str = Field(description="Hub id or local folder/file of the LoRA weights.")
+    weight_name: str | None = None
+    scale: float = 1.0
+
+
+class ModelSpec(BaseModel):
+    """One model: where its weights are and how to run it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    role: Role
+    source: str = Field(
+        description="Hub id or local folder; `tiny:<kind>` for a built tiny model; for lpips a folder (relative: "
+        "under models_path) holding torchvision's alexnet-owt-7be5be79.pth and lpips' v0.1 alex.pth."
+    )
+    pipeline: str | None = Field(
+        default=None, description="diffusers/transformers class name; default: the Auto class for the role."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N."
+    )
+    lora: tuple[LoraSpec, ...] = ()
+    focus_size: int = Field(
+        default=1024, gt=0, description="Native resolution (pixels per side) of the model."
+    )
+    size_factor: int = Field(default=8, gt=0, description="Width and height must be multiples of this.")
+    default_steps: int = Field(default=4, gt=0)
+    default_guidance: float = Field(default=0.0, ge=0)
+    vram_gb: float | None = Field(default=None, description="Approximate GPU memory need (documentation).")
+
+    @model_validator(mode="after")
+    def _focus_fits_the_factor(self) -> ModelSpec:
+        # refine_region crops at focus_size and generate defaults to it: both must be valid sizes
+        if self.focus_size % self.size_factor:
+            raise ValueError(
+                f"focus_size {self.focus_size} must be a multiple of size_factor {self.size_factor}"
+            )
+        return self
+
+    @property
+    def tiny_kind(self) -> str | None:
+        return self.source.removeprefix("tiny:") if self.source.startswith("tiny:") else None
+
+
+PRESETS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="sdxl-turbo",
+            role="generator",
+            source="stabilityai/sdxl-turbo",
+            dtype="float16",
+            focus_size=512,
+            default_steps=4,
+            default_guidance=0.0,
+            vram_gb=8,
+        ),
+        ModelSpec(
+            name="flux-schnell",
+            role="generator",
+            source="black-forest-labs/FLUX.1-schnell",
+            pipeline="FluxPipeline",
+            dtype="bfloat16",
+            focus_size=1024,
+            size_factor=16,
+            default_steps=4,
+            default_guidance=0.0,
+            vram_gb=33,
+        ),
+        ModelSpec(
+            name="sdxl-inpaint",
+            role="inpainter",
+            source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+            dtype="float16",
+            focus_size=1024,
+            default_steps=25,
+            default_guidance=7.5,
+            vram_gb=10,
+        ),
+        # refine_region's editor backend (RefineAnything's base model; images = [crop, reference]). The
+        # RefineAnything LoRA is added in limner.toml by redefining this model with
+        # `lora = [{ source = "/path/to/refineanything-lora" }]` (loaded through peft).
+        ModelSpec(
+            name="qwen-image-edit",
+            role="editor",
+            source="Qwen/Qwen-Image-Edit-2509",
+            pipeline="QwenImageEditPlusPipeline",
+            dtype="bfloat16",
+            focus_size=1024,
+            size_factor=16,
+            default_steps=28,
+            default_guidance=4.0,
+            vram_gb=60,
+        ),
+        ModelSpec(name="clip-vit-l14", role="clip", source="openai/clip-vit-large-patch14", focus_size=224),
+        ModelSpec(
+            name="qwen2.5-vl-3b",
+            role="vlm",
+            source="Qwen/Qwen2.5-VL-3B-Instruct",
+            dtype="bfloat16",
+            focus_size=448,
+            vram_gb=8,
+        ),
+        ModelSpec(
+            name="tiny",
+            role="generator",
+            source="tiny:text2image",
+            focus_size=64,
+            default_steps=4,
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-inpaint",
+            role="inpainter",
+            source="tiny:inpaint",
+            focus_size=64,
+            default_steps=4,
+            dtype="float32",
+        ),
+        ModelSpec(name="tiny-clip", role="clip", source="tiny:clip", focus_size=32, dtype="float32"),
+        ModelSpec(name="tiny-vlm", role="vlm", source="tiny:vlm", focus_size=56, dtype="float32"),
+        # judge's perceptual distance; no tiny form: random weights would give numbers that mean nothing
+        ModelSpec(name="lpips-alex", role="lpips", source="lpips-alex", dtype="float32", focus_size=1024),
+    )
+}
+TINY_FOR_ROLE = {"generator": "tiny", "inpainter": "tiny-inpaint", "clip": "tiny-clip", "vlm": "tiny-vlm"}
+
+
+def spec_label(spec: ModelSpec) -> str:
+    """How results name a model: a tiny one says what its output is."""
+    if spec.tiny_kind:
+        return f"{TINY_LABEL} {spec.name} (random weights: output is noise, not a real image)"
+    return spec.name

@@ -1,0 +1,16 @@
+"""Every twin by kind: a spec whose source is `tiny:<kind>` is built by BUILDERS[kind]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tools.models.twins import judge, sd
+
+# kind (a spec's `tiny:<kind>` source) -> builder writing the saved model into a folder
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "text2image": sd.build_text2image,
+    "inpaint": sd.build_inpaint,
+    "clip": judge.build_clip,
+    "vlm": judge.build_vlm,
+}

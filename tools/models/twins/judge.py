@@ -1,0 +1,93 @@
+"""Tiny judge models: a CLIPModel with a real CLIPProcessor, and a LLaVA VLM with a ChatML template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.models.twins.tokenizers import VLM_CHAT_TEMPLATE, clip_tokenizer, vlm_tokenizer
+
+SEED = 0
+
+
+def build_clip(dest: Path) -> None:
+    """A tiny CLIPModel (32 px images, 77-token text) with a real CLIPProcessor (PIL image backend)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(SEED)
+    tokenizer = clip_tokenizer()
+    vocab_size = len(tokenizer)
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={
+            **tower,
+            "vocab_size": vocab_size,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+        },
+        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPModel(config).save_pretrained(dest, safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(dest)
+
+
+def build_vlm(dest: Path) -> None:
+    """A tiny LLaVA (CLIP vision tower + Qwen2 text model, 56 px images) loadable with
+    AutoModelForImageTextToText, and a real LlavaProcessor with a chat template.
+
+    LLaVA rather than a tiny Qwen2.5-VL: the Qwen-VL processors need a video processor, which needs
+    torchvision, which this CPU environment does not have. The VQA code path is the same for both."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(SEED)
+    tokenizer = vlm_tokenizer()
+    ids = tokenizer.get_vocab()
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        image_token_index=ids["<image>"],  # the field image_token_id maps to (attribute_map)
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+        ),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(dest, safe_serialization=True)
+    processor.save_pretrained(dest)
