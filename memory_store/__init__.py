@@ -2,7 +2,8 @@
 
 from memory_store.embedder import DEFAULT_EMBEDDER, Embedder, EmbedderError
 from memory_store.lock import StoreLocked, StoreReadOnly
-from memory_store.store import Added, Filter, Memory, MemoryStore, MemoryStoreError, normalize
+from memory_store.store import Added, Filter, Memory, MemoryStore, MemoryStoreError
+from memory_store.text import normalize
 
 __all__ = [
     "DEFAULT_EMBEDDER",

@@ -29,8 +29,9 @@ from skimage import data
 from memory_store import Embedder, Filter, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
-from memory_store.store import memory_id, normalize
+from memory_store.store import memory_id
 from memory_store.terms import Entry
+from memory_store.text import normalize
 from tests.conftest import REPO, connect, error_text, server_env, structured
 
 pytestmark = pytest.mark.anyio
@@ -192,7 +193,7 @@ async def test_a_name_inside_chinese_japanese_korean_or_thai_text_is_found_by_ex
 def test_a_long_joined_string_is_indexed_whole_not_under_every_tail():
     """A code's tails and parts are indexed; a URL slug or base64 run of thousands of characters is not
     (its tails grew quadratically: 2,665 terms and 61 MB of index for one 8,000-character memory)."""
-    from memory_store.store import words
+    from memory_store.text import words
 
     assert words("SKU-7731-B", parts=True) == ["sku-7731-b", "7731-b", "sku", "7731"]
     slug = "-".join(f"part{i}" for i in range(1500))  # ~10,000 characters
