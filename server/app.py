@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pydantic_core
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
@@ -22,18 +23,19 @@ from server import (
     jobs_tools,
     judge_tools,
     memory_tools,
+    models_tools,
     prompts,
     refine_tools,
     search_tools,
     session_tools,
 )
-from server.context import AppContext, app_context
+from server.context import AppContext, app_context, unload_idle_models
 from server.settings import Settings
 from server.stdio import serve_stdio
 from tools.core.fetch import FetchLimits, SafeFetcher
 from tools.core.images import ImageStore
 from tools.models.cache import ModelCache
-from tools.models.runner import LocalRunner
+from tools.models.runner import LocalRunner, Runner, UnavailableRunner
 
 logger = logging.getLogger("limner")
 
@@ -212,12 +214,41 @@ def _fold_nullable(node: dict[str, Any]) -> dict[str, Any]:
     return {**merged, **{key: value for key, value in node.items() if key != "anyOf"}}
 
 
+def make_runner(settings: Settings, models: ModelCache) -> Runner:
+    """Where model work runs: this process (local) or the Ray cluster's deployments (ray)."""
+    if settings.runner == "local":
+        return LocalRunner(models)
+    try:  # lazily: Ray is an optional extra, and importing it takes seconds
+        from tools.models.ray_runner import CacheArgs, RayOptions, RayRunner
+    except ImportError as exc:
+        logger.error(
+            "runner = ray, but Ray cannot be imported (%s): model tools will answer with an error", exc
+        )
+        return UnavailableRunner(
+            f'runner: "ray" needs Ray, which is not installed here ({exc}); install it with '
+            '`pip install "limner[ray]"`, or set LIMNER_RUNNER=local.'
+        )
+    options = RayOptions(
+        address=settings.ray_address, num_gpus=dict(settings.ray_num_gpus), replicas=settings.ray_replicas
+    )
+    cache = CacheArgs(
+        settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline
+    )
+    return RayRunner(options, cache)
+
+
 def build_server(settings: Settings) -> MCPServer:
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
         settings.home.mkdir(parents=True, exist_ok=True)
         models = ModelCache(
-            settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline
+            settings.models,
+            settings.roles,
+            settings.profile,
+            settings.models_dir,
+            settings.offline,
+            idle_unload_s=settings.idle_unload_s,
+            memory_gb=settings.model_memory_gb,
         )
         for role, name in models.describe().items():
             logger.info("role %s -> %s", role, name)
@@ -229,15 +260,19 @@ def build_server(settings: Settings) -> MCPServer:
             settings=settings,
             images=ImageStore(settings.images_dir, settings.max_input_pixels),
             models=models,
-            runner=LocalRunner(models),
+            runner=make_runner(settings, models),
             fetcher=fetcher,
             searxng_fetcher=searxng_fetcher,
             closers=[fetcher.close, searxng_fetcher.close],
         )
-        try:
-            yield context
-        finally:
-            context.close()
+        async with anyio.create_task_group() as background:
+            if settings.idle_unload_s is not None:
+                background.start_soon(unload_idle_models, models)
+            try:
+                yield context
+            finally:
+                background.cancel_scope.cancel()
+                context.close()
 
     server = LimnerServer(
         "limner",
@@ -261,7 +296,15 @@ def build_server(settings: Settings) -> MCPServer:
             raise ResourceNotFoundError(f"no stored image {image_id!r}")
         return store.png_bytes(image_id)
 
-    for wiring in (generate_tools, jobs_tools, search_tools, refine_tools, memory_tools, judge_tools):
+    for wiring in (
+        generate_tools,
+        jobs_tools,
+        search_tools,
+        refine_tools,
+        memory_tools,
+        judge_tools,
+        models_tools,
+    ):
         wiring.register(server)
     session_tools.register(server, settings)
     prompts.register(server)

@@ -1,4 +1,4 @@
-"""The `limner` command: `serve` (stdio by default, `--http` for streamable HTTP), `call`, `demo`.
+"""The `limner` command: `serve` (stdio by default, `--http` for streamable HTTP), `call`, `demo`, `models`.
 
 Stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
 """
@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
             "--max-wait-s", dest="max_wait_s", type=float, help="answer with a job handle after this"
         )
         sp.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        sp.add_argument(
+            "--idle-unload-s", dest="idle_unload_s", help="unload a model unused this many seconds (or off)"
+        )
+        sp.add_argument(
+            "--model-memory-gb", dest="model_memory_gb", help="GB all loaded models may take (or off)"
+        )
 
     serve = sub.add_parser("serve", help="run the MCP server (stdio unless --http)")
     common(serve)
@@ -55,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole loop over stdio and write the session's HTML gallery")
     common(demo)
+
+    # no --unload: this process has nothing loaded; a running server's models are unloaded with its
+    # `models` tool (limner call models --url ... --arg action=unload --arg role_or_model=generator)
+    models = sub.add_parser("models", help="print each role's model and every known model as JSON")
+    common(models)
     return p
 
 
@@ -64,6 +75,8 @@ SERVE_FLAGS = {
     "profile": "--profile",
     "max_wait_s": "--max-wait-s",
     "log_level": "--log-level",
+    "idle_unload_s": "--idle-unload-s",
+    "model_memory_gb": "--model-memory-gb",
 }
 
 
@@ -126,7 +139,28 @@ def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) ->
         if args.config is not None:
             forwarded += ["--config", str(args.config)]
         return run_demo(settings, forwarded)
+    if args.command == "models":
+        return print_models(settings)
     return 2
+
+
+def print_models(settings: Settings) -> int:
+    """The `models` tool's listing for these settings, as JSON on stdout. Nothing is loaded here (a new
+    process has nothing in memory), so every model shows unloaded; a twin not built yet is not built."""
+    from tools.models.cache import ModelCache
+    from tools.models.inventory import listing
+
+    cache = ModelCache(
+        settings.models,
+        settings.roles,
+        settings.profile,
+        settings.models_dir,
+        settings.offline,
+        idle_unload_s=settings.idle_unload_s,
+        memory_gb=settings.model_memory_gb,
+    )
+    print(listing(cache).model_dump_json(indent=2))
+    return 0
 
 
 def serve(settings: Settings, http: bool) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -22,6 +23,8 @@ from tools.models.cache import ModelCache
 from tools.models.runner import Runner, Work
 from tools.search.service import SearchService, TTLCache
 from tools.session.log import SessionLog
+
+logger = logging.getLogger("limner")
 
 # What a model tool's finish step returns: the structured result and the images to preview.
 Output = tuple[BaseModel, list[Image.Image]]
@@ -69,6 +72,20 @@ def app_context(ctx: Context) -> AppContext:
     return cast(AppContext, ctx.request_context.lifespan_context)  # what the lifespan yields (app.py)
 
 
+async def unload_idle_models(models: ModelCache) -> None:
+    """The lifespan's background check (app.py): unload the models nobody used for idle_unload_s. A model
+    `get` checks too, but nothing calls it while the server sits idle. Runs every quarter of the idle time
+    (at most a minute), so a model goes within 1.25 x idle_unload_s; cancelled at shutdown."""
+    assert models.idle_unload_s is not None
+    every = min(max(models.idle_unload_s / 4, 0.25), 60.0)
+    while True:
+        await anyio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(models.unload_idle)  # collecting the memory takes a moment
+        except Exception:  # the next round tries again; one failure must not end the checks
+            logger.exception("the idle unload check failed")
+
+
 # -- model work: hand it to the runner, answer with its result or a job handle ------------------------------
 def to_call_result(model: BaseModel, images: list[Image.Image]) -> CallToolResult:
     return with_previews(model, [preview(img) for img in images])
@@ -98,6 +115,7 @@ async def run_work(
     request: Any,
     finish: Callable[[Any], Output],
     pending: Callable[[JobHandle], BaseModel],
+    role: str,
 ) -> CallToolResult:
     """Run `work(request, models, progress)` on the runner, then `finish(output)` and the previews off the
     model worker; the finished result, or `pending(handle)` after max_wait_s."""
@@ -107,7 +125,7 @@ async def run_work(
         model, images = finish(output)
         return model, [preview(img) for img in images]  # encoded once; the full images are in the store
 
-    job = app.runner.submit(tool, description, work, request, finished)
+    job = app.runner.submit(tool, description, work, request, finished, role)
     done = await wait_for(job, app.settings.max_wait_s, ctx.report_progress)
     if not done:
         job.detached = True

@@ -146,6 +146,7 @@ def register(server: MCPServer) -> None:
                 base,
                 lambda output: finish(base, output, app.images),
                 lambda handle: running(spec, base, handle),
+                role="generator",
             )
 
         def prepare() -> ForegroundRequest:  # resolving may read a file or fetch a URL: off the event loop
@@ -171,4 +172,5 @@ def register(server: MCPServer) -> None:
             request,
             lambda output: finish_foreground(request, output, app.images),
             lambda handle: running(spec, base, handle),
+            role="inpainter",
         )

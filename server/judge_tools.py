@@ -144,4 +144,5 @@ def register(server: MCPServer) -> None:
             given,
             scored,
             lambda handle: JudgeResult(status="running", job=handle),
+            role="judge",
         )

@@ -184,4 +184,5 @@ def register(server: MCPServer) -> None:
                 focus=request.focus,
                 job=handle,
             ),
+            role=request.backend,
         )

@@ -7,12 +7,21 @@ This is the only module that reads `os.environ`; everything else gets the frozen
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from tools.models.specs import PRESETS, ModelSpec
 
@@ -26,6 +35,44 @@ DEFAULT_ROLES = {
     "vlm": "qwen2.5-vl-3b",
     "lpips": "lpips-alex",
 }
+
+
+def _off_is_none(value: Any) -> Any:
+    """An optional number set to "none", "off" or "" (LIMNER_IDLE_UNLOAD_S=off) means unset."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+        return None
+    return value
+
+
+_RAY_ADDRESS = re.compile(
+    r"^(auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5})$"
+)
+RAY_ROLES = ("generator", "inpainter", "editor", "judge")
+
+
+def _ray_address(value: str) -> str:
+    if not _RAY_ADDRESS.match(value.strip()):
+        raise ValueError(
+            f"{value!r} is not a Ray address; use auto, host:port (the head's GCS port, e.g. 10.0.0.5:6379) "
+            "or ray://host:10001"
+        )
+    return value.strip()
+
+
+def _role_numbers(value: Any) -> Any:
+    """'generator=1,judge=0.25' (LIMNER_RAY_NUM_GPUS) as a table; a table as it is. Roles are checked."""
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(
+                f"{value!r}: write role=number pairs joined by commas, e.g. generator=1,judge=0.25"
+            )
+        value = {role.strip(): number.strip() for role, number in pairs}
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(RAY_ROLES))
+        if unknown:
+            raise ValueError(f"no Ray deployment for {unknown}; the roles are {', '.join(RAY_ROLES)}")
+    return value
 
 
 class Settings(BaseModel):
@@ -56,6 +103,36 @@ class Settings(BaseModel):
     models_path: Path | None = Field(
         default=None, description="Where tiny models are built and cached (default LIMNER_HOME/models)."
     )
+    idle_unload_s: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=None,
+        ge=1,
+        description="Unload a model nobody has used for this many seconds (a running job's models never); "
+        "none (off, the default): models stay loaded until unloaded with the `models` tool.",
+    )
+    model_memory_gb: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=None,
+        gt=0,
+        description="GB (2**30 bytes) all loaded models together may take: before a model loads, the least "
+        "recently used ones no job holds are unloaded until it fits. Default: the CUDA device's memory; none "
+        "on CPU.",
+    )
+    # where model work runs
+    runner: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: on this process's model thread; ray: on Ray Serve deployments of a Ray cluster "
+        '(ray_address), shared by every limner server pointing at it (pip install "limner[ray]").',
+    )
+    ray_address: Annotated[str, AfterValidator(_ray_address)] = Field(
+        default="auto",
+        description="The cluster for runner = ray, as ray.init takes it: auto (the cluster this machine "
+        "joined), host:port of its head (GCS port, 6379 by default), or ray://host:10001 (Ray Client).",
+    )
+    ray_num_gpus: Annotated[dict[str, float], BeforeValidator(_role_numbers)] = Field(
+        default_factory=dict,
+        description="GPUs per replica by role (generator, inpainter, editor, judge), e.g. "
+        "'generator=1,judge=0.25'; default 1 (judge 0.25) where the cluster has GPUs, 0 where it has none.",
+    )
+    ray_replicas: int = Field(default=1, ge=1, le=64, description="Replicas per role's deployment.")
     roles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
     models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(PRESETS))
     host: str = Field(default="127.0.0.1", description="HTTP transport bind address.")

@@ -327,7 +327,14 @@ async def test_model_work_that_fails_unexpectedly_is_a_tool_error_with_its_reaso
             )
 
         return await run_work(
-            ctx, "explode", "a failing test job", work, None, lambda out: out, lambda handle: handle
+            ctx,
+            "explode",
+            "a failing test job",
+            work,
+            None,
+            lambda out: out,
+            lambda handle: handle,
+            "generator",
         )
 
     server.add_tool(explode)

@@ -339,7 +339,7 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
         (6, -32600), (7, -32602), (8, -32600), (None, -32600), (5, None),
     ]  # fmt: skip
     assert "params.arguments.prompt holds a lone UTF-16 surrogate" in answers[6]["error"]["message"]
-    assert len(answers[-1]["result"]["tools"]) == 9
+    assert len(answers[-1]["result"]["tools"]) == 10
     assert err.count(b"stdio: refused a message") == 9
 
 

@@ -69,6 +69,7 @@ def work(request: GenerateRequest, models: ModelCache, progress: Progress) -> Ge
     warnings = diffusion.prompt_cuts(
         pipe, {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
     ) + diffusion.negative_unused(pipe, request.negative_prompt, request.guidance)
+    warnings += diffusion.guidance_unused(pipe, request.guidance)
     return GenerateOutput(images, loaded.label, loaded.tiny, timings, warnings)
 
 
@@ -102,4 +103,5 @@ def foreground_work(request: ForegroundRequest, models: ModelCache, progress: Pr
     )
     warnings = diffusion.prompt_cuts(loaded.model, fg.read_prompts(made, base.prompt, base.negative_prompt))
     warnings += diffusion.negative_unused(loaded.model, base.negative_prompt, base.guidance)
+    warnings += diffusion.guidance_unused(loaded.model, base.guidance)
     return ForegroundOutput(made, templates, obj, loaded.label, loaded.tiny, timings, warnings)

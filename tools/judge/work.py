@@ -72,10 +72,12 @@ def clipscore(image_feats: Any, text_feats: Any) -> list[float]:
 
 
 def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The single-token spellings of yes and no in this tokenizer."""
+    """The single-token spellings of yes and no in this tokenizer, bare ("Yes", what follows a template's
+    "assistant\n") and after a space (" Yes", what follows "ASSISTANT:"; byte-level BPEs such as Qwen's write it
+    as one token "ĠYes"); a spelling this tokenizer splits into several tokens is not an answer token."""
 
     def single(words: tuple[str, ...]) -> list[int]:
-        ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+        ids = [tokenizer.encode(s + w, add_special_tokens=False) for w in words for s in ("", " ")]
         return sorted({t[0] for t in ids if len(t) == 1})
 
     yes, no = single(YES_WORDS), single(NO_WORDS)
@@ -101,23 +103,46 @@ def vqa_p_yes(
     inputs = processor(text=[text], images=[image.convert("RGB")], return_tensors="pt").to(loaded.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    # the next token's logits only: a real VLM's vocabulary (150k) times every position would be gigabytes
     with torch.inference_mode():
-        logits = model(**inputs).logits[0, -1].float()
+        logits = model(**inputs, logits_to_keep=1).logits[0, -1].float()
     probs = torch.softmax(logits, dim=-1)
     p_yes, p_no = float(probs[yes].sum()), float(probs[no].sum())
     return p_yes / max(p_yes + p_no, 1e-12), p_yes
 
 
+def _size_field(size: Any, name: str) -> int | None:
+    """A field of an image processor's `size` (a dict, or transformers 5's SizeDict)."""
+    value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+    return int(value) if value else None
+
+
+def pixel_budget(image_processor: Any) -> int | None:
+    """The most pixels a Qwen-VL image processor resizes an image to (its max_pixels); None for processors that
+    resize to a side. Qwen-VL's keep the aspect ratio within [min_pixels, max_pixels], which transformers 5
+    stores as size shortest_edge / longest_edge: pixel counts, not sides."""
+    if "image_grid_thw" not in (getattr(image_processor, "model_input_names", None) or ()):
+        return None
+    budget = getattr(image_processor, "max_pixels", None)  # transformers 4 kept it as its own attribute
+    return int(budget) if budget else _size_field(getattr(image_processor, "size", None), "longest_edge")
+
+
 def vlm_working_copy(image: Image.Image, processor: Any) -> Image.Image:
-    """The image shrunk once to twice the processor's target short side, so the processor (run once per
-    question) does not resize a large image again and again; the processor still does its own final resize.
-    Processors without a short-side target (Qwen-VL's pixel budget) get the image as it is."""
-    size = getattr(getattr(processor, "image_processor", None), "size", None)
-    edge = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    """The image shrunk once to twice the processor's target, so the processor (run once per question) does
+    not resize a large image again and again; the processor still does its own final resize. The target is a
+    short side, or for Qwen-VL's pixel budget an area: shrunk to 4 x max_pixels (twice each side), aspect kept."""
+    image_processor = getattr(processor, "image_processor", None)
     image = image.convert("RGB")
-    if not edge or min(image.size) <= 2 * edge:
-        return image
-    scale = 2 * edge / min(image.size)
+    budget = pixel_budget(image_processor)
+    if budget is not None:
+        if image.width * image.height <= 4 * budget:
+            return image
+        scale = (4 * budget / (image.width * image.height)) ** 0.5
+    else:
+        edge = _size_field(getattr(image_processor, "size", None), "shortest_edge")
+        if not edge or min(image.size) <= 2 * edge:
+            return image
+        scale = 2 * edge / min(image.size)
     return image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
     )

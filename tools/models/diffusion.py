@@ -2,8 +2,8 @@
 the job is cancelled, `inference_mode`, and only the keyword arguments the pipeline takes.
 
 Every tool's work calls `call` (generate, the foreground scenes, refine_region's backends), so what a
-pipeline sees does not depend on which tool called it. `prompt_cuts` and `negative_unused` say what a
-pipeline will not read of what it was given, for the result's warnings.
+pipeline sees does not depend on which tool called it. `prompt_cuts`, `negative_unused` and `guidance_unused`
+say what a pipeline will not read of what it was given, for the result's warnings.
 """
 
 from __future__ import annotations
@@ -124,3 +124,16 @@ def negative_unused(pipe: Any, negative_prompt: str | None, guidance: float) -> 
     if reason.startswith("at guidance"):
         advice = "pass guidance above 1 (5-7 for most models; it doubles the denoising work) or " + advice
     return [f"negative_prompt: not used: {reason}; {advice}"]
+
+
+def guidance_unused(pipe: Any, guidance: float) -> list[str]:
+    """A warning when the pipeline will not read the guidance given: a transformer without a guidance
+    embedding (FLUX.1-schnell, Qwen-Image) takes no guidance_scale, and these pipelines run classifier-free
+    guidance only through true_cfg_scale, so any guidance makes the same image as none."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    if guidance <= 0 or getattr(config, "guidance_embeds", None) is not False:
+        return []
+    return [
+        f"guidance: {guidance:g} not used: this guidance-distilled model has no guidance input (the image is "
+        "the one guidance 0 makes); leave guidance out"
+    ]

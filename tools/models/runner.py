@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -27,8 +27,6 @@ from tools.models.cache import ModelCache
 
 logger = logging.getLogger("limner.runner")
 
-Request = TypeVar("Request")
-Output = TypeVar("Output")
 Work = Callable[[Any, ModelCache, Progress], Any]
 Finish = Callable[[Any], Any]
 
@@ -37,8 +35,18 @@ class Runner(Protocol):
     jobs: dict[str, Job]
 
     def submit(
-        self, tool: str, description: str, work: Work, request: Any, finish: Finish | None = None
-    ) -> Job: ...
+        self,
+        tool: str,
+        description: str,
+        work: Work,
+        request: Any,
+        finish: Finish | None = None,
+        role: str = "",
+    ) -> Job:
+        """Run `work(request, models, progress)` with the models of `role` (generator, inpainter, editor,
+        judge: a remote runner's deployment), then `finish(output)` here; the job's result is what finish
+        returns."""
+        ...
 
     def get(self, job_id: str) -> Job: ...
 
@@ -61,7 +69,13 @@ class LocalRunner:
         self._keep_finished = keep_finished
 
     def submit(
-        self, tool: str, description: str, work: Work, request: Any, finish: Finish | None = None
+        self,
+        tool: str,
+        description: str,
+        work: Work,
+        request: Any,
+        finish: Finish | None = None,
+        role: str = "",
     ) -> Job:
         """Queue `work(request, models, job)`, then `finish(output)`; the job's result is what finish returns
         (the output itself without one). Work should call `job.progress(...)` per step so it can be cancelled."""
@@ -75,34 +89,15 @@ class LocalRunner:
                     return
                 job.status, job.started = "running", time.time()
             try:
-                output = work(request, self.models, job)
+                with self.models.serving(job.tool, job.id):  # the models it gets stay loaded until it ends
+                    output = work(request, self.models, job)
             except BaseException as exc:
-                self._failed(job, exc)
+                failed(job, exc)
                 return
-            self._finish_thread.submit(complete, output)
-
-        def complete(output: Any) -> None:
-            try:
-                job.result = finish(output) if finish is not None else output
-            except BaseException as exc:
-                self._failed(job, exc)
-                return
-            job.status, job.finished = "done", time.time()
-            job.future.set_result(job.result)
+            self._finish_thread.submit(complete, job, finish, output)
 
         self._model_thread.submit(run)
         return job
-
-    @staticmethod
-    def _failed(job: Job, exc: BaseException) -> None:
-        job.finished = time.time()
-        if isinstance(exc, JobCancelled):
-            job.fail("cancelled", exc)
-            return
-        job.error = str(exc)  # reported to whoever waits on the job
-        if not isinstance(exc, ToolError):
-            logger.exception("job %s (%s) failed", job.id, job.tool, exc_info=exc)
-        job.fail("failed", exc)
 
     def get(self, job_id: str) -> Job:
         if job_id not in self.jobs:
@@ -120,3 +115,52 @@ class LocalRunner:
         finished = [j for j in self.jobs.values() if j.finished is not None]
         for job in finished[: max(0, len(finished) - self._keep_finished)]:
             del self.jobs[job.id]
+
+
+class UnavailableRunner:
+    """Stands where a runner could not be made (runner = "ray" without Ray installed): every model call
+    answers `reason` as a tool error; the tools that need no model keep working."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.jobs: dict[str, Job] = {}
+
+    def submit(
+        self,
+        tool: str,
+        description: str,
+        work: Work,
+        request: Any,
+        finish: Finish | None = None,
+        role: str = "",
+    ) -> Job:
+        raise ToolError(self.reason)
+
+    def get(self, job_id: str) -> Job:
+        raise ToolError(f"job_id: no job {job_id!r}; recent jobs: none.")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def complete(job: Job, finish: Finish | None, output: Any) -> None:
+    """Finish a job's output (store, answer, previews) and deliver the result; off the model thread."""
+    try:
+        job.result = finish(output) if finish is not None else output
+    except BaseException as exc:
+        failed(job, exc)
+        return
+    job.status, job.finished = "done", time.time()
+    job.future.set_result(job.result)
+
+
+def failed(job: Job, exc: BaseException) -> None:
+    """End a job with `exc`: cancelled, or failed with its reason (logged unless the caller can fix it)."""
+    job.finished = time.time()
+    if isinstance(exc, JobCancelled):
+        job.fail("cancelled", exc)
+        return
+    job.error = str(exc)  # reported to whoever waits on the job
+    if not isinstance(exc, ToolError):
+        logger.exception("job %s (%s) failed", job.id, job.tool, exc_info=exc)
+    job.fail("failed", exc)

@@ -137,8 +137,54 @@ PRESETS: dict[str, ModelSpec] = {
             default_steps=4,
             dtype="float32",
         ),
+        # tiny twins of the SDXL and FLUX presets: the same pipeline classes, so their code paths (two text
+        # encoders and add_time_ids; T5 with max_sequence_length, 16 px factor, no CFG) run offline
+        ModelSpec(
+            name="tiny-sdxl-turbo",
+            role="generator",
+            source="tiny:sdxl",
+            pipeline="StableDiffusionXLPipeline",
+            focus_size=64,
+            default_steps=4,
+            default_guidance=0.0,
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-sdxl-inpaint",
+            role="inpainter",
+            source="tiny:sdxl-inpaint",
+            pipeline="StableDiffusionXLInpaintPipeline",
+            focus_size=64,
+            default_steps=4,
+            default_guidance=7.5,  # as sdxl-inpaint's: its negative prompt and CFG batch run here too
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-flux-schnell",
+            role="generator",
+            source="tiny:flux",
+            pipeline="FluxPipeline",
+            focus_size=64,
+            size_factor=16,
+            default_steps=4,
+            default_guidance=0.0,
+            dtype="float32",
+        ),
         ModelSpec(name="tiny-clip", role="clip", source="tiny:clip", focus_size=32, dtype="float32"),
         ModelSpec(name="tiny-vlm", role="vlm", source="tiny:vlm", focus_size=56, dtype="float32"),
+        # tiny twins of the judge presets clip-vit-l14 and qwen2.5-vl-3b: the same classes (CLIPModel with 14 px
+        # patches; Qwen2_5_VLForConditionalGeneration with its pixel-budget image processor and chat template)
+        ModelSpec(
+            name="tiny-clip-vit-l14", role="clip", source="tiny:clip-vit-l14", focus_size=56, dtype="float32"
+        ),
+        ModelSpec(
+            name="tiny-qwen2.5-vl-3b",
+            role="vlm",
+            source="tiny:qwen2.5-vl",
+            pipeline="Qwen2_5_VLForConditionalGeneration",
+            focus_size=56,
+            dtype="float32",
+        ),
         # judge's perceptual distance; no tiny form: random weights would give numbers that mean nothing
         ModelSpec(name="lpips-alex", role="lpips", source="lpips-alex", dtype="float32", focus_size=1024),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tools.models.twins import judge, sd
+from tools.models.twins import flux, judge, qwen_vl, sd, sdxl
 
 # kind (a spec's `tiny:<kind>` source) -> builder writing the saved model into a folder
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -13,4 +13,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "inpaint": sd.build_inpaint,
     "clip": judge.build_clip,
     "vlm": judge.build_vlm,
+    "clip-vit-l14": judge.build_clip_vit_l14,
+    "qwen2.5-vl": qwen_vl.build_qwen_vl,
+    "sdxl": sdxl.build_sdxl,
+    "sdxl-inpaint": sdxl.build_sdxl_inpaint,
+    "flux": flux.build_flux,
 }
