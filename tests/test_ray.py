@@ -5,6 +5,7 @@ process group and stopped with it. Tiny models on CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from PIL import Image
 from skimage import data
 
 from server.app import build_server
-from tests.conftest import connect, structured
+from tests.conftest import connect, error_text, structured
 from tools.core.images import ImageStore
 
 ray = pytest.importorskip("ray", reason='the Ray runner needs the extra: pip install "limner[ray]"')
@@ -62,12 +63,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         raise AssertionError("the Ray head did not come up in 60 s")
     yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    ray.shutdown()  # this process's driver first, then the cluster's processes (raylet, GCS, workers)
     subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(30)
 
 
 @pytest.fixture
@@ -247,3 +247,17 @@ def test_an_unreachable_cluster_is_a_tool_error_naming_it_and_the_server_stays_u
     assert failed.startswith("True ") and f"cannot reach the Ray cluster at '{address}'" in failed
     assert "ray status" in failed and kept.startswith("False mem_")
     assert time.monotonic() - started < 60  # refused at once, not after ray.init's minutes of retries
+
+
+async def test_a_role_asking_more_gpus_than_the_cluster_has_is_a_clear_error_at_its_first_call(
+    make_settings, ray_head
+):
+    settings = make_settings(runner="ray", ray_address=ray_head, ray_num_gpus={"inpainter": 1})
+    async with connect(settings) as client:
+        text = error_text(
+            await client.call_tool(
+                "refine_region", {"image": photo(settings.home), "prompt": "x", "bbox": [0, 0, 8, 8]}
+            )
+        )
+    assert "the inpainter deployment asks for 1 GPU(s) per replica but the cluster at" in text
+    assert "has 0" in text

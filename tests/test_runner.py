@@ -6,6 +6,7 @@ round-tripped output must finish into the very result the original does: the sam
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from PIL import Image
 from skimage import data
 
 from server.settings import Settings
+from tests.conftest import connect, error_text, structured
 from tools.core.images import ImageStore, Resolved
 from tools.core.jobs import Job
 from tools.core.masks import MaskReading, box_mask
@@ -230,3 +232,15 @@ def test_a_finish_that_fails_fails_its_job_with_the_reason(settings):
         job.future.result(timeout=10)
     assert job.status == "failed" and job.error == "disk full" and job.finished is not None
     runner.shutdown()
+
+
+@pytest.mark.anyio
+async def test_runner_ray_without_ray_installed_says_how_to_install_it_and_other_tools_keep_working(
+    make_settings, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "tools.models.ray_runner", None)  # as if Ray were not installed
+    async with connect(make_settings(runner="ray", ray_address="127.0.0.1:6379")) as client:
+        text = error_text(await client.call_tool("generate", {"prompt": "x", "steps": 1}))
+        kept = structured(await client.call_tool("remember", {"text": "still up", "kind": "fact"}))
+    assert 'pip install "limner[ray]"' in text and "LIMNER_RUNNER=local" in text
+    assert kept["id"].startswith("mem_")

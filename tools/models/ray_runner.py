@@ -245,9 +245,10 @@ class RayRunner:
             if role in self._handles:
                 return self._handles[role]
             self._ensure_connected()
+            gpus = self._gpus(role)  # checked even where another server deployed the role: a wrong setting
             app = APP_PREFIX + role
             if _app_status(app) != "RUNNING":
-                self._deploy(role, app)
+                self._deploy(role, app, gpus)
             self._handles[role] = serve.get_app_handle(app)
             return self._handles[role]
 
@@ -286,7 +287,8 @@ class RayRunner:
                 "LIMNER_RUNNER=local."
             ) from None
 
-    def _deploy(self, role: str, app: str) -> None:
+    def _gpus(self, role: str) -> float:
+        """GPUs per replica of the role: the setting, else 1 (the judge 0.25) where the cluster has GPUs."""
         gpus_here = float(ray.cluster_resources().get("GPU", 0))
         default = (0.25 if role == "judge" else 1.0) if gpus_here else 0.0
         gpus = self.options.num_gpus.get(role, default)
@@ -296,6 +298,9 @@ class RayRunner:
                 f"{self.options.address} has {gpus_here:g}; add a GPU worker (`ray start --address ...` on a GPU "
                 f"machine) or lower ray_num_gpus.{role}."
             )
+        return gpus
+
+    def _deploy(self, role: str, app: str, gpus: float) -> None:
         deployment = RoleWorker.options(
             name=f"{role}-worker",
             num_replicas=self.options.replicas,
