@@ -1,6 +1,11 @@
 """Benchmarks for the loop: session-log overhead per tool call, gallery rendering, and `limner demo` end to end.
 
 Run: .venv/bin/python bench/bench_loop.py [--no-demo]. Prints one JSON line per figure.
+
+The session log under a flood (issue 23): 25 refused `recall` calls, each with an unknown 1.8 MB list argument,
+made the server's RSS grow by ~200 MB, wrote a 42 MB log and a 64 MB limner://session/log answer. `flood_*`
+measures the same: RSS growth, log file size, the resource's size and time to answer, and the cost of
+recording one such call.
 """
 
 from __future__ import annotations
@@ -81,6 +86,39 @@ def gallery_figures(home: Path, count: int = 40, side: int = 512) -> None:
     emit(f"gallery_size_{count}x{side}px", len(page.encode()) / 1024, "KiB")
 
 
+async def flood_figures(home: Path, calls: int = 25) -> None:
+    import psutil
+    from mcp import Client
+
+    server = build_server(load_settings(flags={"home": home, "profile": "tiny"}, environ={}))
+    junk = ["an unknown argument's item"] * 65_000  # ~1.8 MB as JSON
+    process = psutil.Process()
+    async with Client(server) as client:
+        await client.call_tool("jobs", {"action": "list"})
+        before = process.memory_info().rss
+        started = time.perf_counter()
+        for _ in range(calls):
+            await client.call_tool("recall", {"query": "kites", "junk": junk})
+        per_call = (time.perf_counter() - started) / calls * 1000
+        grown = process.memory_info().rss - before
+        started = time.perf_counter()
+        answer = (await client.read_resource("limner://session/log")).contents[0]
+        read_s = time.perf_counter() - started
+    text = getattr(answer, "text", "")
+    log_path = Path(json.loads(text)["log_path"])
+    emit(f"flood_{calls}_refused_calls_rss_growth", grown / 2**20, "MiB", "was ~200 MiB")
+    emit(f"flood_{calls}_refused_calls_log_file", log_path.stat().st_size / 2**10, "KiB", "was ~42 MB")
+    emit("flood_session_log_resource", len(text.encode()) / 2**10, "KiB", "was ~64 MB")
+    emit("flood_session_log_resource_read", read_s * 1000, "ms", "was ~7 s")
+    emit("flood_refused_call_with_1_8_mb_argument", per_call, "ms/call")
+    log = SessionLog(home / "direct")
+    runs = 200
+    started = time.perf_counter()
+    for _ in range(runs):
+        log.record("recall", {"query": "kites", "junk": junk}, time.time(), 0.001, is_error=True, reason="x")
+    emit("session_log_record_1_8_mb_argument", (time.perf_counter() - started) / runs * 1e6, "us/call")
+
+
 def demo_figures(home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIMNER_")}
     env.update(LIMNER_HOME=str(home), LIMNER_PROFILE="tiny", PYTHONPATH=str(REPO), HOME=str(home.parent))
@@ -122,6 +160,7 @@ def main() -> None:
         emit("tool_call_p50_in_process_without_session_log", without, "ms")
         emit("session_log_overhead_p50", with_log - without, "ms", "< 0.5 ms")
         gallery_figures(root / "g")
+        anyio.run(flood_figures, root / "f")
         if not args.no_demo:
             demo_figures(root / "demo")
 

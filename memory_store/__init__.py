@@ -2,10 +2,11 @@
 
 from memory_store.embedder import DEFAULT_EMBEDDER, Embedder, EmbedderError
 from memory_store.lock import StoreLocked, StoreReadOnly
-from memory_store.store import Added, Filter, Memory, MemoryStore, MemoryStoreError
+from memory_store.store import CLOCK, Added, Filter, Memory, MemoryStore, MemoryStoreError, memory_id
 from memory_store.text import normalize
 
 __all__ = [
+    "CLOCK",
     "DEFAULT_EMBEDDER",
     "Added",
     "Embedder",
@@ -16,5 +17,6 @@ __all__ = [
     "MemoryStoreError",
     "StoreLocked",
     "StoreReadOnly",
+    "memory_id",
     "normalize",
 ]

@@ -131,7 +131,14 @@ class Embedder:
         self.runtime = runtime
         self.active_runtime: str | None = None
         self._lock = threading.Lock()
+        # a fast tokenizer sets its padding and truncation on each call: two threads at once fail ("Already
+        # borrowed"), so every use of it holds this lock (a few hundred microseconds; the forward runs outside)
+        self._tokenizing = threading.Lock()
+        self._tokenizer: Any = None
         self._parts: tuple[Callable[[list[str]], np.ndarray], int] | None = None  # (encode, dim)
+        self._vocab: frozenset[str] = (
+            frozenset()
+        )  # read by known_words: a set, never the tokenizer across threads
 
     @property
     def dim(self) -> int:
@@ -140,6 +147,27 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         return self._load()[0](texts)
+
+    def known_words(self, words: list[str]) -> set[str]:
+        """The words this model has whole in its vocabulary, so their meaning is in its vectors. A name or a
+        code ("kweskin" -> kw ##es ##kin, "7731" -> 77 ##31) and a script it does not know ([UNK]) come in
+        pieces: there exact terms must find what the vectors cannot. Words are given in their term form
+        (case-folded); a vocabulary entry may carry a word-start mark (SentencePiece "▁", byte-level BPE "Ġ")."""
+        self._load()
+        return {
+            w for w in words if w in self._vocab or f"\u2581{w}" in self._vocab or f"\u0120{w}" in self._vocab
+        }
+
+    def unread_share(self, text: str) -> float:
+        """The share of `text`'s tokens this model cannot read at all (its unknown token: Japanese kana, most
+        Chinese characters and Thai for MiniLM). Its vector says little about such a text."""
+        self._load()
+        tokenizer = self._tokenizer
+        if tokenizer is None or tokenizer.unk_token is None:
+            return 0.0
+        with self._tokenizing:
+            tokens = tokenizer.tokenize(text)
+        return sum(t == tokenizer.unk_token for t in tokens) / len(tokens) if tokens else 0.0
 
     def _load(self) -> tuple[Callable[[list[str]], np.ndarray], int]:
         with self._lock:
@@ -160,6 +188,8 @@ class Embedder:
             dim = int(AutoConfig.from_pretrained(source, local_files_only=True).hidden_size)
         except (OSError, ValueError) as exc:
             raise self._missing(source, exc) from exc
+        self._vocab = frozenset(tokenizer.get_vocab())
+        self._tokenizer = tokenizer
         max_len = min(_max_seq_length(folder) or tokenizer.model_max_length or 512, 512)
         forward = None
         if self.runtime == "onnx" and self.device == "cpu" and self.cache_dir is not None and folder.is_dir():
@@ -179,13 +209,14 @@ class Embedder:
         def encode(texts: list[str]) -> np.ndarray:
             out = np.empty((len(texts), dim), dtype=np.float32)
             for start in range(0, len(texts), self.batch_size):
-                batch = tokenizer(
-                    texts[start : start + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_len,
-                    return_tensors="np",
-                )
+                with self._tokenizing:
+                    batch = tokenizer(
+                        texts[start : start + self.batch_size],
+                        padding=True,
+                        truncation=True,
+                        max_length=max_len,
+                        return_tensors="np",
+                    )
                 mask = batch["attention_mask"].astype(np.int64)
                 hidden = forward(batch["input_ids"].astype(np.int64), mask)
                 out[start : start + len(hidden)] = _pool(hidden, mask, pooling)
@@ -202,6 +233,9 @@ class Embedder:
         except (OSError, ValueError) as exc:
             raise self._missing(source, exc) from exc
         self.active_runtime = "sentence-transformers"
+        tokenizer = getattr(model, "tokenizer", None)
+        self._vocab = frozenset(tokenizer.get_vocab()) if tokenizer is not None else frozenset()
+        self._tokenizer = tokenizer
         size = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         found = size()  # renamed in sentence-transformers 6
         if found is None:  # sentence-transformers 6: None when no module of the model names a dimension

@@ -9,13 +9,16 @@
    underscores as "-"); the original text sits in the metadata. Exact terms are looked up in a TermIndex
    (terms.py) beside an embedded store, or with chromadb's full-text `$contains` on a shared server, whose
    matches are then split into words as the TermIndex's are, so both find the same memories.
-4. `query` fuses the vector ranking with an exact-term ranking by reciprocal rank fusion (RRF): a rare name
-   in the query finds the memory that contains it even when its vector neighbours are generic.
+4. `query` ranks by cosine similarity plus a lift from exact terms: a query word found in few memories lifts
+   them by how rare it is in the store, most when the embedder cannot read the word (a name, a code, a script
+   it does not know), so a rare name finds its memory even when its vector neighbours are generic, and a word
+   dozens of memories share moves them little and pushes nothing out (bench/memory_quality.py measures it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -40,19 +43,39 @@ logger = logging.getLogger("limner.memory")
 
 COLLECTION = "limner_memory"
 DOCUMENT_FORM = 2  # 1 (unmarked): normalize(text); 2: document(text), what a server's term search reads
-RRF_K = 60  # the usual RRF constant: flattens the head of each ranking
+# exact terms add to a memory's cosine similarity: LIFT for a query word found in one memory, falling to 0 for
+# one found in more than TERM_CAP (log scale). Measured on bench/data/memory_quality (MiniLM, 2,701 memories):
+# with 0.35 a memory holding the only other occurrence of an everyday word ("unusable") stays below the one
+# the vectors rank first; the old reciprocal rank fusion let a word shared by dozens push it out of the top 5
+LIFT = 0.35
+KNOWN_SHARE = (
+    0.4  # of the lift, for a word the embedder has whole in its vocabulary (its meaning is in the vectors)
+)
+PREFIX_SHARE = (
+    0.5  # of the lift, for a memory whose word only starts with the query's ("advert": "advertising")
+)
 VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
 TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
 TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
 TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
-MAX_TERMS = 8  # of the query words looked up (text.MAX_LOOKUPS), the rarest found are scored
 SERVER_LOOKUPS = 8  # on a chroma server, lookups run this many at a time (each is one or more requests)
 NEAR_HITS = 5  # nearest memories checked for near-duplicates of a new one
+FIND_PAGE = 5000  # memories read per request when listing by a filter (forget, export)
 FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
 MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pass than this
 # chromadb re-reads every write since its last HNSW save on each add: at its default (1000) an add took 15-18 ms
 # p50 at 100,000 memories, at 100 it took 10-11 ms; a save costs ~130 ms there, so 1.3 ms an add on average
 HNSW_SYNC = 100
+
+
+class Clock:
+    """The time memories are stamped, filtered and expired by: the system clock (a test sets its own)."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+CLOCK = Clock()
 
 
 class MemoryStoreError(RuntimeError):
@@ -69,7 +92,10 @@ class Memory:
     created: float
     source: str | None = None
     image_id: str | None = None
-    score: float = 0.0  # fused RRF score (or the cosine similarity when fusion is off)
+    expires: float | None = None  # when it leaves recall (forget(expired=true) removes it); None: never
+    replaces: list[str] = field(default_factory=list)  # the memories it superseded
+    superseded_by: str | None = None  # the memory that replaced it: left out of recall unless asked
+    score: float = 0.0  # cosine similarity plus the exact-term lift (the similarity alone when fusion is off)
     similarity: float = 0.0  # cosine similarity to the query
     matched_terms: list[str] = field(default_factory=list)
 
@@ -88,22 +114,29 @@ def memory_id(text: str, kind: str, scope: str) -> str:
 
 @dataclass(frozen=True)
 class Filter:
-    """Conditions a memory must all meet: kind, scope, every one of the tags, created in [since, before)."""
+    """Conditions a memory must all meet: kind, scope, every one of the tags, created in [since, before), and
+    its life cycle: superseded (True: only superseded ones, False: none, None: either) and expired at `now`
+    (likewise)."""
 
     kind: str | None = None
     scope: str | None = None
     tags: tuple[str, ...] = ()
     since: float | None = None
     before: float | None = None
+    superseded: bool | None = None
+    expired: bool | None = None
+    now: float = 0.0
 
     def empty(self) -> bool:
-        return self == Filter()
+        return self == Filter(now=self.now)
 
     def fields(self) -> dict[str, Any]:
         return asdict(self)
 
     def where(self) -> dict[str, Any] | None:
-        """The same conditions as a chromadb `where` filter."""
+        """The conditions on kind, scope, tags and creation time as a chromadb `where` filter. chromadb cannot
+        say "no expiry, or one after now" (a missing key fails every comparison), so the life cycle is
+        checked afterwards, with `matches`."""
         parts: list[dict[str, Any]] = []
         if self.kind:
             parts.append({"kind": self.kind})
@@ -118,15 +151,23 @@ class Filter:
             return None
         return parts[0] if len(parts) == 1 else {"$and": parts}
 
+    def life_cycle(self) -> bool:
+        """Whether `where` leaves conditions out (to be checked with `matches`)."""
+        return self.superseded is not None or self.expired is not None
+
     def matches(self, meta: dict[str, Any]) -> bool:
         """The same conditions checked on one memory's chromadb metadata."""
         created = float(meta.get("created", 0.0))
+        expires = meta.get("expires")
+        expired = expires is not None and float(expires) <= self.now
         return (
             (not self.kind or meta.get("kind") == self.kind)
             and (not self.scope or meta.get("scope") == self.scope)
             and set(self.tags) <= set(meta.get("tags") or ())
             and (self.since is None or created >= self.since)
             and (self.before is None or created < self.before)
+            and (self.superseded is None or self.superseded == bool(meta.get("superseded_by")))
+            and (self.expired is None or self.expired == expired)
         )
 
 
@@ -280,17 +321,38 @@ class MemoryStore:
         source: str | None = None,
         image_id: str | None = None,
         near_threshold: float = 0.92,
+        expires: float | None = None,
+        replaces: Sequence[str] = (),
     ) -> Added:
-        """Store one memory (idempotent on content+kind+scope); report near-duplicates above the threshold."""
+        """Store one memory (idempotent on content+kind+scope); report near-duplicates above the threshold.
+        `replaces`: memories it supersedes (the caller checks they exist, in this scope, not yet superseded);
+        they are marked after the new memory is written, and again when the same memory is remembered again
+        with them, which completes a replacement a crash cut short."""
         mem_id = memory_id(text, kind, scope)
         with self._write:
             if self._existing([mem_id]):
+                if replaces:
+                    self._supersede(list(replaces), mem_id)
                 return Added(mem_id, created=False)
             vector = self.embedder.embed([text])[0]
             near = self._near(vector, near_threshold, scope)
-            meta = _metadata(text, kind, scope, tags, source, image_id, time.time())
-            self._write_rows([mem_id], vector[None], [text], [meta])
+            memory = Memory(mem_id, text, kind, scope, list(tags), CLOCK.now(), source, image_id, expires)
+            memory.replaces = list(dict.fromkeys(replaces))
+            self._write_rows([mem_id], vector[None], [text], [_metadata(memory)])
+            if replaces:
+                self._supersede(list(replaces), mem_id)
         return Added(mem_id, created=True, near_duplicates=near)
+
+    def _supersede(self, old: list[str], new: str) -> None:
+        """Link the new memory to the ones it replaces and mark those superseded by it (under the write
+        lock). chromadb merges an update into the stored metadata."""
+        (current,) = self.get([new])
+        replaces = list(dict.fromkeys([*current.replaces, *old]))
+        self.collection.update(
+            ids=[new, *old], metadatas=[{"replaces": replaces}, *[{"superseded_by": new}] * len(old)]
+        )
+        if self.terms is not None:
+            self.terms.supersede(old, new)
 
     def _existing(self, ids: list[str]) -> set[str]:
         """The ids among `ids` already stored. The term index holds exactly what chromadb holds (written
@@ -304,7 +366,8 @@ class MemoryStore:
         return have
 
     def add_many(self, items: Sequence[dict[str, Any]]) -> list[str]:
-        """Bulk import of {text, kind, scope, tags?, source?, image_id?}; existing ids are skipped."""
+        """Bulk import of {text, kind, scope, tags?, source?, image_id?, and from an export: created?,
+        expires?, replaces?, superseded_by?}; existing ids are skipped. Returns every item's id."""
         ids = [memory_id(it["text"], it["kind"], it["scope"]) for it in items]
         unique = dict(zip(ids, items, strict=True))
         with self._write:
@@ -312,21 +375,10 @@ class MemoryStore:
             todo = [(i, it) for i, it in unique.items() if i not in have]
             if todo:
                 vectors = self.embedder.embed([it["text"] for _, it in todo])
-                now = time.time()
+                now = CLOCK.now()
                 for start in range(0, len(todo), 1000):
                     chunk = todo[start : start + 1000]
-                    metas = [
-                        _metadata(
-                            it["text"],
-                            it["kind"],
-                            it["scope"],
-                            it.get("tags", ()),
-                            it.get("source"),
-                            it.get("image_id"),
-                            now,
-                        )
-                        for _, it in chunk
-                    ]
+                    metas = [_metadata(_item_memory(i, it, now)) for i, it in chunk]
                     texts = [it["text"] for _, it in chunk]
                     self._write_rows([i for i, _ in chunk], vectors[start : start + len(chunk)], texts, metas)
         return ids
@@ -368,22 +420,39 @@ class MemoryStore:
         close = _close(hits, threshold)
         if not close:
             return []
-        near = [(m, close[m.id]) for m in self.get(list(close)) if m.scope == scope]
+        now = CLOCK.now()
+
+        def live(memory: Memory) -> bool:  # a superseded or expired memory is no duplicate to forget
+            return memory.superseded_by is None and (memory.expires is None or memory.expires > now)
+
+        near = [(m, close[m.id]) for m in self.get(list(close)) if m.scope == scope and live(m)]
         if len(close) == NEAR_HITS and len(near) < NEAR_HITS:
             # every hit was close and some were another scope's: more of this scope's may lie deeper
             hits = self.collection.query(
                 query_embeddings=[vector], n_results=NEAR_HITS, where={"scope": scope}, include=["distances"]
             )
             close = _close(hits, threshold)
-            near = [(m, close[m.id]) for m in self.get(list(close))] if close else []
+            near = [(m, close[m.id]) for m in self.get(list(close)) if live(m)] if close else []
         return near
 
-    def delete(self, ids: Sequence[str]) -> None:
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Remove memories. Those they had replaced, and that no other memory replaced since, are current
+        again (a replacement forgotten as wrong leaves what it replaced); their ids are returned."""
         with self._write:
+            gone = set(ids)
+            replaced: list[str] = []
             for start in range(0, len(ids), 1000):
-                self.collection.delete(ids=list(ids[start : start + 1000]))
-                self._drop_terms(ids[start : start + 1000])
+                chunk = list(ids[start : start + 1000])
+                replaced += [old for m in self.get(chunk) for old in m.replaces if old not in gone]
+                self.collection.delete(ids=chunk)
+                self._drop_terms(chunk)
             self._count = None  # some ids may not have existed: count again when next asked
+            restored = [m.id for m in self.get(list(dict.fromkeys(replaced))) if m.superseded_by in gone]
+            if restored:
+                self.collection.update(ids=restored, metadatas=[{"superseded_by": None}] * len(restored))
+                if self.terms is not None:
+                    self.terms.supersede(restored, None)
+            return restored
 
     def _drop_terms(self, ids: Sequence[str]) -> None:
         """Take forgotten ids out of the term index, with any an earlier try left behind. chromadb, the
@@ -412,67 +481,107 @@ class MemoryStore:
 
     def get(self, ids: Sequence[str]) -> list[Memory]:
         """The memories among `ids` that exist, in the order given."""
+        if not ids:  # chromadb refuses an empty list of ids
+            return []
         found = self.collection.get(ids=list(ids), include=["metadatas"])
         by_id = {i: _memory(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
         return [by_id[i] for i in ids if i in by_id]
 
     def find(self, filt: Filter) -> list[Memory]:
-        """Every memory matching the filter, oldest first."""
-        found = self.collection.get(where=filt.where(), include=["metadatas"])
-        memories = [_memory(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)]
+        """Every memory matching the filter, oldest first. Read in pages: one get of 100,000 memories failed
+        in chromadb ("too many SQL variables")."""
+        memories: list[Memory] = []
+        for offset in itertools.count(0, FIND_PAGE):
+            found = self.collection.get(
+                where=filt.where(), limit=FIND_PAGE, offset=offset, include=["metadatas"]
+            )
+            rows = zip(found["ids"], found["metadatas"], strict=True)
+            memories += [_memory(i, m) for i, m in rows if not filt.life_cycle() or filt.matches(m)]
+            if len(found["ids"]) < FIND_PAGE:
+                break
         return sorted(memories, key=lambda m: m.created)
 
-    def query(self, text: str, k: int, filt: Filter | None = None, fuse: bool = True) -> list[Memory]:
-        """The k best memories for `text`: vector ranking fused with exact terms (fuse=False: vector only)."""
+    def query(
+        self, text: str, k: int, filt: Filter | None = None, fuse: bool = True, ranking: str = "fused"
+    ) -> list[Memory]:
+        """The k best memories for `text`: cosine similarity plus the exact-term lift. ranking="vector" (or
+        fuse=False) ranks by similarity alone, ranking="terms" by the lift alone (bench/memory_quality.py)."""
+        ranking = ranking if fuse else "vector"
         total = self.count()
         if total == 0:
             return []
         vector = self.embedder.embed([text])[0]
         filt = None if filt is None or filt.empty() else filt
 
-        # 1. vector ranking
-        vector_ids = self._vector_ranking(vector, min(max(VECTOR_CANDIDATES, k), total), total, filt, k)
-        if not fuse:
-            return self._fetch(vector_ids[:k], vector, {}, {})
+        # 1. the nearest memories, with their similarity, and the similarity no memory beyond them exceeds
+        nearest, ceiling = self._vector_ranking(vector, min(max(VECTOR_CANDIDATES, k), total), total, filt, k)
+        if ranking == "vector":
+            return self._fetch([i for i, _ in nearest[:k]], vector, {}, {})
 
-        # 2. exact-term ranking: rare terms weigh more (idf), common ones (None) are left to the vectors. A
-        # word is one unit; a run of an unspaced script is one too, each of its pairs weighing its share, so
-        # a sentence's many pairs do not outweigh a name beside it. The rarest units found are scored.
-        units = query_units(text)
-        terms = list(dict.fromkeys(term for unit in units for term in unit))
-        hits = dict(self._term_hits(terms, filt))
-        found = [(unit, [(t, term_hit) for t in unit if (term_hit := hits.get(t))]) for unit in units]
-        found = [(unit, unit_hits) for unit, unit_hits in found if unit_hits]
-        rarest = sorted(found, key=lambda f: min(len(ids) for _, ids in f[1]))[:MAX_TERMS]
-        term_score: dict[str, float] = {}
-        for unit, unit_hits in rarest:
-            for _, ids in unit_hits:
-                weight = math.log(1 + total / max(len(ids), 1)) / len(unit)
-                for mem_id in ids:
-                    term_score[mem_id] = term_score.get(mem_id, 0.0) + weight
-        matched: dict[str, list[str]] = {}
-        for term in terms:  # in the query's order; every term found is reported
-            for mem_id in hits.get(term) or ():
-                matched.setdefault(mem_id, []).append(term)
-        term_ids = sorted(term_score, key=lambda i: -term_score[i])
+        # 2. what the query's rare words add to the memories that have them
+        lift, matched = self._term_lift(text, filt)
+        if ranking == "terms":
+            top = sorted(lift, key=lambda i: -lift[i])[:k]
+            return self._fetch(top, vector, lift, matched, document(text))
 
-        # 3. reciprocal rank fusion; a term hit outside the vector candidates ranks just past them. A term
-        # hit counts in proportion to its score against the best one: a few common pairs of a long sentence
-        # matched by chance rank after the name it was asked with, not beside it
-        fused: dict[str, float] = {}
-        for rank, mem_id in enumerate(vector_ids, start=1):
-            fused[mem_id] = 1.0 / (RRF_K + rank)
-        best = term_score[term_ids[0]] if term_ids else 1.0
-        for rank, mem_id in enumerate(term_ids, start=1):
-            vector_part = fused.get(mem_id, 1.0 / (RRF_K + len(vector_ids) + 1))
-            fused[mem_id] = vector_part + (term_score[mem_id] / best) / (RRF_K + rank)
+        # 3. similarity + lift; the similarity counts for the share of the query the embedder can read (a
+        # Japanese or Thai name is one unknown token to MiniLM: every such text has nearly the same vector). A
+        # memory the terms found beyond the nearest has a similarity of at most `ceiling`: its own is read only
+        # when that could bring it into the top k (a rare name's memory)
+        read = 1.0 - self.embedder.unread_share(text)
+        fused = {mem_id: read * similarity + lift.get(mem_id, 0.0) for mem_id, similarity in nearest}
+        kth = sorted(fused.values(), reverse=True)[k - 1] if len(fused) >= k else -math.inf
+        hopeful = [i for i in lift if i not in fused and read * ceiling + lift[i] > kth]
+        for mem_id, similarity in self._similarities(hopeful, vector).items():
+            fused[mem_id] = read * similarity + lift[mem_id]
         top = sorted(fused, key=lambda i: -fused[i])[:k]
         return self._fetch(top, vector, fused, matched, document(text))
 
+    def _term_lift(self, text: str, filt: Filter | None) -> tuple[dict[str, float], dict[str, list[str]]]:
+        """What the query's exact terms add to each memory's similarity, and the query terms each memory has.
+
+        A term found in `df` memories (before the filter, on an embedded store) weighs log(C / df) / log(C)
+        of LIFT, C = TERM_CAP + 1: 1 for a word only one memory has, 0 for a common one (None: left to the
+        vectors). A word the embedder knows whole weighs KNOWN_SHARE of that, and a memory whose word only
+        starts with the term gets PREFIX_SHARE of it. A run of an unspaced script is one unit, each of its
+        pairs weighing its share, so a sentence's many pairs do not outweigh a name beside it."""
+        units = query_units(text)
+        terms = list(dict.fromkeys(term for unit in units for term in unit))
+        hits = dict(self._term_hits(terms, filt))
+        known = self.embedder.known_words(terms)
+        lift: dict[str, float] = {}
+        for unit in units:
+            for term in unit:
+                found = hits.get(term)
+                if not found or not found[1]:
+                    continue
+                df, ids = found
+                weight = LIFT * math.log((TERM_CAP + 1) / df) / math.log(TERM_CAP + 1) / len(unit)
+                weight *= KNOWN_SHARE if term in known else 1.0
+                for mem_id, whole in ids.items():
+                    lift[mem_id] = lift.get(mem_id, 0.0) + (weight if whole else weight * PREFIX_SHARE)
+        matched: dict[str, list[str]] = {}
+        for term in terms:  # in the query's order; every term found is reported
+            found = hits.get(term)
+            for mem_id in found[1] if found else ():
+                matched.setdefault(mem_id, []).append(term)
+        return lift, matched
+
+    def _similarities(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
+        """Cosine similarity of each stored memory among `ids` to `vector`."""
+        if not ids:
+            return {}
+        found = self.collection.get(ids=ids, include=["embeddings"])
+        return {
+            i: float(np.dot(vector, np.asarray(e, dtype=np.float32)))
+            for i, e in zip(found["ids"], found["embeddings"], strict=True)
+        }
+
     def _vector_ranking(
         self, vector: np.ndarray, n: int, total: int, filt: Filter | None, at_least: int
-    ) -> list[str]:
-        """Up to n nearest memories passing the filter, nearest first (at least `at_least` when that many pass).
+    ) -> tuple[list[tuple[str, float]], float]:
+        """Up to n nearest memories passing the filter, nearest first, with their cosine similarity (at least
+        `at_least` when that many pass), and the similarity that no passing memory left out exceeds.
 
         chromadb's filtered nearest-neighbour search took 100-400 ms at 100,000 memories when many memories
         pass the filter. An unfiltered search FILTER_OVERSAMPLE times deeper, filtered afterwards by id,
@@ -481,35 +590,45 @@ class MemoryStore:
         the term index lists the ids that pass and chromadb searches among those ids only (~60 ms for
         14,000 of 100,000); on a chroma server, or past MAX_ID_SEARCH ids, chromadb's filtered search runs.
         """
+
+        def search(**options: Any) -> tuple[list[tuple[str, float]], float]:
+            found = self.collection.query(query_embeddings=[vector], include=["distances"], **options)
+            ranked = [
+                (i, 1.0 - float(d)) for i, d in zip(found["ids"][0], found["distances"][0], strict=True)
+            ]
+            return ranked, ranked[-1][1] if ranked else -1.0
+
         if filt is None:
-            return self.collection.query(query_embeddings=[vector], n_results=n, include=[])["ids"][0]
-        wide = self.collection.query(
-            query_embeddings=[vector], n_results=min(total, n * FILTER_OVERSAMPLE), include=[]
-        )["ids"][0]
-        kept = self._keep(wide, filt)
-        ranked = [i for i in wide if i in kept]
-        if len(ranked) >= min(at_least, n) or len(wide) == total:
-            return ranked[:n]
+            return search(n_results=n)
+        # a filter on the life cycle alone (every recall's: superseded and expired memories are few) first
+        # looks no deeper than an unfiltered search
+        depths = [n, n * FILTER_OVERSAMPLE] if filt.where() is None else [n * FILTER_OVERSAMPLE]
+        for depth in depths:
+            wide, ceiling = search(n_results=min(total, depth))
+            kept = self._keep([i for i, _ in wide], filt)
+            ranked = [(i, s) for i, s in wide if i in kept]
+            if len(ranked) >= min(at_least, n) or len(wide) == total:
+                return ranked[:n], ranked[n - 1][1] if len(ranked) >= n else ceiling
         if self.terms is not None:  # the index lists who passes; chromadb searches among those ids only
             passing = self.terms.matching(MAX_ID_SEARCH, **filt.fields())
             if len(passing) <= MAX_ID_SEARCH:
                 if not passing:
-                    return []
+                    return [], -1.0
                 from chromadb.errors import InternalError
 
                 try:
-                    found = self.collection.query(
-                        query_embeddings=[vector], n_results=min(n, len(passing)), ids=passing, include=[]
-                    )
-                    return found["ids"][0]
+                    return search(n_results=min(n, len(passing)), ids=passing)
                 except InternalError as exc:
                     # chromadb fails the whole search ("Error finding id") when one id is missing, and the
                     # index runs a moment ahead of chromadb while a remember or forget is under way
                     logger.info(
                         "id search among %d ids failed (%s); searching with the filter", len(passing), exc
                     )
-        found = self.collection.query(query_embeddings=[vector], n_results=n, where=filt.where(), include=[])
-        return found["ids"][0]
+        ranked, ceiling = search(n_results=n, where=filt.where())
+        if filt.life_cycle():  # chromadb's filter leaves it out (see Filter.where)
+            kept = self._keep([i for i, _ in ranked], filt)
+            ranked = [(i, s) for i, s in ranked if i in kept]
+        return ranked, ceiling
 
     def _keep(self, ids: list[str], filt: Filter) -> set[str]:
         """The ids among `ids` that pass the filter. Never chromadb's get(ids=..., where=...): it applies the
@@ -521,28 +640,45 @@ class MemoryStore:
         found = self.collection.get(ids=ids, include=["metadatas"])
         return {i for i, m in zip(found["ids"], found["metadatas"], strict=True) if filt.matches(m)}
 
-    def _term_hits(self, terms: list[str], filt: Filter | None) -> list[tuple[str, list[str] | None]]:
-        """For each term, the ids of memories with a word starting with it; None when more than TERM_CAP
-        have one (a common term, left to the vector ranking)."""
+    def _term_hits(
+        self, terms: list[str], filt: Filter | None
+    ) -> list[tuple[str, tuple[int, dict[str, bool]] | None]]:
+        """For each term: how many memories have a word starting with it, and those passing the filter, each
+        with whether its word is the term itself; None when more than TERM_CAP have one (a common term, left
+        to the vector ranking)."""
+        hits: list[tuple[str, tuple[int, dict[str, bool]] | None]] = []
         if self.terms is None:  # a shared chroma server: its full-text index, checked against the words
             with ThreadPoolExecutor(SERVER_LOOKUPS) as pool:
                 found = pool.map(lambda term: self._server_term_hits(term, filt), terms)
-                return list(zip(terms, found, strict=True))
-        found = [(term, self.terms.lookup(term, TERM_CAP + 1, prefix=not is_pair(term))) for term in terms]
-        hits = [(term, ids if len(ids) <= TERM_CAP else None) for term, ids in found]
+                hits = list(zip(terms, found, strict=True))
+            if filt is None or not filt.life_cycle():
+                return hits
+        else:
+            for term in terms:
+                whole = is_pair(term)  # a pair is looked up whole, never as a prefix
+                ids = self.terms.lookup(term, TERM_CAP + 1, prefix=not whole)
+                if len(ids) > TERM_CAP:
+                    hits.append((term, None))
+                    continue
+                exact = set(ids) if whole else set(self.terms.lookup(term, TERM_CAP + 1, prefix=False))
+                hits.append((term, (len(ids), {i: i in exact for i in ids})))
         if filt is not None:  # the filter applies to the few ids the words found
-            kept = self._keep(list({i for _, ids in hits for i in ids or ()}), filt)
-            hits = [(t, None if ids is None else [i for i in ids if i in kept]) for t, ids in hits]
+            kept = self._keep(list({i for _, found in hits if found for i in found[1]}), filt)
+            hits = [
+                (t, None if found is None else (found[0], {i: e for i, e in found[1].items() if i in kept}))
+                for t, found in hits
+            ]
         return hits
 
-    def _server_term_hits(self, term: str, filt: Filter | None) -> list[str] | None:
-        """Ids of memories with a word starting with `term` (a pair of characters: that pair), from a chroma
-        server's substring search (None: common). A substring match is kept when the words cut from its
-        document, as the TermIndex cuts them, have the term; matches inside words ("ann" in "planning") can
-        outnumber those, so the substring matches are read in pages until more than TERM_CAP are kept or none
-        are left; a term still unsettled after TERM_SCAN substring matches counts as common."""
+    def _server_term_hits(self, term: str, filt: Filter | None) -> tuple[int, dict[str, bool]] | None:
+        """Memories with a word starting with `term` (a pair of characters: that pair), each with whether the
+        word is the term itself, from a chroma server's substring search (None: common). A substring match is
+        kept when the words cut from its document, as the TermIndex cuts them, have the term; matches inside
+        words ("ann" in "planning") can outnumber those, so the substring matches are read in pages until
+        more than TERM_CAP are kept or none are left; a term still unsettled after TERM_SCAN substring
+        matches counts as common. The filter goes with the search, so the count is of memories passing it."""
         whole = is_pair(term)
-        ids: list[str] = []
+        ids: dict[str, bool] = {}
         for offset in range(0, TERM_SCAN, TERM_PAGE):
             found = self.collection.get(
                 where=None if filt is None else filt.where(),
@@ -553,12 +689,14 @@ class MemoryStore:
             )
             for mem_id, doc in zip(found["ids"], found["documents"], strict=True):
                 doc_terms = words(doc or "", parts=True)
-                if term in doc_terms if whole else any(t.startswith(term) for t in doc_terms):
-                    ids.append(mem_id)
+                if term in doc_terms:
+                    ids[mem_id] = True
+                elif not whole and any(t.startswith(term) for t in doc_terms):
+                    ids[mem_id] = False
             if len(ids) > TERM_CAP:
                 return None
             if len(found["ids"]) < TERM_PAGE:
-                return ids
+                return (len(ids), ids) if ids else None
         return None
 
     def _fetch(
@@ -594,30 +732,58 @@ def _close(hits: dict[str, Any], threshold: float) -> dict[str, float]:
     return {i: s for i, s in similarity.items() if s >= threshold}
 
 
-def _metadata(
-    text: str,
-    kind: str,
-    scope: str,
-    tags: Sequence[str],
-    source: str | None,
-    image_id: str | None,
-    created: float,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {"text": text, "kind": kind, "scope": scope, "created": created}
-    if tags:
-        meta["tags"] = list(tags)  # chromadb refuses empty lists
-    if source:
-        meta["source"] = source
-    if image_id:
-        meta["image_id"] = image_id
+def _metadata(memory: Memory) -> dict[str, Any]:
+    """A memory as chromadb metadata: the fields it has, no empty ones (chromadb refuses empty lists)."""
+    meta: dict[str, Any] = {
+        "text": memory.text,
+        "kind": memory.kind,
+        "scope": memory.scope,
+        "created": memory.created,
+    }
+    optional = {
+        "tags": list(memory.tags),
+        "source": memory.source,
+        "image_id": memory.image_id,
+        "expires": memory.expires,
+        "replaces": list(memory.replaces),
+        "superseded_by": memory.superseded_by,
+    }
+    meta.update({name: value for name, value in optional.items() if value})
     return meta
 
 
+def _item_memory(mem_id: str, item: dict[str, Any], now: float) -> Memory:
+    """An add_many item as a Memory; made now unless it says when."""
+    return Memory(
+        id=mem_id,
+        text=item["text"],
+        kind=item["kind"],
+        scope=item["scope"],
+        tags=list(item.get("tags") or ()),
+        created=float(item.get("created") or now),
+        source=item.get("source"),
+        image_id=item.get("image_id"),
+        expires=item.get("expires"),
+        replaces=list(item.get("replaces") or ()),
+        superseded_by=item.get("superseded_by"),
+    )
+
+
 def _entry(mem_id: str, text: str, memory: Memory) -> Entry:
-    return Entry(mem_id, words(text, parts=True), memory.kind, memory.scope, memory.tags, memory.created)
+    return Entry(
+        mem_id,
+        words(text, parts=True),
+        memory.kind,
+        memory.scope,
+        memory.tags,
+        memory.created,
+        memory.superseded_by,
+        memory.expires,
+    )
 
 
 def _memory(mem_id: str, meta: dict[str, Any]) -> Memory:
+    expires = meta.get("expires")
     return Memory(
         id=mem_id,
         text=meta.get("text", ""),
@@ -627,6 +793,9 @@ def _memory(mem_id: str, meta: dict[str, Any]) -> Memory:
         created=float(meta.get("created", 0.0)),
         source=meta.get("source"),
         image_id=meta.get("image_id"),
+        expires=float(expires) if expires is not None else None,
+        replaces=list(meta.get("replaces") or []),
+        superseded_by=meta.get("superseded_by"),
     )
 
 

@@ -6,7 +6,7 @@ a word prefix, with one B-tree range scan in well under a millisecond.
 
 chromadb's `get(ids=..., where=...)` is worse still: checking 400 ids against `kind = fact` took 20 s at
 100,000 memories (the filter runs over the whole collection before the ids are applied). So the fields a
-recall filters on (kind, scope, tags, created) are kept here too, and `keep` checks a few hundred ids
+recall filters on (kind, scope, tags, created, and the life cycle: superseded_by, expires) are kept here too, and `keep` checks a few hundred ids
 against a filter with primary-key look-ups.
 
 The index is derived data: rows are written before the memory reaches chromadb and removed after it
@@ -26,8 +26,8 @@ from typing import Any
 
 PREFIX_END = "\U0010ffff"
 # 0: terms only; 2: terms and filter fields; 3: words with marks, parts of joined words; 4: runs of Chinese,
-# Japanese, Korean and Thai as pairs of characters
-SCHEMA_VERSION = 4
+# Japanese, Korean and Thai as pairs of characters; 5: superseded_by and expires
+SCHEMA_VERSION = 5
 MAX_PARAMS = 500  # ids per `IN (...)`: well under SQLite's oldest limit of 999 variables
 
 
@@ -39,6 +39,8 @@ class Entry:
     scope: str
     tags: Sequence[str]
     created: float
+    superseded_by: str | None = None
+    expires: float | None = None
 
 
 class TermIndex:
@@ -62,7 +64,7 @@ class TermIndex:
             self._db.execute("CREATE INDEX IF NOT EXISTS postings_id ON postings (id)")  # for forget
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                "scope TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
+                "scope TEXT NOT NULL, created REAL NOT NULL, superseded_by TEXT, expires REAL) WITHOUT ROWID"
             )
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS tags (id TEXT NOT NULL, tag TEXT NOT NULL, "
@@ -88,12 +90,18 @@ class TermIndex:
         with self._transaction() as db:
             for e in entries:
                 db.execute(
-                    "INSERT OR IGNORE INTO docs VALUES (?, ?, ?, ?)", (e.id, e.kind, e.scope, e.created)
+                    "INSERT OR IGNORE INTO docs VALUES (?, ?, ?, ?, ?, ?)",
+                    (e.id, e.kind, e.scope, e.created, e.superseded_by, e.expires),
                 )
                 db.executemany(
                     "INSERT OR IGNORE INTO postings VALUES (?, ?)", ((t, e.id) for t in set(e.terms))
                 )
                 db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", ((e.id, t) for t in e.tags))
+
+    def supersede(self, ids: Sequence[str], by: str | None) -> None:
+        """Mark memories as superseded by the memory `by` (None: current again)."""
+        with self._transaction() as db:
+            db.executemany("UPDATE docs SET superseded_by = ? WHERE id = ?", ((by, i) for i in ids))
 
     def delete(self, ids: Sequence[str]) -> None:
         with self._transaction() as db:
@@ -110,7 +118,7 @@ class TermIndex:
         return [r[0] for r in rows]
 
     def keep(self, ids: Sequence[str], **filters: Any) -> set[str]:
-        """The ids among `ids` whose memory passes the filters (kind, scope, tags, since, before)."""
+        """The ids among `ids` whose memory passes the filters (`_conditions`' arguments)."""
         conditions, params = _conditions(**filters)
         kept: set[str] = set()
         with self._lock:
@@ -156,8 +164,12 @@ def _conditions(
     tags: Sequence[str] = (),
     since: float | None = None,
     before: float | None = None,
+    superseded: bool | None = None,
+    expired: bool | None = None,
+    now: float = 0.0,
 ) -> tuple[list[str], list[Any]]:
-    """SQL conditions on `docs` for a filter: every one given must hold, and every tag be present."""
+    """SQL conditions on `docs` for a filter: every one given must hold, and every tag be present.
+    superseded / expired: True only those, False none of those, None either; expired is judged at `now`."""
     conditions: list[str] = []
     params: list[Any] = []
     for column, op, value in (
@@ -172,4 +184,9 @@ def _conditions(
     for tag in tags:
         conditions.append("EXISTS (SELECT 1 FROM tags t WHERE t.id = docs.id AND t.tag = ?)")
         params.append(tag)
+    if superseded is not None:
+        conditions.append(f"superseded_by IS {'NOT ' if superseded else ''}NULL")
+    if expired is not None:
+        conditions.append("expires <= ?" if expired else "(expires IS NULL OR expires > ?)")
+        params.append(now)
     return conditions, params

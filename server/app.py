@@ -16,20 +16,23 @@ from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, Tool
+from mcp.types import INVALID_PARAMS, Tool, ToolExecution
 
 from server import (
     generate_tools,
     jobs_tools,
     judge_tools,
+    locate_tools,
     memory_tools,
     models_tools,
     prompts,
+    protocol,
     refine_tools,
     search_tools,
     session_tools,
 )
 from server.context import AppContext, app_context, unload_idle_models
+from server.protocol import TASK_TOOLS, package_version
 from server.settings import Settings
 from server.stdio import serve_stdio
 from tools.core.fetch import FetchLimits, SafeFetcher
@@ -45,7 +48,8 @@ limner runs local image models for you; you do the planning. The loop that close
 2. recall preferences and facts before writing the prompt.
 3. generate several candidates (n=3..4), then judge them: judge ranks them and says what to fix.
 4. refine_region the failing region of the best candidate (bit-exact outside the region), judge again.
-5. remember the outcome. Long generations return a job handle: poll it with `jobs`.
+5. remember the outcome. Long generations return a job handle: poll it with `jobs` (a host with MCP tasks
+   can run generate, refine_region and judge as tasks instead).
 The prompts close_context_gap and product_scene spell the loop out; limner://images/<id>/lineage shows how an
 image was made; limner://session/log lists this session's calls and the path of its HTML gallery.
 Results made with the tiny offline models say so: they are noise, useful only to test the plumbing."""
@@ -112,6 +116,10 @@ class LimnerServer(MCPServer):
                             "additionalProperties": False,
                         },
                         "output_schema": identified(tool.name, slim(tool.output_schema, fold_nullable=True)),
+                        # 2025-11-25 hosts may run these as tasks (server/protocol.py); later versions drop it
+                        "execution": ToolExecution(task_support="optional")
+                        if tool.name in TASK_TOOLS
+                        else tool.execution,
                     }
                 )
                 for tool in await super().list_tools()
@@ -265,7 +273,9 @@ def build_server(settings: Settings) -> MCPServer:
             searxng_fetcher=searxng_fetcher,
             closers=[fetcher.close, searxng_fetcher.close],
         )
+        logging.getLogger("limner").addHandler(context.client_log)  # removed by context.close()
         async with anyio.create_task_group() as background:
+            context.background = background
             if settings.idle_unload_s is not None:
                 background.start_soon(unload_idle_models, models)
             try:
@@ -276,6 +286,7 @@ def build_server(settings: Settings) -> MCPServer:
 
     server = LimnerServer(
         "limner",
+        version=package_version(),
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,
@@ -304,8 +315,10 @@ def build_server(settings: Settings) -> MCPServer:
         memory_tools,
         judge_tools,
         models_tools,
+        locate_tools,
     ):
         wiring.register(server)
     session_tools.register(server, settings)
     prompts.register(server)
+    protocol.register(server)
     return server

@@ -214,7 +214,10 @@ def http_app(server: Any, settings: Settings) -> Any:
     """The streamable HTTP app: DNS-rebinding protection on, and a bearer token when one is set."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    names = reachable_names(settings.host, settings.allowed_hosts)
+    # written as HostCheck compares them: lower case, no trailing dot (a machine may be named "DevBox")
+    names = sorted(
+        {n.lower().removesuffix(".") for n in reachable_names(settings.host, settings.allowed_hosts)}
+    )
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         # a name with and without a port: a proxy or browser on a default port (80/443) sends the bare name
@@ -232,7 +235,9 @@ def http_app(server: Any, settings: Settings) -> Any:
 
 class HostCheck:
     """ASGI middleware: the SDK's Host and Origin check (DNS-rebinding protection) for every route. The SDK
-    runs it for /mcp only, and /gallery shows the session's prompts and images."""
+    runs it for /mcp only, and /gallery shows the session's prompts and images. Host names are compared as
+    DNS compares them: in any case, with or without the root's trailing dot (`LOCALHOST`, `localhost.`); the
+    headers are passed on in that form, so the SDK's own check of /mcp reads them the same."""
 
     def __init__(self, app: Any, security: Any) -> None:
         from mcp.server.transport_security import TransportSecurityMiddleware
@@ -243,11 +248,34 @@ class HostCheck:
         if scope["type"] == "http":
             from starlette.requests import Request
 
+            canonical = {b"host": canonical_host, b"origin": canonical_origin}
+            headers = [(k, canonical[k](v) if k in canonical else v) for k, v in scope.get("headers", [])]
+            scope = {**scope, "headers": headers}
             refused = await self.check.validate_request(Request(scope))
             if refused is not None:
                 await refused(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def canonical_host(host: bytes) -> bytes:
+    """A Host header (name[:port], [v6]:port) with the name in lower case and without one trailing dot."""
+    name, port = host, b""
+    if host.startswith(b"["):
+        end = host.find(b"]") + 1
+        name, port = host[:end], host[end:]
+    elif host.count(b":") == 1:
+        name, _, rest = host.partition(b":")
+        port = b":" + rest
+    return name.lower().removesuffix(b".") + port
+
+
+def canonical_origin(origin: bytes) -> bytes:
+    """An Origin header (scheme://host[:port]) with its host as `canonical_host` writes it; others unchanged."""
+    scheme, sep, host = origin.partition(b"://")
+    if not sep or b"/" in host:
+        return origin
+    return scheme.lower() + sep + canonical_host(host)
 
 
 class BearerAuth:

@@ -1,16 +1,37 @@
-"""What every tool reaches through its MCP context: the AppContext, and handing model work to the runner."""
+"""What every tool reaches through its MCP context: the AppContext, and handing model work to the runner.
+
+Model work belongs to the session that asked for it (`owner`), and what it logs goes to that session's client
+as log notifications (`ClientLog`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import functools
 import logging
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import anyio
+import anyio.abc
+from mcp.server.connection import allowed_log_levels
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent
+from mcp.server.session import ServerSession
+from mcp_types import (
+    CallToolResult,
+    LoggingLevel,
+    LoggingMessageNotification,
+    LoggingMessageNotificationParams,
+    RequestId,
+    RequestParamsMeta,
+    TextContent,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from PIL import Image
 from pydantic import BaseModel
 
@@ -18,7 +39,7 @@ from memory_store import MemoryStore
 from server.settings import Settings
 from tools.core.fetch import SafeFetcher
 from tools.core.images import ImageStore, Resolved, preview, resolve_image
-from tools.core.jobs import Job, JobCancelled, JobHandle, wait_for
+from tools.core.jobs import LOG_ROUTE, Job, JobCancelled, JobHandle, routed, wait_for
 from tools.models.cache import ModelCache
 from tools.models.runner import Runner, Work
 from tools.search.service import SearchService, TTLCache
@@ -28,6 +49,120 @@ logger = logging.getLogger("limner")
 
 # What a model tool's finish step returns: the structured result and the images to preview.
 Output = tuple[BaseModel, list[Image.Image]]
+
+LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # the MCP levels, least severe first
+DEFAULT_LOG_LEVEL: LoggingLevel = "info"  # until a 2025 client sets one: model loads, jobs cancelled, errors
+SESSION_HEADER = "mcp-session-id"
+
+
+def owner(headers: Mapping[str, str] | None) -> str:
+    """The session a request belongs to: its streamable HTTP session (2025 protocol: the handshake gave it an
+    `Mcp-Session-Id`), else "": the one connection of stdio or of an in-process client, and 2026-07-28 HTTP
+    requests, which carry no session at all. The header is safe to trust here: the SDK's session manager routed
+    this request to that session's transport by it and refuses it with a credential other than its creator's."""
+    session = headers.get(SESSION_HEADER) if headers else None
+    return f"http:{session}" if session else ""
+
+
+@dataclass
+class LogRoute:
+    """Where one request's log notifications go, and from which level."""
+
+    loop: asyncio.AbstractEventLoop
+    session: ServerSession
+    request_id: RequestId | None
+    lowest: int  # index into LEVELS
+
+
+class ClientLog(logging.Handler):
+    """limner's log records as MCP log notifications (`notifications/message`), to the client whose request
+    (or whose model work) logged them, at or above the level it asked for: `logging/setLevel` on 2025
+    connections (per session, `levels`), the request's own `_meta` opt-in on 2026-07-28 ones (the SDK's gate).
+    Records logged outside any request (start-up, the idle unload) stay on stderr only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.levels: dict[str, LoggingLevel] = {}  # session (owner) -> the level logging/setLevel set
+        self._routes: dict[str, LogRoute] = {}  # route key (LOG_ROUTE) -> its request
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def open_route(
+        self,
+        session: ServerSession,
+        request_id: RequestId | None,
+        protocol_version: str,
+        meta: RequestParamsMeta | None,
+        who: str,
+    ) -> str | None:
+        """Route the records of this request to its client; the key to set as LOG_ROUTE, or None when the
+        client takes no log notifications on it."""
+        allowed = allowed_log_levels(protocol_version, meta)
+        if not allowed:
+            return None
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:  # the request opted in from this level
+            lowest = min(LEVELS.index(level) for level in allowed)
+        else:  # a 2025 connection: its session's logging/setLevel decides
+            lowest = LEVELS.index(self.levels.get(who, DEFAULT_LOG_LEVEL))
+        key = secrets.token_hex(8)
+        self._routes[key] = LogRoute(asyncio.get_running_loop(), session, request_id, lowest)
+        return key
+
+    def close_route(self, key: str | None) -> None:
+        if key is not None:
+            self._routes.pop(key, None)
+
+    def emit(self, record: logging.LogRecord) -> None:  # any thread
+        key = LOG_ROUTE.get()
+        route = self._routes.get(key) if key is not None else None
+        if route is None:
+            return
+        level = mcp_level(record.levelno)
+        if LEVELS.index(level) < route.lowest:
+            return
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = f"{text}: {type(exc).__name__}: {exc}"  # the traceback stays on stderr
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the client left
+            route.loop.call_soon_threadsafe(self._send, route, level, text, record.name)
+
+    def _send(self, route: LogRoute, level: LoggingLevel, text: str, name: str) -> None:
+        task = route.loop.create_task(self._deliver(route, level, text, name))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    @staticmethod
+    async def _deliver(route: LogRoute, level: LoggingLevel, text: str, name: str) -> None:
+        # the notification itself rather than the SDK's send_log_message, which warns that logging is deprecated
+        # at 2026-07-28 on every call; its gate is applied in open_route (allowed_log_levels)
+        params = LoggingMessageNotificationParams(level=level, data=text, logger=name)
+        with contextlib.suppress(Exception):  # best effort, as every notification: the request may have ended
+            await route.session.send_notification(
+                LoggingMessageNotification(params=params), related_request_id=route.request_id
+            )
+
+
+def mcp_level(levelno: int) -> LoggingLevel:
+    if levelno >= logging.CRITICAL:
+        return "critical"
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+@dataclass
+class TaskCall:
+    """A tools/call a 2025 host asked to run as a task (server/protocol.py): run_work puts its job here and
+    answers at once instead of waiting."""
+
+    job: Job | None = None
+
+
+TASK_CALL: contextvars.ContextVar[TaskCall | None] = contextvars.ContextVar("limner_task_call", default=None)
 
 
 @dataclass
@@ -51,6 +186,10 @@ class AppContext:
     session_log: SessionLog | None = None  # lazily, server/session_tools.py
     gallery_thumbs: dict[tuple[str, int], str] = field(default_factory=dict)  # (image id, side) -> data URI
     closers: list[Callable[[], None]] = field(default_factory=list)
+    client_log: ClientLog = field(default_factory=ClientLog)  # on the "limner" logger while the server runs
+    background: anyio.abc.TaskGroup | None = (
+        None  # the lifespan's: work that outlives a request (task progress)
+    )
 
     def resolve(self, ref: str, field: str) -> Resolved:
         """Resolve an image reference (see tools.core.images.resolve_image) with this server's folders."""
@@ -63,6 +202,7 @@ class AppContext:
         )
 
     def close(self) -> None:
+        logging.getLogger("limner").removeHandler(self.client_log)
         self.runner.shutdown()
         for closer in self.closers:
             closer()
@@ -118,14 +258,27 @@ async def run_work(
     role: str,
 ) -> CallToolResult:
     """Run `work(request, models, progress)` on the runner, then `finish(output)` and the previews off the
-    model worker; the finished result, or `pending(handle)` after max_wait_s."""
+    model worker; the finished result, or `pending(handle)` after max_wait_s (at once for a task: the host
+    asked for one and polls it with tasks/get, tasks/result). The job belongs to the caller's session, and
+    what its work logs goes to the caller's client."""
     app = app_context(ctx)
+    route = LOG_ROUTE.get()
 
     def finished(output: Any) -> tuple[BaseModel, list[Any]]:
-        model, images = finish(output)
-        return model, [preview(img) for img in images]  # encoded once; the full images are in the store
+        token = LOG_ROUTE.set(route)  # the finish thread: a store error is the caller's to hear about too
+        try:
+            model, images = finish(output)
+            return model, [preview(img) for img in images]  # encoded once; the full images are in the store
+        finally:
+            LOG_ROUTE.reset(token)
 
-    job = app.runner.submit(tool, description, work, request, finished, role)
+    logged = work if route is None else functools.partial(routed, route, work)
+    job = app.runner.submit(tool, description, logged, request, finished, role)
+    job.owner = owner(ctx.headers)
+    task = TASK_CALL.get()
+    if task is not None:
+        job.detached, task.job = True, job
+        return to_call_result(pending(handle(job)), [])
     done = await wait_for(job, app.settings.max_wait_s, ctx.report_progress)
     if not done:
         job.detached = True

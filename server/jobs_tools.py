@@ -1,10 +1,12 @@
 """The `jobs` tool: work that outlived its call (server/context.py `run_work` detached it after max_wait_s).
 
 It reports, waits on and cancels that work; a finished job returns the same result a direct call would have.
+A session sees only its own jobs (server/context.py `owner`): another session's job_id is "no job".
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -12,8 +14,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.context import app_context, job_result, to_call_result
+from server.context import app_context, job_result, owner, to_call_result
 from tools.core.jobs import wait_for
+
+logger = logging.getLogger("limner.jobs")
 
 
 class JobInfo(BaseModel):
@@ -29,7 +33,9 @@ class JobInfo(BaseModel):
 
 
 class JobsResult(BaseModel):
-    jobs: list[JobInfo] = Field(description="The job asked about, or every recent job for action='list'.")
+    jobs: list[JobInfo] = Field(
+        description="The job asked about, or every recent job of this session for action='list'."
+    )
     result: dict[str, Any] | None = Field(
         default=None, description="For a finished job: the same structured result a direct call returns."
     )
@@ -63,17 +69,21 @@ def register(server: MCPServer) -> None:
         returns, with its previews, each time it is asked) or the progress so far when timeout_s runs out.
         """
         app = app_context(ctx)
+        mine = owner(ctx.headers)
         if action == "list":
-            infos = [JobInfo(**j.summary()) for j in app.runner.jobs.values()]
+            infos = [JobInfo(**j.summary()) for j in list(app.runner.jobs.values()) if j.owner == mine]
             return to_call_result(JobsResult(jobs=infos), [])
         if not job_id:
             raise ToolError(f"job_id: required for action={action!r}; call jobs(action='list') to see jobs.")
-        job = app.runner.get(job_id)
+        job = app.runner.get(job_id, mine)
         if action == "wait":  # a waiter depends on it now: its first request ending must not cancel it
             job.detached = True
         if action == "cancel":
+            running = job.status in ("queued", "running")
             job.cancel()
             await wait_for(job, 10.0)
+            if running:
+                logger.info("job %s (%s) cancelled at step %d/%d", job.id, job.tool, job.step, job.total)
         elif action == "wait":
             await wait_for(job, timeout_s, ctx.report_progress)
         info = JobInfo(**job.summary())

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from PIL import Image
 from pydantic import Field
@@ -15,7 +16,14 @@ from server.context import app_context, run_work, to_call_result
 from tools.core.images import Resolved
 from tools.judge.checks import model_free
 from tools.judge.request import check_refs, check_request
-from tools.judge.types import DEFAULT_MIN_ALIGNMENT, Check, JudgeRequest, JudgeResult, ModelScores
+from tools.judge.types import (
+    DEFAULT_MIN_ALIGNMENT,
+    Check,
+    Expectation,
+    JudgeRequest,
+    JudgeResult,
+    ModelScores,
+)
 from tools.judge.verdict import finish
 from tools.judge.work import plan, work
 
@@ -77,6 +85,14 @@ def register(server: MCPServer) -> None:
                 description="CLIPScore at or above which alignment passes (CLIP ViT-L/14 scale).",
             ),
         ] = DEFAULT_MIN_ALIGNMENT,
+        expect: Annotated[
+            list[Expectation] | None,
+            Field(
+                description="Structured expectations checked with the detector (GenEval's rules): "
+                "{object, count} exact count; {object, color}; {object, position: left of|right of|above|below, "
+                "of}; {object, present: false}."
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, JudgeResult]:
         """Score, check and rank images so you know whether to stop, and what to fix if not.
 
@@ -86,7 +102,8 @@ def register(server: MCPServer) -> None:
         (its image, bbox or mask, and prompt are that call's arguments as they stand; a null image is the
         judged one, which has no store id), judge again (with its image, original and mask: the call had
         another edit's original or the region mask where the edit's mask_id belongs), strengthen the prompt,
-        or regenerate. Scales: checklist P(yes) 0..1 from the vlm,
+        or regenerate. `expect` checks counts, colours, positions and absent objects with the detector (each
+        entry passes or fails with its boxes and a next step). Scales: checklist P(yes) 0..1 from the vlm,
         passes at >= 0.5 (VQAScore); alignment CLIPScore = 100*max(cos,0), matching captions ~25-35 on CLIP
         ViT-L/14; quality scores 0..1, higher is better (sharpness = Laplacian variance v/(v+100); under-
         and overexposure = half-Mertens well-exposedness times unclipped share; noise = exp(-sigma/10),
@@ -102,6 +119,8 @@ def register(server: MCPServer) -> None:
         app = app_context(ctx)
         settings = app.settings
         refs = check_refs(image, images, settings.judge_max_images)
+        if expect and (missing := app.models.unavailable("detector")) is not None:
+            raise ToolError(f"expect: needs the detector role, which cannot be served: {missing}")
 
         def prepare() -> JudgeRequest:  # file reads and fetches, then decoding: off the event loop
             def optional(ref: str | None, name: str) -> Resolved | None:
@@ -119,6 +138,7 @@ def register(server: MCPServer) -> None:
                 min_alignment=min_alignment,
                 max_questions=settings.judge_max_questions,
                 max_prompt_chars=settings.max_prompt_chars,
+                expect=expect,
             )
 
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The `remember`, `recall` and `forget` tools: wiring only; the logic is tools/memory.py.
+"""The `remember`, `recall`, `forget`, `export_memory` and `import_memory` tools: wiring only; the logic is
+tools/memory.py.
 
 The MemoryStore is opened on the first memory call (loading the embedder takes seconds, so never at start-up)
 and kept in `AppContext.memory`. Its blocking work runs on anyio worker threads, not on the model
@@ -14,6 +15,7 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
@@ -24,7 +26,18 @@ from pydantic import Field
 from memory_store import MemoryStore
 from server.context import AppContext, app_context
 from tools import memory
-from tools.memory import MAX_K, MAX_TEXT_CHARS, ForgetResult, Kind, RecallResult, RememberResult
+from tools.memory import (
+    MAX_K,
+    MAX_REPLACES,
+    MAX_TEXT_CHARS,
+    MAX_TTL_DAYS,
+    ExportResult,
+    ForgetResult,
+    ImportResult,
+    Kind,
+    RecallResult,
+    RememberResult,
+)
 
 logger = logging.getLogger("limner.memory")
 
@@ -115,16 +128,33 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(description="A namespace such as a project or user name; default 'default'."),
         ] = None,
+        replaces: Annotated[
+            list[str] | None,
+            Field(
+                description=f"Ids of memories this one supersedes (same scope, at most {MAX_REPLACES}): they are "
+                "kept, marked superseded, and left out of recall."
+            ),
+        ] = None,
+        expires: Annotated[
+            str | None,
+            Field(description="When it stops being true: ISO 8601 ('2027-01-31'); it then leaves recall."),
+        ] = None,
+        ttl_days: Annotated[
+            float | None,
+            Field(gt=0, le=MAX_TTL_DAYS, description="Or: days from now until it expires."),
+        ] = None,
     ) -> RememberResult:
         """Keep something for later sessions: a searched fact, a user preference, a reference, an outcome.
 
         Call it whenever you learn something you will need again (before the context is lost). Remembering
         the same text, kind and scope twice returns the same id without a duplicate; a near-duplicate is
-        stored and listed in `near_duplicates` so you can forget the outdated one. recall finds it again
-        before the next generate.
+        stored and listed in `near_duplicates`. When it updates something remembered before (a preference that
+        changed), pass the old ids in `replaces`: the old ones stay, marked superseded, and recall returns only
+        the new one. Give `expires` or `ttl_days` for what is only true for a while (a sale, a deadline).
+        recall finds it again before the next generate.
         """
         app = app_context(ctx)
-        request = memory.check_remember(text, kind, tags, scope, source)
+        request = memory.check_remember(text, kind, tags, scope, source, replaces, expires, ttl_days)
         image_id = None
         if image is not None:
             resolved = await anyio.to_thread.run_sync(app.resolve, image, "image")
@@ -148,13 +178,24 @@ def register(server: MCPServer) -> None:
         since: Annotated[
             str | None,
             Field(
-                description="Only memories made since: ISO 8601 ('2026-11-23T14:00:00Z') or a duration ('7d')."
+                description="Only memories made at or after: ISO 8601 ('2026-11-23T14:00:00Z') or a duration "
+                "back from now ('7d')."
             ),
         ] = None,
         max_chars: Annotated[
             int,
             Field(ge=50, le=2000, description="Longer texts are cut to this many characters, with a marker."),
         ] = 600,
+        until: Annotated[
+            str | None,
+            Field(description="Only memories made before: ISO 8601 or a duration back from now ('1d')."),
+        ] = None,
+        include_superseded: Annotated[
+            bool,
+            Field(
+                description="Also return memories that newer ones replaced (their superseded_by says by which)."
+            ),
+        ] = False,
     ) -> RecallResult:
         """Find remembered facts, preferences, references and critiques relevant to a query, best first.
 
@@ -164,7 +205,9 @@ def register(server: MCPServer) -> None:
         prompt; search only for what it does not know.
         """
         app = app_context(ctx)
-        request = memory.check_recall(query, k, kind, tags, scope, since, max_chars)
+        request = memory.check_recall(
+            query, k, kind, tags, scope, since, max_chars, until=until, include_superseded=include_superseded
+        )
         store = await open_memory(app)
         return await in_store(app, memory.recall, store, request)
 
@@ -197,17 +240,81 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(description="With a filter and dry_run=false: the token the dry run returned."),
         ] = None,
+        expired: Annotated[
+            bool | None, Field(description="Filter: memories whose expiry (expires / ttl_days) has passed.")
+        ] = None,
     ) -> ForgetResult:
-        """Remove outdated or wrong memories, by id or by a filter (kind, tags, scope, before).
+        """Remove outdated or wrong memories, by id or by a filter (kind, tags, scope, before, expired).
 
         Call it when a memory turned out wrong or superseded (e.g. a near-duplicate reported by remember).
         With a filter it is a dry run unless dry_run=false: check the listed matches first, then call again
         with dry_run=false and the dry run's `confirm` token, which removes exactly what was listed (refused
         if the matches changed meanwhile; without a token, whatever matches then is removed). Ids that do
-        not exist are reported in missing_ids; the others are still removed. A forgotten memory leaves
+        not exist are reported in missing_ids; the others are still removed. Forgetting a memory that replaced
+        others makes them current again (listed in `restored`). A forgotten memory leaves
         recall at once, but chromadb's write-ahead log can keep its text on disk until later writes prune it.
         """
         app = app_context(ctx)
-        request = memory.check_forget(ids, kind, tags, scope, before, dry_run, confirm=confirm)
+        request = memory.check_forget(
+            ids, kind, tags, scope, before, dry_run, confirm=confirm, expired=expired
+        )
         store = await open_memory(app)
         return await in_store(app, memory.forget, store, request)
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
+    async def export_memory(
+        ctx: Context,
+        path: Annotated[
+            str | None,
+            Field(
+                description="A new .jsonl file inside the limner home (a bare name goes under home/exports); "
+                "default: home/exports/memory-<time>.jsonl."
+            ),
+        ] = None,
+        scope: Annotated[str | None, Field(description="Only this scope; default: every scope.")] = None,
+    ) -> ExportResult:
+        """Write every memory to a JSON Lines file: text, kind, scope, tags, times, links; no embeddings.
+
+        Call it when the user wants a backup of what limner knows, or to move it to another limner
+        (import_memory there). Superseded and expired memories are included. From a shell:
+        `limner call export_memory --arg path=backup.jsonl`.
+        """
+        app = app_context(ctx)
+        target = memory.check_export_path(path, app.settings.home)
+        checked_scope = memory.check_scope(scope)
+        store = await open_memory(app)
+        return await in_store(app, memory.export_memories, store, target, checked_scope)
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        )
+    )
+    async def import_memory(
+        ctx: Context,
+        path: Annotated[
+            str,
+            Field(
+                description="A .jsonl file export_memory wrote, inside the limner home or an allowed folder "
+                "(a bare name is looked for under home/exports)."
+            ),
+        ],
+    ) -> ImportResult:
+        """Store the memories of an export file that are not stored yet; embeddings are computed here.
+
+        Call it to restore a backup or to bring memories from another limner. Importing the same file twice
+        adds nothing. A line that is not a valid memory is reported by its line number, and the other lines
+        are still imported. From a shell: `limner call import_memory --arg path=backup.jsonl`.
+        """
+        app = app_context(ctx)
+        source = memory.check_import_path(path, app.settings.readable_dirs(), app.settings.home)
+        store = await open_memory(app)
+
+        def stored(done: int, total: int) -> None:  # on the worker thread: each batch written is reported
+            anyio.from_thread.run(ctx.report_progress, done, total, f"{done} of {total} lines imported")
+
+        return await in_store(app, memory.import_memories, store, source, stored)

@@ -11,6 +11,7 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from server.context import app_context, run_work, to_call_result
+from tools.core.checks import check_aspect
 from tools.core.jobs import Job
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE
 from tools.models.specs import spec_label
@@ -154,6 +155,8 @@ def register(server: MCPServer) -> None:
             mask_image = app.resolve(mask, "mask").image if mask is not None else None
             region = read_region(source.image.width, source.image.height, mask_image, bbox, points, radius)
             ref = app.resolve(reference, "reference") if reference is not None else None
+            if ref is not None:  # the editor's vision-language processor scales it as judge's do
+                check_aspect("reference", ref.image.width, ref.image.height)
             return RefineWork(request, source, region, ref)
 
         started = time.perf_counter()

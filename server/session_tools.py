@@ -1,6 +1,7 @@
 """The session: a log of every tool call (middleware), the lineage and session-log resources, the gallery.
 
-Wiring only; the log is tools/session_log.py and the page tools/gallery.py. The log lives in
+Wiring only; the log is tools/session/log.py (bounded per call and in all) and the page
+tools/session/gallery.py. The log lives in
 `AppContext.session_log`; the middleware appends one entry per `tools/call` (first refusing, for
 every tool at once, arguments that hold a lone UTF-16 surrogate, that the tool does not take, or that its
 argument model refuses: server/arguments.py) and rewrites the session's gallery
@@ -28,9 +29,9 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from server.arguments import argument_problem
 from server.context import AppContext, app_context
 from server.settings import Settings
-from tools.core.images import URI_PREFIX
+from tools.core.images import URI_PREFIX, shown
 from tools.session.gallery import write_gallery
-from tools.session.log import SessionLog
+from tools.session.log import MAX_LOG_BYTES, SessionLog
 
 logger = logging.getLogger("limner.session")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -164,7 +165,7 @@ def register(server: MCPServer, settings: Settings) -> None:
         store = app_context(ctx).images
         if not store.exists(image_id):
             raise ResourceNotFoundError(
-                f"no stored image {image_id!r}: lineage needs an id returned by a limner tool "
+                f"no stored image {shown(image_id)}: lineage needs an id returned by a limner tool "
                 "(img_<16 hex>, e.g. a generate candidate or refine_region's image)."
             )
         chain = []
@@ -186,8 +187,10 @@ def register(server: MCPServer, settings: Settings) -> None:
     @server.resource(
         "limner://session/log",
         name="session-log",
-        description="Every tool call this server process handled, in order: tool, arguments, seconds, status, "
-        "image ids in and out, structured result; plus the path of the session's HTML gallery.",
+        description="The tool calls this server process handled, in order: tool, arguments (summarised), seconds, "
+        "status, image ids in and out, structured result; plus the path of the session's HTML gallery. The "
+        f"latest {MAX_LOG_BYTES // 2**20} MiB of entries; rotated_out counts the older ones (in log_path and then "
+        "log_path.1 while they last).",
         mime_type="application/json",
     )
     async def session_log_resource() -> str:
@@ -208,6 +211,7 @@ def register(server: MCPServer, settings: Settings) -> None:
             "gallery_error": problem,
             "gallery_url_path": "/gallery",
             "images": log.image_ids(),
+            "rotated_out": log.rotated_out,
             "entries": [e.model_dump(mode="json") for e in log.snapshot()],
         }
         return json.dumps(body, default=str)

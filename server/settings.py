@@ -34,6 +34,8 @@ DEFAULT_ROLES = {
     "clip": "clip-vit-l14",
     "vlm": "qwen2.5-vl-3b",
     "lpips": "lpips-alex",
+    "detector": "grounding-dino-tiny",
+    "segmenter": "sam-vit-base",
 }
 
 
@@ -47,7 +49,7 @@ def _off_is_none(value: Any) -> Any:
 _RAY_ADDRESS = re.compile(
     r"^(auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5}|(ray://)?\[[0-9A-Fa-f:.]+\]:\d{1,5})$"
 )
-RAY_ROLES = ("generator", "inpainter", "editor", "judge")
+RAY_ROLES = ("generator", "inpainter", "editor", "judge", "detector")
 
 
 def _ray_address(value: str) -> str:
@@ -137,7 +139,11 @@ class Settings(BaseModel):
     models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(PRESETS))
     host: str = Field(default="127.0.0.1", description="HTTP transport bind address.")
     port: int = Field(default=8765, ge=0, le=65535, description="HTTP transport port.")
-    token: str | None = Field(default=None, description="Bearer token; required when host is not loopback.")
+    token: str | None = Field(
+        default=None,
+        description="Bearer token; required when host is not loopback. Printable ASCII, not blank, no spaces at "
+        "either end (HTTP strips them from the header, so nobody could send it).",
+    )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
         description="More names clients may use to reach the HTTP server (a DNS name, a proxy's host), checked "
@@ -189,12 +195,35 @@ class Settings(BaseModel):
 
     @field_validator("home", "allowed_dirs", "models_path", mode="after")
     @classmethod
-    def _expand_user(cls, value: Any) -> Any:
-        # host configs (Claude Desktop's "env", a TOML file) pass "~/pics" without a shell to expand it
-        if isinstance(value, Path):
-            return value.expanduser()
-        if isinstance(value, tuple):
-            return tuple(p.expanduser() for p in value)
+    def _absolute(cls, value: Any) -> Any:
+        # host configs (Claude Desktop's "env", a TOML file) pass "~/pics" without a shell to expand it; a
+        # relative folder (or "", which is ".") would be read from wherever the host starts the server
+        if value is None:
+            return None
+        paths = tuple(p.expanduser() for p in ((value,) if isinstance(value, Path) else value))
+        relative = [str(p) for p in paths if not p.is_absolute()]
+        if relative:
+            raise ValueError(
+                f"{', '.join(map(repr, relative))} is relative (an empty setting is '.'), so it would be read "
+                "from whatever folder the server is started in; use absolute folders (/srv/limner, ~/pictures)"
+            )
+        return paths[0] if isinstance(value, Path) else paths
+
+    @field_validator("token", mode="after")
+    @classmethod
+    def _sendable_token(cls, value: str | None) -> str | None:
+        # the message never shows the token: it is a secret, and this lands in a host's log
+        if value is None:
+            return None
+        how = "set printable ASCII (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        if not value.strip():
+            raise ValueError(
+                f"empty or blank: no client could ever authenticate; {how}, or leave it unset (loopback only)"
+            )
+        if value != value.strip():
+            raise ValueError(f"starts or ends with whitespace, which HTTP strips from the header; {how}")
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError(f"holds a control or non-ASCII character a header cannot carry; {how}")
         return value
 
     @property
@@ -228,6 +257,11 @@ _SCALAR_FIELDS = {
 
 def default_home(environ: Mapping[str, str]) -> Path:
     if "LIMNER_HOME" in environ:
+        if not environ["LIMNER_HOME"].strip():  # Path("") is ".": the folder the host started the server in
+            raise SettingsError(
+                "LIMNER_HOME is empty: set it to an absolute folder (e.g. ~/.limner or /srv/limner), or remove "
+                "it for the default ~/.limner"
+            )
         return Path(environ["LIMNER_HOME"]).expanduser()
     return Path(environ.get("HOME", str(Path.home()))) / ".limner"
 
@@ -241,6 +275,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     home = Path(flags.get("home") or default_home(environ)).expanduser()
+    home_from = "--home" if flags.get("home") else "LIMNER_HOME" if "LIMNER_HOME" in environ else "HOME"
 
     # 1. the TOML file: --config, else LIMNER_CONFIG, else $LIMNER_HOME/limner.toml when present
     named = config or (Path(environ["LIMNER_CONFIG"]).expanduser() if environ.get("LIMNER_CONFIG") else None)
@@ -260,7 +295,12 @@ def load_settings(
                 f"home: set in {path}, which is read from the home folder itself; use --home or LIMNER_HOME."
             )
         if not flags.get("home") and "LIMNER_HOME" not in environ:
-            home = Path(str(values["home"])).expanduser()
+            home, home_from = Path(str(values["home"])).expanduser(), str(path)
+    if not home.is_absolute():
+        raise SettingsError(
+            f"home: {str(home)!r} (from {home_from}) is relative, so images, memory and the gallery would go to "
+            "whatever folder the server is started in; set an absolute folder (e.g. ~/.limner or /srv/limner)"
+        )
 
     # 2. LIMNER_* variables for scalar settings and the two lists (os.pathsep / comma separated)
     for key, raw in environ.items():
@@ -288,7 +328,8 @@ def load_settings(
         settings = Settings(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']} (got {e.get('input')!r})"
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            + ("" if e["loc"][:1] == ("token",) else f" (got {e.get('input')!r})")  # a secret: never shown
             for e in exc.errors()
         )
         raise SettingsError(f"invalid settings (from {where}): {problems}") from None

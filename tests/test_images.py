@@ -255,3 +255,50 @@ def test_masks_are_read_the_way_painting_tools_save_them_and_ambiguous_ones_are_
     for message, image in refused.items():
         with pytest.raises(ToolError, match=f"mask: .*{message}"):
             read_mask(image, "mask")
+
+
+def test_a_path_outside_the_allowed_folders_reads_the_same_whether_or_not_it_exists(
+    store, tmp_path, monkeypatch
+):
+    """A base64-looking reference (64+ characters of its alphabet, e.g. slashes then a path) was checked with
+    os.path.exists before the folder check: "outside the allowed folders" when the file existed, "the base64
+    payload is malformed" when it did not."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"top secret")
+    png = encode_png(Image.new("RGB", (8, 8), "red"))
+    (allowed / "inside").write_bytes(png)
+    looked_at: list[str] = []
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # every existence check (os.path.exists, Path.exists/is_file) stats
+        looked_at.append(os.fsdecode(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    for pad in range(64, 68):  # every length modulo 4: base64 padding made some lengths "malformed"
+        said = {}
+        for name in ("secret", "nosuch"):  # the same length: only existence differs
+            ref = "/" * pad + str(outside / name)
+            with pytest.raises(ToolError) as raised:
+                resolve(ref, store, allowed)
+            said[name] = str(raised.value).replace("nosuch", "secret")
+        assert said["secret"] == said["nosuch"], said
+        assert "outside the allowed folders" in said["secret"]
+    for name in ("secret", "nosuch"):  # the plain path too (it is in the base64 alphabet as well)
+        with pytest.raises(ToolError, match="outside the allowed folders"):
+            resolve(str(outside / name), store, allowed)
+    assert not [p for p in looked_at if str(outside) in p], looked_at
+    # inside the allowed folders a file is read, and a missing one is named as missing
+    assert resolve("/" * 64 + str(allowed / "inside"), store, allowed).source == "path"
+    with pytest.raises(ToolError, match="no file at"):
+        resolve("/" * 64 + str(allowed / "nosuch"), store, allowed)
+
+
+def test_an_error_about_a_long_reference_shows_its_start_and_length_not_all_of_it(store, tmp_path):
+    ref = "A" * 2_000_001  # base64 of nothing an image starts with
+    with pytest.raises(ToolError) as raised:
+        resolve(ref, store, tmp_path)
+    message = str(raised.value)
+    assert len(message) < 1_000 and "2000001 characters" in message

@@ -436,3 +436,56 @@ async def test_bad_input_is_a_clear_tool_error_and_the_server_keeps_answering(ma
         assert message in error_text(await client.call_tool("judge", args))
         after = structured(await client.call_tool("judge", {"image": data_uri(SMALL), "checks": ["quality"]}))
     assert after["status"] == "done" and len(after["judgements"]) == 1
+
+
+# -- aspect ratios (issue 23) ------------------------------------------------------------------------------
+def strip(width: int, height: int) -> str:
+    return data_uri(np.full((height, width, 3), 200, np.uint8))
+
+
+async def test_an_extreme_aspect_ratio_is_refused_by_every_tool_that_feeds_a_model_naming_the_limit(
+    make_settings,
+):
+    """A 1x60,000 PNG (118 bytes) took 11 s and 2.35 GB in judge: CLIP's and the VLM's processors scale the
+    short side up, so max_input_pixels bounded the input but not what pre-processing made of it."""
+    from tools.core.checks import MAX_ASPECT
+
+    tall, wide = strip(1, 60_000), strip(4_000, 3)
+    calls = [
+        ("judge", {"image": tall, "prompt": "a lighthouse"}, "image: 1x60000"),
+        ("judge", {"images": [strip(64, 64), wide], "prompt": "a lighthouse"}, "images[1]: 4000x3"),
+        (
+            "judge",
+            {"image": strip(64, 64), "reference": tall, "prompt": "a lighthouse"},
+            "reference: 1x60000",
+        ),
+        ("refine_region", {"image": wide, "bbox": [0, 0, 8, 3], "prompt": "sky"}, "image: 4000x3"),
+        (
+            "refine_region",
+            {"image": tall, "bbox": [0, 0, 1, 8], "prompt": "", "backend": "classical"},
+            "image:",
+        ),
+        (
+            "generate",
+            {"prompt": "a banner", "width": 64, "height": 64 * (MAX_ASPECT + 1)},
+            "width/height: 64x",
+        ),
+        (
+            "generate",
+            {"prompt": "a shelf", "foreground": strip(80, 80 * (MAX_ASPECT + 2))},
+            "foreground: 80x",
+        ),
+    ]
+    async with connect(make_settings(offline=False)) as client:
+        for tool, args, field in calls:
+            text = error_text(await client.call_tool(tool, args))
+            assert field in text and f"{MAX_ASPECT}:1" in text and "crop" in text, (tool, text)
+        # the editor's reference goes to its vision-language processor too: refused before any model loads
+        editor = {"image": strip(64, 64), "bbox": [0, 0, 8, 8], "prompt": "sky", "backend": "editor"}
+        text = error_text(await client.call_tool("refine_region", {**editor, "reference": tall}))
+        assert "reference: 1x60000" in text and f"{MAX_ASPECT}:1" in text, text
+        # at the limit an image is judged, and the server answers as before
+        edge = structured(
+            await client.call_tool("judge", {"image": strip(32, 32 * MAX_ASPECT), "prompt": "a pole"})
+        )
+        assert edge["status"] == "done" and edge["judgements"][0]["alignment"] is not None

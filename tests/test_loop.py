@@ -470,3 +470,57 @@ def test_the_gallery_loads_in_headless_chromium_showing_every_image_without_cons
         assert all(loaded for _, _, loaded in report.images), report.images
         cards = {image_id for image_id, klass, _ in report.images if klass == "card-img"}
         assert cards == expected, report.url
+
+
+async def test_the_session_log_keeps_a_bounded_summary_of_every_argument_shape(settings):
+    """Only strings over 300 characters were shortened: 25 refused recall calls each with a 1.8 MB list
+    raised the server's RSS by 200 MB, wrote a 42 MB log and made limner://session/log answer 64 MB."""
+    nested: list = ["img_0123456789abcdef"]
+    for _ in range(150):
+        nested = [nested, "x" * 50]
+    shapes = {
+        "list": ["an unknown argument's item"] * 70_000,  # ~2 MB
+        "dict": {f"key {i}": [i, i + 1] for i in range(50_000)},
+        "nested": nested,
+        "long_key": {"k" * 500_000: 1},
+        "numbers": [123456789.125] * 200_000,
+        "big_int": int("9" * 4000),
+        "lists_of_lists": [[1, 2, 3]] * 20_000,
+    }
+    async with connect(settings) as client:
+        for shape in shapes.values():
+            error_text(await client.call_tool("recall", {"query": "kites", "junk": shape}))
+        # a known argument of the wrong type is refused by the argument model: still bounded
+        error_text(await client.call_tool("recall", {"query": shapes["list"]}))
+        structured(await client.call_tool("jobs", {"action": "list"}))  # and the next call works
+        resource = (await client.read_resource("limner://session/log")).contents[0].text
+    log = json.loads(resource)
+    lines = Path(log["log_path"]).read_text().splitlines()
+    assert len(lines) == len(log["entries"]) == len(shapes) + 2
+    assert max(len(line) for line in lines) < 8_000, max(len(line) for line in lines)
+    assert len(resource) < 64_000 and log["rotated_out"] == 0
+    entries = {e["seq"]: e for e in log["entries"]}
+    junk = [entries[i + 1]["arguments"]["junk"] for i in range(len(shapes))]
+    assert "70000 items" in json.dumps(junk[0])  # what was sent is still described
+    assert "50000 items" in json.dumps(junk[1])
+    assert "deeper than" in json.dumps(junk[2])
+    assert "500000 characters" in json.dumps(junk[3])
+    assert entries[len(shapes) + 1]["status"] == "tool_error" and entries[len(shapes) + 2]["status"] == "ok"
+
+
+def test_the_session_log_rotates_its_oldest_entries_out_of_memory_and_onto_one_older_file(tmp_path):
+    import time
+
+    from tools.session.log import SessionLog
+
+    log = SessionLog(tmp_path, max_bytes=50_000)
+    for i in range(600):
+        log.record("recall", {"query": f"query {i}", "pad": "x" * 250}, time.time(), 0.001)
+    kept = log.snapshot()
+    assert kept[-1].seq == 600 and kept[0].seq > 1 and log.rotated_out == kept[0].seq - 1
+    assert sum(len(e.model_dump_json()) + 1 for e in kept) <= 50_000
+    older = log.path.with_name(log.path.name + ".1")
+    assert log.path.stat().st_size <= 50_000 and older.stat().st_size <= 50_000
+    on_disk = [json.loads(x)["seq"] for p in (older, log.path) for x in p.read_text().splitlines()]
+    assert on_disk == list(range(on_disk[0], 601))  # consecutive, newest last, nothing torn
+    assert sorted(p.name for p in log.path.parent.iterdir()) == [log.path.name, older.name]

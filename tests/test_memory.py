@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
+import json
 import os
 import pwd
 import re
@@ -18,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -26,7 +29,7 @@ from mcp import Client, StdioServerParameters
 from PIL import Image
 from skimage import data
 
-from memory_store import Embedder, Filter, MemoryStore
+from memory_store import CLOCK, Embedder, Filter, MemoryStore
 from memory_store.embedder import resolve_source
 from memory_store.lock import LOCK_NAME
 from memory_store.store import memory_id
@@ -838,3 +841,357 @@ def _wait_for_line(process: subprocess.Popen, marker: bytes) -> None:
             threading.Thread(target=process.stdout.read, daemon=True).start()
             return
     raise AssertionError(f"chroma exited with {process.wait()} before it was listening")
+
+
+# -- the life cycle: supersede, expiry, time, export and import ----------------------------------------------
+START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC).timestamp()
+DAY = 86400.0
+
+
+class FixedClock:
+    """memory's clock, moved by the test: remember stamps memories and recall expires them by it."""
+
+    def __init__(self, now: float) -> None:
+        self.moment = now
+
+    def now(self) -> float:
+        return self.moment
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FixedClock:
+    fixed = FixedClock(START)
+    monkeypatch.setattr(CLOCK, "now", fixed.now)
+    return fixed
+
+
+def at(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def check_the_life_cycle(client: Client, clock: FixedClock) -> None:
+    """A chain of replacements, expiry by the clock, and creation-time ranges at their boundaries."""
+
+    async def remember(text: str, kind: str = "preference", **more) -> dict:
+        return structured(await client.call_tool("remember", {"text": text, "kind": kind, **more}))
+
+    async def recall(query: str, **more) -> list[dict]:
+        return structured(await client.call_tool("recall", {"query": query, "k": 10, **more}))["memories"]
+
+    # 1. A replaced by B replaced by C: recall finds C only, unless asked for the replaced ones
+    a = await remember("Anna wants a teal background for the kettle shots.", tags=["kettle"])
+    clock.moment += 60
+    b = await remember("Anna now wants a crimson background for the kettle shots.", replaces=[a["id"]])
+    clock.moment += 60
+    c = await remember("Anna settled on an ivory background for the kettle shots.", replaces=[b["id"]])
+    assert b["replaces"] == [a["id"]] and c["replaces"] == [b["id"]]
+    found = await recall("Anna's background for the kettle")
+    assert [m["id"] for m in found] == [c["id"]] and found[0]["replaces"] == [b["id"]]
+    every = {m["id"]: m for m in await recall("Anna's background for the kettle", include_superseded=True)}
+    assert set(every) == {a["id"], b["id"], c["id"]}
+    assert every[a["id"]]["superseded_by"] == b["id"] and every[b["id"]]["superseded_by"] == c["id"]
+    assert every[c["id"]]["superseded_by"] is None and every[a["id"]]["created"] == at(START)
+
+    # 2. creation time: since includes its moment, until does not
+    chain = {"include_superseded": True, "kind": "preference"}
+    for since, until, expected in (
+        (START + 60, None, {b["id"], c["id"]}),
+        (None, START + 60, {a["id"]}),
+        (START + 60, START + 120, {b["id"]}),
+        (START + 121, None, set()),
+    ):
+        window = {"since": at(since)} if since else {}
+        window |= {"until": at(until)} if until else {}
+        assert {m["id"] for m in await recall("kettle background", **chain, **window)} == expected, window
+
+    # 3. expiry by the clock: out of recall, then removed by forget(expired=true) after a dry run
+    sale = await remember("The autumn sale on kettles ends with the month.", "fact", ttl_days=1)
+    launch = await remember(
+        "The kettle launch embargo lifts on the 5th.", "fact", expires=at(START + 4 * DAY)
+    )
+    assert launch["expires"] == at(START + 4 * DAY)
+    assert {m["id"] for m in await recall("kettle sale and launch", kind="fact")} == {
+        sale["id"],
+        launch["id"],
+    }
+    clock.moment = START + 2 * DAY
+    assert [m["id"] for m in await recall("kettle sale and launch", kind="fact")] == [launch["id"]]
+    dry = structured(await client.call_tool("forget", {"expired": True}))
+    assert dry["dry_run"] and [m["id"] for m in dry["memories"]] == [sale["id"]] and dry["removed"] == 0
+    done = structured(await client.call_tool("forget", {"expired": True, "dry_run": False,
+                                                        "confirm": dry["confirm"]}))  # fmt: skip
+    assert done["removed"] == 1
+    clock.moment = START + 4 * DAY  # the moment it expires: gone from recall, still stored
+    assert await recall("kettle sale and launch", kind="fact") == []
+    left = structured(await client.call_tool("forget", {"expired": True}))
+    assert [m["id"] for m in left["memories"]] == [launch["id"]]
+
+    # 4. forgetting the newest of the chain (found wrong) makes the one it replaced current again
+    gone = structured(await client.call_tool("forget", {"ids": [c["id"]]}))
+    assert gone["removed"] == 1 and gone["restored"] == [b["id"]]
+    found = await recall("Anna's background for the kettle")
+    assert [m["id"] for m in found] == [b["id"]] and found[0]["superseded_by"] is None
+
+
+async def test_replaced_memories_leave_recall_expired_ones_too_and_time_ranges_hold_at_their_boundaries(
+    settings, clock
+):
+    async with connect(settings) as client:
+        await check_the_life_cycle(client, clock)
+
+
+@pytest.mark.slow
+async def test_the_life_cycle_works_the_same_on_a_real_chroma_server(make_settings, clock, chroma_server):
+    url, _ = chroma_server
+    async with connect(make_settings(chroma_url=url)) as client:
+        await check_the_life_cycle(client, clock)
+
+
+async def test_bad_life_cycle_arguments_are_clear_errors_and_nothing_stored_changes(settings, clock):
+    async with connect(settings) as client:
+        old = structured(
+            await client.call_tool("remember", {"text": "Warm light only.", "kind": "preference"})
+        )
+        new = structured(await client.call_tool("remember", {"text": "Cool light only.", "kind": "preference",
+                                                             "replaces": [old["id"]]}))  # fmt: skip
+        other = structured(await client.call_tool("remember", {"text": "Side light.", "kind": "preference",
+                                                               "scope": "client:acme"}))  # fmt: skip
+        text = {"text": "Soft light only.", "kind": "preference"}
+        cases = [
+            (
+                {**text, "replaces": ["mem_0123456789abcdef"]},
+                ["replaces", "mem_0123456789abcdef", "no memory"],
+            ),
+            ({**text, "replaces": ["light-pref"]}, ["replaces", "'light-pref'", "not a memory id"]),
+            ({**text, "replaces": [other["id"]]}, ["replaces", "client:acme", "own scope"]),
+            ({**text, "replaces": [old["id"]]}, ["replaces", "already replaced by", new["id"]]),
+            ({**text, "expires": at(START - DAY)}, ["expires", "not in the future"]),
+            ({**text, "expires": "next spring"}, ["expires", "'next spring'", "ISO 8601"]),
+            ({**text, "ttl_days": 0}, ["ttl_days", "greater than 0"]),
+            ({**text, "ttl_days": -3}, ["ttl_days", "greater than 0"]),
+            ({**text, "ttl_days": 2, "expires": at(START + DAY)}, ["expires / ttl_days", "give one"]),
+        ]
+        for arguments, words in cases:
+            message = error_text(await client.call_tool("remember", arguments))
+            assert all(word in message for word in words), (arguments, message)
+        message = error_text(await client.call_tool("recall", {"query": "light", "since": at(START + DAY),
+                                                               "until": at(START)}))  # fmt: skip
+        assert "since / until" in message and "not before until" in message
+        out = structured(
+            await client.call_tool("recall", {"query": "light", "k": 10, "include_superseded": True})
+        )
+    by_id = {m["id"]: m for m in out["memories"]}
+    assert out["total_stored"] == 3 and set(by_id) == {old["id"], new["id"], other["id"]}
+    assert by_id[old["id"]]["superseded_by"] == new["id"] and by_id[other["id"]]["superseded_by"] is None
+
+
+async def remember_a_mixed_memory(client: Client, clock: FixedClock) -> list[str]:
+    """Memories with every field set somewhere: tags, scopes, sources, an image, a replacement, an expiry."""
+    picture = "data:image/png;base64," + base64.b64encode(_png()).decode()
+    texts = [
+        {"text": FACT, "kind": "fact", "tags": ["bike", "velotrix"], "source": "https://example.org/aero"},
+        {"text": RARE, "kind": "fact", "scope": "client:acme"},
+        {"text": "Product shot of the Velotrix, side view", "kind": "reference", "image": picture},
+        {"text": "客户说龙腾科技的标志必须是深蓝色。", "kind": "preference", "tags": ["客户"]},
+        {"text": "Golden hour light for every bike shot.", "kind": "preference", "ttl_days": 30},
+    ]
+    ids = []
+    for arguments in texts:
+        ids.append(structured(await client.call_tool("remember", arguments))["id"])
+        clock.moment += 1.5
+    newer = {"text": "Blue hour light for every bike shot.", "kind": "preference", "replaces": [ids[-1]]}
+    ids.append(structured(await client.call_tool("remember", newer))["id"])
+    return ids
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (30, 60, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+RECALLS = [
+    {"query": "Velotrix frame"},
+    {"query": "Kweskin invoice"},
+    {"query": "龙腾科技"},
+    {"query": "light for bike shots", "include_superseded": True},
+    {"query": "bike", "tags": ["bike"]},
+]
+
+
+async def recall_all(client: Client) -> list[list[tuple[str, str, float]]]:
+    answers = []
+    for arguments in RECALLS:
+        out = structured(await client.call_tool("recall", {"k": 10, **arguments}))
+        answers.append([(m["id"], m["text"], m["score"]) for m in out["memories"]])
+    return answers
+
+
+def exported_rows(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+async def test_an_export_imported_into_an_empty_store_gives_the_same_memories_and_recall_results(
+    make_settings, tmp_path, clock
+):
+    first = make_settings(home=tmp_path / "first")
+    async with connect(first) as client:
+        ids = await remember_a_mixed_memory(client, clock)
+        export = structured(await client.call_tool("export_memory", {"path": "all.jsonl"}))
+        answers = await recall_all(client)
+    assert export["exported"] == len(ids) and export["path"] == str(first.home / "exports" / "all.jsonl")
+    rows = exported_rows(export["path"])
+    assert [row["id"] for row in rows] == ids and "embedding" not in rows[0]
+    assert rows[-2]["superseded_by"] == ids[-1] and rows[-1]["replaces"] == [ids[-2]]
+    assert rows[-2]["expires"] and rows[0]["tags"] == ["bike", "velotrix"] and rows[2]["image_id"]
+
+    second = make_settings(home=tmp_path / "second", allowed_dirs=[str(first.home / "exports")])
+    async with connect(second) as client:
+        done = structured(await client.call_tool("import_memory", {"path": export["path"]}))
+        assert (done["lines"], done["imported"], done["existing"], done["failed"]) == (
+            len(ids),
+            len(ids),
+            0,
+            0,
+        )
+        again = structured(await client.call_tool("import_memory", {"path": export["path"]}))
+        assert (again["imported"], again["existing"]) == (0, len(ids))
+        assert await recall_all(client) == answers
+        back = structured(await client.call_tool("export_memory", {}))
+    assert exported_rows(back["path"]) == rows
+
+
+@pytest.mark.slow
+async def test_an_export_from_the_embedded_store_imports_into_a_chroma_server_and_recalls_the_same(
+    make_settings, tmp_path, clock, chroma_server
+):
+    url, _ = chroma_server
+    first = make_settings(home=tmp_path / "first")
+    async with connect(first) as client:
+        ids = await remember_a_mixed_memory(client, clock)
+        export = structured(await client.call_tool("export_memory", {"path": "all.jsonl"}))
+        answers = await recall_all(client)
+    shared = make_settings(home=tmp_path / "shared", chroma_url=url, allowed_dirs=[str(first.home)])
+    async with connect(shared) as client:
+        done = structured(await client.call_tool("import_memory", {"path": export["path"]}))
+        again = structured(await client.call_tool("import_memory", {"path": export["path"]}))
+        assert done["imported"] == len(ids) and (again["imported"], again["existing"]) == (0, len(ids))
+        assert await recall_all(client) == answers
+        back = structured(await client.call_tool("export_memory", {"path": "back.jsonl"}))
+    assert exported_rows(back["path"]) == exported_rows(export["path"])
+
+
+async def test_an_import_reports_each_bad_line_by_number_and_imports_the_rest(settings, tmp_path):
+    good = [{"text": "Teal lamps on the bridge.", "kind": "fact"}, {"text": "Amber lamps in the hall.",
+            "kind": "fact", "tags": ["hall"], "created": "2026-10-01T08:00:00Z"}]  # fmt: skip
+    lines = [
+        json.dumps(good[0]),
+        "{not json",
+        "[1, 2]",
+        json.dumps({"text": "Red lamps.", "kind": "fact", "colour": "red"}),
+        json.dumps({"text": "x" * 8001, "kind": "fact"}),
+        json.dumps({"text": "Green lamps.", "kind": "fact", "id": "mem_0123456789abcdef"}),
+        json.dumps({"text": "Grey lamps.", "kind": "rumour"}),
+        "",
+        json.dumps(good[1]),
+    ]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / "lamps.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    async with connect(settings) as client:
+        done = structured(await client.call_tool("import_memory", {"path": str(path)}))
+        outside = error_text(await client.call_tool("import_memory", {"path": str(tmp_path / "x.jsonl")}))
+        out = structured(await client.call_tool("recall", {"query": "lamps", "k": 10}))
+        escape = error_text(await client.call_tool("export_memory", {"path": str(tmp_path / "out.jsonl")}))
+    errors = {e["line"]: e["error"] for e in done["errors"]}
+    assert (done["lines"], done["imported"], done["failed"]) == (8, 2, 6) and sorted(errors) == [
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
+    assert "not JSON" in errors[2] and "not an object" in errors[3] and "unknown field 'colour'" in errors[4]
+    assert "8001" in errors[5] and "8000" in errors[5] and "the text was changed" in errors[6]
+    assert "kind" in errors[7] and "rumour" in errors[7]
+    assert sorted(m["text"] for m in out["memories"]) == sorted(g["text"] for g in good)
+    assert [m["created"] for m in out["memories"] if "Amber" in m["text"]] == ["2026-10-01T08:00:00Z"]
+    assert "outside the folders limner reads" in outside and "outside the limner home" in escape
+
+
+async def test_a_store_from_before_the_life_cycle_opens_and_its_memories_can_be_replaced(settings, seeded):
+    """An older limner's store: memories without the life-cycle fields, a term index of layout 4."""
+    shutil.copytree(seeded, settings.memory_dir)
+    index = settings.memory_dir / "terms.sqlite3"
+    with sqlite3.connect(index) as db:
+        db.execute("CREATE TABLE old_docs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, scope TEXT NOT NULL, "
+                   "created REAL NOT NULL) WITHOUT ROWID")  # fmt: skip
+        db.execute("INSERT INTO old_docs SELECT id, kind, scope, created FROM docs")
+        db.execute("DROP TABLE docs")
+        db.execute("ALTER TABLE old_docs RENAME TO docs")
+        db.execute("PRAGMA user_version = 4")
+    db.close()
+    async with connect(settings) as client:
+        old = structured(await client.call_tool("recall", {"query": "Kweskin invoice", "k": 1}))["memories"][
+            0
+        ]
+        assert old["text"] == RARE and old["superseded_by"] is None and old["expires"] is None
+        new = {"text": "Kweskin approved the new invoice layout on Friday.", "kind": "fact",
+               "replaces": [old["id"]]}  # fmt: skip
+        stored = structured(await client.call_tool("remember", new))
+        top = structured(await client.call_tool("recall", {"query": "Kweskin invoice", "k": 3}))["memories"]
+    assert top[0]["id"] == stored["id"] and old["id"] not in [m["id"] for m in top]
+    with sqlite3.connect(index) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute("SELECT superseded_by FROM docs WHERE id = ?", (old["id"],)).fetchone() == (
+            stored["id"],
+        )
+    db.close()
+
+
+@pytest.mark.slow
+async def test_a_sigkill_during_an_import_loses_nothing_acknowledged_and_importing_again_completes_it(
+    home, make_settings
+):
+    from tools.memory import IMPORT_BATCH
+
+    colours = ["teal", "amber", "ivory", "crimson", "olive"]
+    rows = [{"text": f"Catalogue note {i}: the {colours[i % 5]} lamp stands left of the sofa.", "kind": "fact"}
+            for i in range(3 * IMPORT_BATCH)]  # fmt: skip
+    path = home / "exports" / "notes.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    acknowledged: list[float] = []
+    first_batch = anyio.Event()
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        acknowledged.append(done)
+        first_batch.set()
+
+    async with Client(stdio_server(server_env(home))) as client:
+        kept = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
+        owner = int((home / "memory" / LOCK_NAME).read_text())
+
+        async def run_import() -> None:
+            with contextlib.suppress(Exception):  # the server dies under the call; its error is no news
+                await client.call_tool("import_memory", {"path": str(path)}, progress_callback=progress)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_import)
+            with anyio.fail_after(120):
+                await first_batch.wait()
+            pidfd = os.pidfd_open(owner)
+            os.kill(owner, signal.SIGKILL)
+            with anyio.fail_after(20):
+                await anyio.wait_readable(pidfd)
+            os.close(pidfd)
+            group.cancel_scope.cancel()
+    assert acknowledged and acknowledged[0] < len(rows), "the kill must come while the import runs"
+    async with connect(make_settings()) as client:
+        found = structured(await client.call_tool("recall", {"query": "Velotrix Aero frame", "k": 1}))
+        again = structured(await client.call_tool("import_memory", {"path": str(path)}))
+        out = structured(await client.call_tool("recall", {"query": "Catalogue note 1499", "k": 1}))
+    assert found["memories"][0]["id"] == kept["id"]
+    assert again["existing"] >= acknowledged[-1] and again["imported"] + again["existing"] == len(rows)
+    assert out["total_stored"] == len(rows) + 1

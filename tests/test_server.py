@@ -339,7 +339,7 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
         (6, -32600), (7, -32602), (8, -32600), (None, -32600), (5, None),
     ]  # fmt: skip
     assert "params.arguments.prompt holds a lone UTF-16 surrogate" in answers[6]["error"]["message"]
-    assert len(answers[-1]["result"]["tools"]) == 10
+    assert len(answers[-1]["result"]["tools"]) == 13
     assert err.count(b"stdio: refused a message") == 9
 
 
@@ -797,3 +797,219 @@ def test_user_mistakes_on_the_command_line_are_one_line_without_a_traceback(tmp_
     assert proc.returncode == code and b"Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
     assert proc.stdout == b""
     assert sum(b"invalid settings" in line for line in proc.stderr.splitlines()) <= 1
+
+
+# -- hardening (issue 23) ---------------------------------------------------------------------------------
+def _stdio_answers(
+    lines: list[bytes], env: dict[str, str], timeout: float = 60
+) -> tuple[list[dict], bytes, int]:
+    """Write `lines` to a stdio server, read one answer per line (failing on a line left unanswered), then
+    close stdin; the answers, stderr and exit status."""
+    import select
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    for line in lines:
+        proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+    answers, deadline = [], time.monotonic() + timeout
+    while len(answers) < len(lines):
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        answer = proc.stdout.readline() if ready else b""
+        if not answer:  # no answer in time, or the server died
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(
+                f"only {len(answers)} of {len(lines)} lines were answered (ids {[a.get('id') for a in answers]}); "
+                f"exit status {proc.returncode}; stderr: {err[-1500:]!r}"
+            )
+        answers.append(json.loads(answer))
+    out, err = proc.communicate(b"", timeout=60)
+    assert out == b""
+    return answers, err, proc.returncode
+
+
+@pytest.mark.slow
+def test_a_deeply_nested_line_over_stdio_is_answered_with_its_id_and_the_server_keeps_serving(
+    home, models_path
+):
+    """Nesting of ~1,000 levels raised RecursionError out of the line check and ended the server; nesting
+    between 200 and ~990 passed the check and the SDK's parser (limit 200) dropped it without a word."""
+    from mcp.types import LATEST_PROTOCOL_VERSION
+
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": LATEST_PROTOCOL_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    arguments = '{"name": "recall", "arguments": {"query": ' + "[" * 250 + "]" * 250 + "}}"
+    lines = [
+        # the Python SDK's key order (id first), nesting the SDK's parser drops
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ' + arguments.encode() + b"}",
+        # the TypeScript SDK's order (id last), nesting json.loads cannot read (RecursionError)
+        b'{"method": "tools/list", "params": {"x": '
+        + b"[" * 1000
+        + b"]" * 1000
+        + b'}, "jsonrpc": "2.0", "id": "two"}',
+        b'{"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"x": '
+        + b'{"a": ' * 100_000
+        + b"1"
+        + b"}" * 100_000
+        + b"}}",
+        # not JSON (a raw control character in a string), yet its id can be read: the client stops waiting
+        b'{"jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": {"x": "a\x01b"}}',
+        # a number JSON allows but no parser here can hold (over 4,300 digits): the SDK dropped it too
+        b'{"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": {"x": ' + b"9" * 5000 + b"}}",
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": meta}}).encode(),
+    ]
+    answers, err, status = _stdio_answers(lines, server_env(home, models_path))
+    assert status == 0 and b"Traceback" not in err, err[-2000:]
+    codes = [(a["id"], a.get("error", {}).get("code")) for a in answers]
+    assert codes == [(1, -32700), ("two", -32700), (3, -32700), (4, -32700), (6, -32700), (5, None)]
+    for answer in answers[:3]:
+        assert "nested deeper than 200 levels" in answer["error"]["message"], answer
+    assert "control character" in answers[3]["error"]["message"]
+    assert "generate" in {t["name"] for t in answers[-1]["result"]["tools"]}
+    assert err.count(b"stdio: refused a message") == 5
+
+
+@pytest.mark.slow
+async def test_the_host_check_ignores_case_and_a_trailing_dot_and_a_deep_body_over_http_is_answered(
+    home, models_path
+):
+    port = free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", "s3cret"]
+    proc = subprocess.Popen(cmd, env=server_env(home, models_path), cwd=REPO, stderr=subprocess.DEVNULL)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Authorization": "Bearer s3cret", "Accept": "application/json, text/event-stream"}
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        await wait_for_port(port, proc)
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def status(host: str, origin: str | None = None, path: str = "/mcp") -> int:
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                if path == "/mcp":
+                    return (await http.post(url, json=body, headers=sent)).status_code
+                return (await http.get(f"http://127.0.0.1:{port}{path}", headers=sent)).status_code
+
+            local = await status(f"127.0.0.1:{port}")
+            assert local not in (401, 403, 421)
+            # host names are case-insensitive and may end with the root's dot (RFC 9110 4.2.3, RFC 1034)
+            for host in (f"LOCALHOST:{port}", f"localhost.:{port}", "LocalHost.", f"LOCALHOST.:{port}"):
+                assert await status(host) == local, host
+                assert await status(host, path="/gallery") == 200, host
+            assert await status(f"localhost:{port}", f"http://LOCALHOST:{port}") == local
+            assert await status(f"localhost:{port}", f"http://localhost.:{port}") == local
+            for host in (
+                f"evil.example:{port}",
+                f"EVIL.example.:{port}",
+                f"localhost..:{port}",
+                "localhost.evil",
+            ):
+                assert await status(host) == 421, host
+            assert await status(f"localhost:{port}", "http://EVIL.example.") == 403
+            # a body nested deeper than the SDK's parser reads is answered -32700, and the server goes on
+            deep = (
+                b'{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"x": '
+                + b"[" * 5000
+                + b"]" * 5000
+                + b"}}"
+            )
+            sent = {**headers, "Content-Type": "application/json"}
+            answer = await http.post(url, content=deep, headers=sent)
+            assert answer.status_code in (200, 400) and answer.json()["error"]["code"] == -32700
+            assert await status(f"127.0.0.1:{port}") == local
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "message"),
+    [
+        ({"LIMNER_HOME": ""}, {}, "LIMNER_HOME is empty"),
+        ({"LIMNER_HOME": "   "}, {}, "LIMNER_HOME is empty"),
+        ({"LIMNER_HOME": "data"}, {}, "home: 'data' .*LIMNER_HOME.* is relative"),
+        ({"LIMNER_HOME": "./"}, {}, "home: '.' .*LIMNER_HOME.* is relative"),
+        ({}, {"home": Path("data")}, "home: 'data' .*--home.* is relative"),
+        ({}, {"home": Path("")}, "home: '.' .*--home.* is relative"),
+        ({"HOME": ""}, {}, "home: '.limner' .*HOME.* is relative"),
+    ],
+)
+def test_an_empty_or_relative_home_is_a_settings_error_naming_where_it_came_from(environ, flags, message):
+    """LIMNER_HOME="" became the working directory: images, sessions and the gallery were written there and
+    its files became readable image paths (a host starting servers in / opened its whole disk)."""
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings(flags=flags, environ=environ)
+    assert "absolute" in str(raised.value)
+
+
+def test_a_relative_home_in_a_config_file_or_a_relative_folder_setting_is_refused(tmp_path):
+    named = tmp_path / "my.toml"
+    named.write_text('home = "data"\n')
+    with pytest.raises(SettingsError, match="home: 'data' .*my.toml.* is relative"):
+        load_settings(environ={"HOME": str(tmp_path)}, config=named)
+    home = str(tmp_path / "h")
+    for environ, field in (
+        ({"LIMNER_HOME": home, "LIMNER_MODELS_PATH": "models"}, "models_path"),
+        ({"LIMNER_HOME": home, "LIMNER_MODELS_PATH": ""}, "models_path"),
+        ({"LIMNER_HOME": home, "LIMNER_ALLOWED_DIRS": f"{tmp_path}:pics"}, "allowed_dirs"),
+    ):
+        with pytest.raises(SettingsError, match=f"{field}.*absolute"):
+            load_settings(environ=environ)
+    absolute = load_settings(environ={"LIMNER_HOME": home, "LIMNER_ALLOWED_DIRS": str(tmp_path)})
+    assert absolute.home == Path(home) and absolute.allowed_dirs == (tmp_path,)
+
+
+@pytest.mark.slow
+def test_serving_with_an_empty_limner_home_exits_2_and_writes_nothing_in_the_working_directory(
+    tmp_path, models_path
+):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        capture_output=True,
+        env={**server_env(tmp_path / "unused", models_path), "LIMNER_HOME": ""},
+        cwd=cwd,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert b"LIMNER_HOME is empty" in proc.stderr and proc.stdout == b""
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t", " s3cret", "s3cret\n", "s3c\x00ret", "s\u00e9cret"])
+def test_an_empty_blank_or_unsendable_token_is_a_settings_error(tmp_path, token):
+    """--token " " started a server nobody could ever authenticate to: the header's value is stripped."""
+    for source in ({"flags": {"token": token}}, {"environ": {"LIMNER_TOKEN": token}}):
+        environ = {"LIMNER_HOME": str(tmp_path), **source.get("environ", {})}
+        with pytest.raises(SettingsError, match="token: "):
+            load_settings(flags=source.get("flags"), environ=environ)
+    assert load_settings(flags={"token": "s3cret"}, environ={"LIMNER_HOME": str(tmp_path)}).token == "s3cret"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("http", [True, False])
+def test_a_blank_token_stops_the_server_at_start_up_whatever_the_transport(home, models_path, http):
+    command = ["serve", "--token", " "] + (["--http", "--port", str(free_port())] if http else [])
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", *command],
+        capture_output=True,
+        env=server_env(home, models_path),
+        cwd=REPO,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert b"token: " in proc.stderr and b"blank" in proc.stderr

@@ -64,3 +64,20 @@ def check_size(width: int, height: int, factor: int, model: str, max_pixels: int
             f"width/height: {width}x{height} = {width * height} pixels is above the limit of {max_pixels}; "
             "generate smaller and refine regions instead."
         )
+
+
+MAX_ASPECT = 20  # longest side over shortest side of an image a model is given or asked to make
+
+
+def check_aspect(field: str, width: int, height: int, fix: str = "") -> None:
+    """An image a model reads or makes is at most MAX_ASPECT:1. Pre-processing scales the short side up to
+    the model's size (CLIP 224 px, so a 1x60,000 strip becomes 224x13,440,000), so the pixel limits bound
+    the input but not what the model is handed; beyond this ratio no model reads the picture usefully.
+    `fix` says what to do instead (default: crop or pad the image)."""
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT * short:
+        raise ToolError(
+            f"{field}: {width}x{height} is {long / short:.4g}:1, beyond the {MAX_ASPECT}:1 aspect ratio limner's "
+            "models take (their pre-processing scales the short side up to the model's size); "
+            + (fix or f"crop it or pad it to at most {MAX_ASPECT}:1 and pass it again.")
+        )

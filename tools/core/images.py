@@ -159,7 +159,7 @@ class ImageStore:
     def _require(self, image_id: str) -> None:
         if not self.exists(image_id):
             raise ToolError(
-                f"no stored image with id {image_id!r}; ids look like img_<16 hex> and come from the "
+                f"no stored image with id {shown(image_id)}; ids look like img_<16 hex> and come from the "
                 "results of generate, search or refine_region."
             )
 
@@ -200,7 +200,9 @@ def resolve_image(
     if ref.startswith(URI_PREFIX) or ID_PATTERN.match(ref):
         image_id = ref.removeprefix(URI_PREFIX)
         if not store.exists(image_id):
-            raise ToolError(f"{field}: no stored image {image_id!r}; use an id returned by a limner tool.")
+            raise ToolError(
+                f"{field}: no stored image {shown(image_id)}; use an id returned by a limner tool."
+            )
         return Resolved(
             _decode(store.png_path(image_id).read_bytes(), field, store.max_pixels), image_id, "store"
         )
@@ -224,34 +226,60 @@ def resolve_image(
     if re.match(r"^[a-z][a-z0-9+.\-]*://", lowered):
         scheme = lowered.split(":", 1)[0]
         raise ToolError(
-            f"{field}: unsupported scheme {scheme!r}; use http(s), limner://, data: or a file path."
+            f"{field}: unsupported scheme {shown(scheme)}; use http(s), limner://, data: or a file path."
         )
 
-    if len(ref) >= 64 and _BASE64_PATTERN.match(ref) and not os.path.exists(ref):
-        data = _b64(ref, field)
-        if data.startswith(_IMAGE_MAGIC):
+    # bare base64 is told from a path by its bytes alone (image magic), never by looking at the disk: a
+    # string of slashes and a path is base64 too, and whether a file exists outside the folders is not ours
+    # to say
+    as_base64 = ""
+    if len(ref) >= 64 and _BASE64_PATTERN.match(ref):
+        try:
+            data = _b64(ref, field)
+        except ToolError:
+            data = None
+        if data is not None and data.startswith(_IMAGE_MAGIC):
             return Resolved(_decode(data, field, store.max_pixels), None, "data")
+        if not ref.startswith(("/", "~", ".")):  # meant as base64, not as a path: say what it decoded to
+            read = (
+                "malformed" if data is None else "not the bytes of an image (PNG, JPEG, WebP, GIF, BMP, TIFF)"
+            )
+            as_base64 = f"; read as base64 it is {read}"
 
     # 4. a file inside the allowed folders. The folder check comes first, so a path outside them
     # gets the same answer whether or not something exists there (no probing of the disk).
     not_a_reference = (
-        f"{field}: {ref!r} is not a store id, limner:// URI, data URI, URL or existing file path"
+        f"{field}: {shown(ref)} is not a store id, limner:// URI, data URI, URL or existing file path"
+        + as_base64
+    )
+    allowed = ", ".join(str(d) for d in readable_dirs)
+    outside = (
+        f"{not_a_reference}; read as a path it is outside the allowed folders ({allowed}). Copy the file into "
+        "one of them or add its folder to LIMNER_ALLOWED_DIRS."
     )
     try:
-        real = Path(ref).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):  # ~nosuchuser, an embedded NUL byte
-        raise ToolError(not_a_reference + ".") from None
+        # realpath reads links only (lstat, readlink), to know which folder the path is in: a missing file
+        # and a present one give the same path. (Path.resolve also stats the result, to report link loops.)
+        real = Path(os.path.realpath(os.path.expanduser(ref)))
+    except (OSError, ValueError):  # an embedded NUL byte: read as outside too
+        raise ToolError(outside) from None
     if not any(real.is_relative_to(d) for d in readable_dirs):
-        allowed = ", ".join(str(d) for d in readable_dirs)
-        raise ToolError(
-            f"{not_a_reference}; read as a path it is outside the allowed folders ({allowed}). Copy the "
-            "file into one of them or add its folder to LIMNER_ALLOWED_DIRS."
-        )
+        raise ToolError(outside)
     if not real.exists():
-        raise ToolError(not_a_reference + f"; no file at {str(real)!r}.")
+        raise ToolError(not_a_reference + f"; no file at {shown(str(real))}.")
     if not real.is_file():
-        raise ToolError(f"{field}: {ref!r} is not a file; pass the path of an image file (PNG, JPEG, WebP).")
+        raise ToolError(
+            f"{field}: {shown(ref)} is not a file; pass the path of an image file (PNG, JPEG, WebP)."
+        )
     return Resolved(_decode(real.read_bytes(), field, store.max_pixels), None, "path")
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """`text` quoted for an error message: whole up to `limit` characters, else its start and its length (a
+    reference may be megabytes of base64, and the message goes back to the client and into the log)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:80]!r}... ({len(text)} characters)"
 
 
 def _b64(payload: str, field: str) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -18,12 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 logger = logging.getLogger("limner.jobs")
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
+
+# Whose request a log record is logged for (a key the server maps to that client's log notifications); set
+# around each request, and around model work on the worker thread by `routed`, which no context reaches.
+LOG_ROUTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("limner_log_route", default=None)
 
 
 class JobHandle(BaseModel):
@@ -70,6 +76,7 @@ class Job:
     error: str | None = None
     result: Any = None
     detached: bool = False  # handed to the `jobs` tool: the original request no longer owns it
+    owner: str = ""  # the session that submitted it: only that session lists, waits on or cancels it
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     _listeners: list[Callable[[int, int, str], None]] = field(default_factory=list)
@@ -123,6 +130,28 @@ class Job:
             "error": self.error,
             "elapsed_s": round((self.finished or time.time()) - (self.started or self.created), 3),
         }
+
+
+def find(jobs: dict[str, Job], job_id: str, owner: str | None = None) -> Job:
+    """The job `job_id` of `owner` (None: of anyone). Another session's job is answered exactly as an unknown
+    id, so its existence does not leak."""
+    job = jobs.get(job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        mine = [j.id for j in jobs.values() if owner is None or j.owner == owner]
+        raise ToolError(f"job_id: no job {job_id!r}; recent jobs: {', '.join(mine[-10:]) or 'none'}.")
+    return job
+
+
+def routed(
+    route: str | None, work: Callable[[Any, Any, Any], Any], request: Any, models: Any, progress: Any
+) -> Any:
+    """Run `work` with its log records routed to the caller that submitted it (LOG_ROUTE). A module function,
+    so a remote runner can pickle it; there the route leads nowhere and is harmless."""
+    token = LOG_ROUTE.set(route)
+    try:
+        return work(request, models, progress)
+    finally:
+        LOG_ROUTE.reset(token)
 
 
 async def wait_for(job: Job, timeout: float | None, on_progress: ProgressFn | None = None) -> bool:

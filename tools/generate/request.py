@@ -10,7 +10,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
 from tools.core.checks import (
+    MAX_ASPECT,
     MAX_SEED,
+    check_aspect,
     check_guidance,
     check_prompt,
     check_seed,
@@ -80,6 +82,12 @@ def check_request(
     width = spec.focus_size if width is None else width
     height = spec.focus_size if height is None else height
     check_size(width, height, spec.size_factor, spec.name, max_pixels)
+    check_aspect(
+        "width/height",
+        width,
+        height,
+        f"ask for at most {MAX_ASPECT}:1 and crop the result to the strip you need.",
+    )
     steps = check_steps(spec.default_steps if steps is None else steps, max_steps, spec.default_steps)
     guidance = check_guidance(
         spec.default_guidance if guidance is None else guidance, spec.default_guidance, spec.name
@@ -116,6 +124,7 @@ def check_foreground(
     """The foreground call's own arguments, checked; finding the object (GrabCut: 1.6 s at 512 px, 18 s at
     2048) is part of the work, so max_wait_s and cancellation cover it."""
     image = source.image
+    check_aspect("foreground", image.width, image.height)
     if min(image.size) < MIN_FOREGROUND_SIDE:
         raise ToolError(
             f"foreground: {image.width}x{image.height} px is too small to hold an object; pass a photo or "

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
+from tools.core.checks import check_aspect
 from tools.core.images import Resolved, read_note
 from tools.core.masks import read_mask, tight_bbox
-from tools.judge.types import CHECKS, MAX_QUESTION_CHARS, Check, JudgeRequest
+from tools.judge.expect import check_expect
+from tools.judge.types import CHECKS, MAX_QUESTION_CHARS, Check, Expectation, JudgeRequest
 from tools.metrics import quality as qual
 
 _SPLIT = re.compile(r"[,;.\n]|\band\b|\bwith\b", re.IGNORECASE)
@@ -60,9 +62,17 @@ def check_request(
     min_alignment: float,
     max_questions: int,
     max_prompt_chars: int,
+    expect: Sequence[Expectation] | None = None,
 ) -> JudgeRequest:
     """Validate sizes, limits and which checks can run; raise ToolError naming the field."""
     warnings: list[str] = []
+    expectations = check_expect(expect) if expect is not None else ()
+    # CLIP and the VLM scale an image's short side up: a thin strip would become an enormous one (the
+    # original and the masks match the images' size, so these are all the shapes a model sees)
+    named = [("image" if len(images) == 1 else f"images[{i}]", img) for i, img in enumerate(images)]
+    for name, ref in [*named, ("reference", reference)]:
+        if ref is not None:
+            check_aspect(name, ref.image.width, ref.image.height)
     if prompt is not None:
         if not prompt.strip():
             raise ToolError("prompt: empty; pass the prompt the images were made from, or omit it.")
@@ -166,4 +176,5 @@ def check_request(
         request.foreground_mask = read_mask(foreground_mask.image, "foreground_mask").mask
         if not request.foreground_mask.any():
             raise ToolError("foreground_mask: has no white pixels; white must mark the object to protect.")
+    request.expect = expectations
     return request

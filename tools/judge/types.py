@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tools.core.images import Resolved
 from tools.core.jobs import JobHandle
@@ -19,6 +19,53 @@ QUESTION_PASS = 0.5
 DEFAULT_MIN_ALIGNMENT = 20.0  # CLIP ViT-L/14: matching captions score ~25-35, unrelated ones ~10-18
 ALIGNMENT_FULL = 35.0  # the CLIPScore that counts as a full 1.0 in `overall`
 MAX_QUESTION_CHARS = 300
+
+
+# -- expectations (GenEval's terms): what the agent expects to see, checked with the detector and CLIP ----------
+Position = Literal["left of", "right of", "above", "below"]
+# GenEval's colour names
+Colour = Literal["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]
+
+
+class Expectation(BaseModel):
+    """One structured expectation: {"object": "apple", "count": 2}, {"object": "apple", "color": "red"},
+    {"object": "cup", "position": "left of", "of": "apple"}, {"object": "dog", "present": false}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    object: str = Field(description="What to look for, a plain noun phrase: 'apple', 'red car'.")
+    count: int | None = Field(
+        default=None, ge=0, le=16, description="Exactly this many (counted at detection confidence 0.9)."
+    )
+    color: Colour | None = Field(default=None, description="Its colour (CLIP zero-shot on its masked crop).")
+    position: Position | None = Field(default=None, description="Where it is relative to `of`.")
+    of: str | None = Field(default=None, description="The object `position` is relative to.")
+    present: bool | None = Field(default=None, description="false: the object must not be there.")
+
+
+class ExpectedInstance(BaseModel):
+    box: list[int] = Field(description="[x1, y1, x2, y2] in pixels.")
+    score: float = Field(description="Detection confidence, 0..1.")
+    mask_id: str | None = Field(
+        default=None, description="For an instance to fix (the next step's target): its mask, stored."
+    )
+    color: str | None = Field(default=None, description="The colour CLIP picks for its masked crop.")
+    color_scores: dict[str, float] | None = Field(
+        default=None, description="The three likeliest colours and their zero-shot probabilities."
+    )
+
+
+class ExpectationResult(BaseModel):
+    expect: Expectation
+    passed: bool
+    detail: str = Field(description="What was checked and found, in words.")
+    found: int = Field(description="Instances of the object above the threshold.")
+    threshold: float = Field(description="The detection confidence the object was counted at.")
+    instances: list[ExpectedInstance] = Field(
+        default_factory=list, description="The instances the check read (the evidence), best first."
+    )
+    relations: list[str] | None = Field(
+        default=None, description="For a position: where the object is relative to `of` (may be several)."
+    )
 
 
 # -- results ------------------------------------------------------------------------------------------
@@ -86,6 +133,9 @@ class Judgement(BaseModel):
     quality: qual.Quality | None = None
     preservation: pres.Preservation | None = None
     foreground: pres.ForegroundIntegrity | None = None
+    expectations: list[ExpectationResult] | None = Field(
+        default=None, description="Each `expect` entry: pass/fail with its evidence (items say what to do)."
+    )
 
 
 class JudgeResult(BaseModel):
@@ -124,6 +174,7 @@ class JudgeRequest:
     mask_box: list[int] | None = None
     foreground_mask: Any = None
     warnings: list[str] = field(default_factory=list)
+    expect: tuple[Expectation, ...] = ()  # checked (tools/judge/expect.py)
 
 
 @dataclass
@@ -136,3 +187,4 @@ class ModelScores:
     warnings: list[str]
     timings: dict[str, float]
     lpips: list[tuple[float | None, float | None]] | None = None  # (outside, inside) per image
+    expect: list[Any] | None = None  # per image: what the detector saw (tools/judge/expect.py Seen lists)

@@ -18,10 +18,13 @@ from PIL import Image
 from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageStore
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach
+from tools.judge import expect
 from tools.judge.types import (
     ALIGNMENT_FULL,
     QUESTION_PASS,
     Alignment,
+    ExpectationResult,
+    ExpectedInstance,
     Item,
     Judgement,
     JudgeRequest,
@@ -168,6 +171,90 @@ def _items(
     return sorted(items, key=lambda it: it.passed)  # stable: failing first, in check order
 
 
+def _expectations(
+    request: JudgeRequest, seen: dict[str, list[expect.Seen]], image_id: str | None, store: ImageStore
+) -> tuple[list[ExpectationResult], list[Item]]:
+    """Each `expect` entry decided (tools/judge/expect.py), with its evidence, and as an item: a wrong colour or
+    an object that should not be there is refined through its mask (stored here); a wrong count, a missing
+    object or a wrong position means regenerating with the expectation stated in the prompt."""
+    results, items = [], []
+    masks: dict[int, str] = {}  # id(Seen) -> stored mask id, each instance stored once
+
+    def mask_id(instance: expect.Seen) -> str | None:
+        if instance.mask is None:
+            return None
+        if id(instance) not in masks:
+            masks[id(instance)] = store.put(
+                Image.fromarray(instance.mask.astype(np.uint8) * 255),
+                tool="judge",
+                params={"mask": "expect instance", "box": list(instance.box)},
+                parents=[image_id] if image_id else [],
+            ).id
+        return masks[id(instance)]
+
+    for k, e in enumerate(request.expect):
+        outcome = expect.evaluate(e, seen)
+        instances = [
+            ExpectedInstance(
+                box=list(s.box),
+                score=s.score,
+                mask_id=mask_id(s) if any(s is w for w in outcome.wrong) else None,  # a next step's target
+                color=expect.best_colour(s),
+                color_scores=dict(sorted(s.colours.items(), key=lambda kv: -kv[1])[:3])
+                if s.colours
+                else None,
+            )
+            for s in outcome.read
+        ]
+        results.append(
+            ExpectationResult(
+                expect=e,
+                passed=outcome.passed,
+                detail=outcome.detail,
+                found=outcome.found,
+                threshold=outcome.threshold,
+                instances=instances,
+                relations=outcome.relations,
+            )
+        )
+        step = None
+        if not outcome.passed and outcome.wrong:
+            first = outcome.wrong[0]
+            target = mask_id(first)
+            absent = e.present is False or e.count == 0
+            step = NextStep(
+                action="refine_region",
+                image=image_id,
+                mask=target,
+                bbox=None if target else list(first.box),
+                prompt=f"the background, no {e.object}" if absent else f"a {e.color} {e.object}",
+                why=f"{outcome.detail}: repaint "
+                + (f"the {e.object} away" if absent else f"it {e.color}")
+                + (
+                    f" ({len(outcome.wrong)} instances: one call each, best first)."
+                    if len(outcome.wrong) > 1
+                    else "."
+                ),
+            )
+        elif not outcome.passed:
+            step = NextStep(
+                action="regenerate",
+                prompt=_stronger(request.prompt or "", [expect.phrase(e)]),
+                why=f"{outcome.detail}: generate again with the expectation first in the prompt (more "
+                "candidates help; counts and positions are what text-to-image models miss most).",
+            )
+        items.append(
+            Item(
+                check=f"expect[{k}]",
+                passed=outcome.passed,
+                value=float(outcome.found),  # instances found; the result's expectations hold the evidence
+                detail=outcome.detail,
+                next_step=step,
+            )
+        )
+    return results, items
+
+
 def _preservation_step(request: JudgeRequest, image_id: str | None, redo: dict, p: Any) -> NextStep:
     """What to do about pixels changed outside the mask. For an edit limner made, first rule out a mismatch
     of the judge call itself: an original other than the edit's input (earlier edits show as changes), or
@@ -282,6 +369,10 @@ def finish(
                 )
                 spill_mask = stored.id
         items = _items(request, found[i], align, answers, img.id, _made_from(store, img.id), spill_mask)
+        expected = None
+        if request.expect and scores is not None and scores.expect is not None:
+            expected, more = _expectations(request, scores.expect[i], img.id, store)
+            items = sorted(more + items, key=lambda it: it.passed)  # failing first, expectations leading
         parts = []
         if answers:
             parts.append(sum(a.p_yes for a in answers) / len(answers))
@@ -305,6 +396,7 @@ def finish(
                     found[i].get("preservation"), scores.lpips[i] if scores and scores.lpips else None
                 ),
                 **{k: found[i].get(k) for k in ("quality", "foreground")},
+                expectations=expected,
             )
         )
     ranking = sorted(

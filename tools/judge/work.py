@@ -16,12 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
 from tools.core.jobs import Progress
+from tools.judge import expect
 from tools.judge.types import QUESTION_PASS, Alignment, JudgeRequest, ModelScores, QuestionScore
-from tools.models import perceptual
+from tools.models import detection, perceptual
 from tools.models.cache import Loaded, ModelCache
 
 VQA_TEMPLATE = 'Does this figure show "{question}"? Please answer yes or no.'
@@ -168,6 +170,47 @@ def localise(clip: Loaded, image: Image.Image, questions: list[str]) -> dict[str
     return {q: boxes[int(k)] for q, k in zip(questions, best, strict=True)}
 
 
+def expect_evidence(
+    models: ModelCache, image: Image.Image, expectations: tuple, clip: Loaded | None, warnings: list[str]
+) -> tuple[dict[str, list[expect.Seen]], dict[str, Loaded]]:
+    """What `expect` is decided from: every named object's instances (detector, above 0.3, best first), each
+    masked by the segmenter (when one can be loaded) and, for objects with an expected colour, its colour by
+    CLIP zero-shot over its masked crop (GenEval's rule, tools/judge/expect.py); and the models used, by role."""
+    import torch
+
+    names = expect.names(expectations)
+    detector = models.get("detector")
+    found = detection.detect(detector, image, names, expect.DETECT_THRESHOLD, expect.MAX_INSTANCES)
+    used = {"detector": detector}
+    warnings.extend(found.warnings)
+    masks: list[np.ndarray | None] = [None] * len(found.found)
+    if found.found:
+        try:
+            segmenter = models.get("segmenter")
+        except ToolError as exc:  # counts and positions need boxes only: colour reads the whole box then
+            warnings.append(f"expect: no segmenter, colours read over whole boxes: {exc}")
+        else:
+            used["segmenter"] = segmenter
+            segments = detection.segment(segmenter, image, [d.exact for d in found.found])
+            masks = [s.mask if s.mask.any() else None for s in segments]
+    colours: list[dict[str, float] | None] = [None] * len(found.found)
+    for name in sorted(expect.coloured(expectations)):  # one batch of crops and prompts per object
+        index = [i for i, d in enumerate(found.found) if d.name == name]
+        if not index:
+            continue
+        clip = clip or models.get("clip")
+        used["clip"] = clip
+        crops = [expect.masked_crop(image, found.found[i].box, masks[i]) for i in index]
+        texts, _ = clip_embed_texts(clip, expect.colour_prompts(name))
+        probs = torch.softmax(100 * clip_embed_images(clip, crops) @ texts.T, dim=-1)  # CLIP's logit scale
+        for row, i in zip(probs, index, strict=True):
+            colours[i] = {c: round(float(q), 4) for c, q in zip(expect.COLOURS, row, strict=True)}
+    seen: dict[str, list[expect.Seen]] = {name: [] for name in names}
+    for d, mask, colour in zip(found.found, masks, colours, strict=True):
+        seen[d.name].append(expect.Seen(d.score, d.box, mask, colour))
+    return seen, used
+
+
 @dataclass(frozen=True)
 class JudgeWork:
     request: JudgeRequest  # checked, its images decoded
@@ -182,7 +225,11 @@ def plan(request: JudgeRequest, lpips_missing: str | None) -> JudgeWork | None:
         request.warnings.append(f"preservation: LPIPS not computed: {lpips_missing}")
         lpips = False
     needs_models = (
-        "alignment" in request.checks or request.questions or request.reference is not None or lpips
+        "alignment" in request.checks
+        or request.questions
+        or request.reference is not None
+        or lpips
+        or bool(request.expect)
     )
     return JudgeWork(request, lpips) if needs_models else None
 
@@ -199,6 +246,7 @@ def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
     tiny, warnings = False, []
     timings: dict[str, float] = {"queue": round(time.time() - job.created, 4)}
     total = (n if "alignment" in request.checks else 0) + (n if lpips else 0) + n * len(request.questions)
+    total += n if request.expect else 0
     step = 0
     clip: Loaded | None = None
     if "alignment" in request.checks or request.reference is not None:
@@ -248,6 +296,19 @@ def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
                     f"preservation: LPIPS needs {perceptual.MIN_SIDE}+ px a side; null for smaller"
                 )
         timings["lpips"] = round(time.perf_counter() - started, 4)
+    # 1b. expect: what the detector, segmenter and CLIP see of each expected object
+    evidence: list[Any] | None = None
+    if request.expect:
+        started = time.perf_counter()
+        evidence = []
+        for i, image in enumerate(pil):
+            seen, loaded = expect_evidence(models, image, request.expect, clip, warnings)
+            evidence.append(seen)
+            for role, model in loaded.items():
+                used[role], tiny = model.label, tiny or model.tiny
+            step += 1
+            job.progress(step, total, f"judge: expectations {i + 1}/{n}")
+        timings["expect"] = round(time.perf_counter() - started, 4)
     # 2. checklist: one VQA forward per image and question
     if request.questions:
         started = time.perf_counter()
@@ -286,7 +347,7 @@ def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
                 except ToolError as exc:  # no CLIP weights: the checklist still stands, without boxes
                     warnings.append(f"failed questions not localised: {exc}")
                     return ModelScores(
-                        alignment, reference, checklist, used, tiny, warnings, timings, distances
+                        alignment, reference, checklist, used, tiny, warnings, timings, distances, evidence
                     )
                 used["clip"], tiny = clip.label, tiny or clip.tiny
             for i in sorted({i for i, _ in failed}):
@@ -295,4 +356,4 @@ def work(given: JudgeWork, models: ModelCache, job: Progress) -> ModelScores:
                     if k == i:
                         a.where = boxes[a.question]
             timings["localise"] = round(time.perf_counter() - started, 4)
-    return ModelScores(alignment, reference, checklist, used, tiny, warnings, timings, distances)
+    return ModelScores(alignment, reference, checklist, used, tiny, warnings, timings, distances, evidence)

@@ -1,12 +1,12 @@
 """Models: the only place that loads weights.
 
-A model is a role (`generator`, `inpainter`, `editor`, `clip`, `vlm`, `lpips`) bound to a `ModelSpec`: a hub
-id or local folder, dtype, device and optional LoRA adapters. `ModelCache.get` resolves a role (or a named
-spec) to a loaded model once and keeps it warm, until it is unloaded: on request (`unload`), after
-`idle_unload_s` unused, or to make room under the memory budget (least recently used first, never a model a
-running job holds). The `tiny` profile builds tiny random-weight models from configs, saves them under
-`LIMNER_HOME/models`, and loads them through the same `from_pretrained` path as real weights; every result
-made with them says so.
+A model is a role (`generator`, `inpainter`, `editor`, `clip`, `vlm`, `lpips`, `detector`, `segmenter`) bound
+to a `ModelSpec`: a hub id or local folder, dtype, device and optional LoRA adapters. `ModelCache.get` resolves
+a role (or a named spec) to a loaded model once and keeps it warm, until it is unloaded: on request
+(`unload`), after `idle_unload_s` unused, or to make room under the memory budget (least recently used first,
+never a model a running job holds). The `tiny` profile builds tiny random-weight models from configs, saves
+them under `LIMNER_HOME/models`, and loads them through the same `from_pretrained` path as real weights; every
+result made with them says so.
 """
 
 from __future__ import annotations
@@ -588,7 +588,12 @@ def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offli
     auto = {"generator": "AutoPipelineForText2Image", "inpainter": "AutoPipelineForInpainting"}
     cls = getattr(diffusers, spec.pipeline or auto.get(spec.role, "DiffusionPipeline"))
     try:
-        pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=offline)
+        ready = _processors_without_video(cls, source, offline)
+        # a processor built here is not the class model_index.json names, which from_pretrained checks what it is
+        # passed against: it loads the pipeline without it (None) and the processor is set after
+        pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=offline, **dict.fromkeys(ready))
+        for name, processor in ready.items():
+            setattr(pipe, name, processor)
     except (OSError, ValueError) as exc:  # absent, partial, or a corrupt weights file
         raise ToolError(f"{how_to_get(spec)} ({exc})") from None
     for i, lora in enumerate(spec.lora):
@@ -606,6 +611,30 @@ def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offli
         pipe.set_adapters([f"lora{i}" for i in range(len(spec.lora))], [lo.scale for lo in spec.lora])
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _processors_without_video(cls: Any, source: str, offline: bool) -> dict[str, Any]:
+    """Components to hand from_pretrained ready-made where it could not build them: without torchvision, a
+    Qwen-VL processor (QwenImageEditPlusPipeline's `processor`, a Qwen2VLProcessor) fails to load because its
+    video processor needs torchvision, although the pipeline calls it with text and images only. Such a
+    processor is assembled from the same subfolder's image processor, tokenizer and chat template
+    (tools/models/processors.py), as _load_transformers does for a VLM. Empty where torchvision loads."""
+    import transformers  # lazily, as every loader here: importing it takes seconds
+    from transformers.utils.import_utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return {}
+    index = cls.load_config(source, local_files_only=offline)  # model_index.json: name -> [library, class]
+    ready: dict[str, Any] = {}
+    for name, entry in index.items():
+        if not (isinstance(entry, list) and entry[0] == "transformers"):
+            continue
+        named = getattr(transformers, str(entry[1]), None)  # the class; importing it needs no torchvision
+        if isinstance(named, type) and issubclass(named, transformers.ProcessorMixin):
+            processor = processors.load_without_video(source, local_files_only=offline, subfolder=name)
+            if processor is not None:  # not a Qwen-VL image processor: from_pretrained loads it as usual
+                ready[name] = processor
+    return ready
 
 
 def _load_transformers(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
@@ -638,6 +667,24 @@ def _load_transformers(spec: ModelSpec, source: str, dtype: Any, device: str, of
     return model, processor
 
 
+def _load_detection(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
+    """A detector or segmenter as (model, processor): the spec's class (default: the zero-shot detection Auto
+    class, or SamModel) and its processor with transformers' PIL image processor, on every machine the same
+    resizing (the torchvision one, where installed, rounds differently) and no torchvision needed."""
+    import transformers
+
+    default = "AutoModelForZeroShotObjectDetection" if spec.role == "detector" else "SamModel"
+    model_cls: Any = getattr(transformers, spec.pipeline or default)
+    try:
+        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=offline).to(device).eval()
+        processor = transformers.AutoProcessor.from_pretrained(
+            source, local_files_only=offline, backend="pil"
+        )
+    except OSError as exc:
+        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
+    return model, processor
+
+
 def _load_lpips(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
     """LPIPS from the two files in its folder (tools/models/perceptual.py builds the network)."""
     import torch
@@ -665,6 +712,8 @@ _LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
     "clip": _load_transformers,
     "vlm": _load_transformers,
     "lpips": _load_lpips,
+    "detector": _load_detection,
+    "segmenter": _load_detection,
 }
 
 

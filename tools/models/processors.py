@@ -5,7 +5,9 @@ without it `AutoProcessor.from_pretrained` raises ImportError although judge sen
 made of the same folder's image processor (its PIL backend loads without torchvision), tokenizer and chat
 template, and builds the inputs Qwen2_5_VLProcessor.__call__ builds for text and images: each image's pad token
 expanded to one per merged patch, attention_mask, mm_token_type_ids (the model's 3D rope positions read them),
-pixel_values and image_grid_thw. tools/models/cache.py picks it only when AutoProcessor fails that way.
+pixel_values and image_grid_thw. tools/models/cache.py picks it only when AutoProcessor fails that way, and for
+QwenImageEditPlusPipeline's `processor` (a Qwen2VLProcessor, called with text and images) where torchvision is
+missing.
 """
 
 from __future__ import annotations
@@ -53,8 +55,15 @@ class QwenVLImageTextProcessor:
             tokenize=False,
         )
 
-    def __call__(self, text: str | list[str], images: Any = None, return_tensors: str | None = None) -> Any:
-        """Model inputs for `text` (one prompt or a batch) and its images, in order of their pad tokens."""
+    def __call__(
+        self,
+        text: str | list[str],
+        images: Any = None,
+        return_tensors: str | None = None,
+        padding: bool | str = False,
+    ) -> Any:
+        """Model inputs for `text` (one prompt or a batch) and its images, in order of their pad tokens; `padding`
+        as the tokenizer's (QwenImageEditPlusPipeline passes padding=True)."""
         from transformers import BatchFeature  # lazily: importing transformers takes seconds
 
         texts = [text] if isinstance(text, str) else list(text)
@@ -79,7 +88,7 @@ class QwenVLImageTextProcessor:
                 index += 1
             expanded.append(out)
         # 3. tokens, and which of them stand for an image or a video
-        text_inputs = dict(self.tokenizer(expanded))
+        text_inputs = dict(self.tokenizer(expanded, padding=padding))
         kinds = {self.image_token_id: IMAGE_TYPE, self.video_token_id: VIDEO_TYPE}
         text_inputs["mm_token_type_ids"] = [
             [kinds.get(i, TEXT_TYPE) for i in ids] for ids in text_inputs["input_ids"]
@@ -87,18 +96,22 @@ class QwenVLImageTextProcessor:
         return BatchFeature({**text_inputs, **image_inputs}, tensor_type=return_tensors)
 
 
-def load_without_video(source: str, local_files_only: bool = True) -> QwenVLImageTextProcessor | None:
+def load_without_video(
+    source: str, local_files_only: bool = True, subfolder: str = ""
+) -> QwenVLImageTextProcessor | None:
     """The processor made of the parts AutoProcessor would load from `source` (image processor, tokenizer, and
     the processor's chat template, chat_template.jinja or a legacy chat_template.json, read as ProcessorMixin
-    reads it); None when the image processor is not Qwen-VL's kind."""
+    reads it); None when the image processor is not Qwen-VL's kind. `subfolder`: where the parts are inside
+    `source` (a diffusers pipeline's `processor`)."""
     # lazily: importing transformers takes seconds
     from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
-    image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+    where = {"local_files_only": local_files_only, "subfolder": subfolder}
+    image_processor = AutoImageProcessor.from_pretrained(source, **where)
     if not makes_image_grids(image_processor):
         return None
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
-    processor_dict, _ = ProcessorMixin.get_processor_dict(source, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(source, **where)
+    processor_dict, _ = ProcessorMixin.get_processor_dict(source, **where)
     template = processor_dict.get("chat_template")
     if isinstance(template, dict):  # several named templates: the default one
         template = template.get("default")

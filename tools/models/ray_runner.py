@@ -31,7 +31,7 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from tools.core.jobs import Job, JobCancelled
+from tools.core.jobs import Job, JobCancelled, find
 from tools.models.cache import ModelCache
 from tools.models.runner import Finish, Work, complete, failed
 from tools.models.specs import ModelSpec
@@ -39,7 +39,7 @@ from tools.models.specs import ModelSpec
 logger = logging.getLogger("limner.ray")
 
 APP_PREFIX = "limner-"  # Serve application per role: limner-generator, limner-inpainter, ...
-ROLES = ("generator", "inpainter", "editor", "judge")
+ROLES = ("generator", "inpainter", "editor", "judge", "detector")  # detector: locate (detector + segmenter)
 DEPLOY_TIMEOUT_S = 120.0  # a deployment not running by then cannot be placed (or keeps failing)
 WATCH_S = 0.2  # how often a job's stream is checked for a local cancel
 CONNECT_TIMEOUT_S = 5.0
@@ -288,9 +288,9 @@ class RayRunner:
             ) from None
 
     def _gpus(self, role: str) -> float:
-        """GPUs per replica of the role: the setting, else 1 (the judge 0.25) where the cluster has GPUs."""
+        """GPUs per replica of the role: the setting, else 1 (judge and detector 0.25) where the cluster has GPUs."""
         gpus_here = float(ray.cluster_resources().get("GPU", 0))
-        default = (0.25 if role == "judge" else 1.0) if gpus_here else 0.0
+        default = (0.25 if role in ("judge", "detector") else 1.0) if gpus_here else 0.0
         gpus = self.options.num_gpus.get(role, default)
         if gpus > gpus_here:
             raise ToolError(
@@ -321,11 +321,8 @@ class RayRunner:
                 )
             time.sleep(0.2)
 
-    def get(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            known = ", ".join(list(self.jobs)[-10:]) or "none"
-            raise ToolError(f"job_id: no job {job_id!r}; recent jobs: {known}.")
-        return self.jobs[job_id]
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        return find(self.jobs, job_id, owner)
 
     def shutdown(self) -> None:
         """Cancel this server's jobs (their replicas stop at the next step); the cluster and its deployments

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tools.core.jobs import Job, JobCancelled, Progress
+from tools.core.jobs import Job, JobCancelled, Progress, find
 from tools.models.cache import ModelCache
 
 logger = logging.getLogger("limner.runner")
@@ -48,7 +48,9 @@ class Runner(Protocol):
         returns."""
         ...
 
-    def get(self, job_id: str) -> Job: ...
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job `job_id` of `owner` (None: anyone's); another session's is "no job", as an unknown id."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -99,11 +101,8 @@ class LocalRunner:
         self._model_thread.submit(run)
         return job
 
-    def get(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            known = ", ".join(list(self.jobs)[-10:]) or "none"
-            raise ToolError(f"job_id: no job {job_id!r}; recent jobs: {known}.")
-        return self.jobs[job_id]
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        return find(self.jobs, job_id, owner)
 
     def shutdown(self) -> None:
         for job in self.jobs.values():
@@ -136,8 +135,8 @@ class UnavailableRunner:
     ) -> Job:
         raise ToolError(self.reason)
 
-    def get(self, job_id: str) -> Job:
-        raise ToolError(f"job_id: no job {job_id!r}; recent jobs: none.")
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        return find(self.jobs, job_id, owner)
 
     def shutdown(self) -> None:
         pass

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Role = Literal["generator", "inpainter", "editor", "clip", "vlm", "lpips"]
+Role = Literal["generator", "inpainter", "editor", "clip", "vlm", "lpips", "detector", "segmenter"]
 TINY_LABEL = "tiny-random"
 
 
@@ -185,11 +185,83 @@ PRESETS: dict[str, ModelSpec] = {
             focus_size=56,
             dtype="float32",
         ),
+        # locate's open-vocabulary detectors (boxes for named objects) and the segmenter that turns a box
+        # into a mask; focus_size is the side their image processors resize to
+        ModelSpec(
+            name="grounding-dino-tiny",
+            role="detector",
+            source="IDEA-Research/grounding-dino-tiny",
+            pipeline="GroundingDinoForObjectDetection",
+            focus_size=800,
+            vram_gb=1,
+        ),
+        ModelSpec(
+            name="owlv2-base",
+            role="detector",
+            source="google/owlv2-base-patch16-ensemble",
+            pipeline="Owlv2ForObjectDetection",
+            focus_size=960,
+            vram_gb=1,
+        ),
+        ModelSpec(
+            name="sam-vit-base",
+            role="segmenter",
+            source="facebook/sam-vit-base",
+            pipeline="SamModel",
+            focus_size=1024,
+            vram_gb=1,
+        ),
+        # their tiny twins (tools/models/twins/detect.py): the same classes and processors at 64 px
+        ModelSpec(
+            name="tiny-grounding-dino-tiny",
+            role="detector",
+            source="tiny:grounding-dino",
+            pipeline="GroundingDinoForObjectDetection",
+            focus_size=64,
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-owlv2-base",
+            role="detector",
+            source="tiny:owlv2",
+            pipeline="Owlv2ForObjectDetection",
+            focus_size=64,
+            dtype="float32",
+        ),
+        ModelSpec(
+            name="tiny-sam-vit-base",
+            role="segmenter",
+            source="tiny:sam",
+            pipeline="SamModel",
+            focus_size=64,
+            dtype="float32",
+        ),
+        # tiny twin of qwen-image-edit: the same QwenImageEditPlusPipeline (Qwen2.5-VL reading the image list, a
+        # 3D causal VAE, true CFG with a negative prompt), so refine_region's editor path runs offline; the
+        # role has no tiny default (TINY_FOR_ROLE): an editor is asked for by name
+        ModelSpec(
+            name="tiny-qwen-image-edit",
+            role="editor",
+            source="tiny:qwen-image-edit",
+            pipeline="QwenImageEditPlusPipeline",
+            focus_size=64,
+            size_factor=16,
+            default_steps=2,
+            default_guidance=4.0,  # as qwen-image-edit's: its negative prompt and true CFG run here too
+            dtype="float32",
+        ),
         # judge's perceptual distance; no tiny form: random weights would give numbers that mean nothing
         ModelSpec(name="lpips-alex", role="lpips", source="lpips-alex", dtype="float32", focus_size=1024),
     )
 }
-TINY_FOR_ROLE = {"generator": "tiny", "inpainter": "tiny-inpaint", "clip": "tiny-clip", "vlm": "tiny-vlm"}
+TINY_FOR_ROLE = {
+    "generator": "tiny",
+    "inpainter": "tiny-inpaint",
+    "clip": "tiny-clip",
+    "vlm": "tiny-vlm",
+    "detector": "tiny-grounding-dino-tiny",
+    "segmenter": "tiny-sam-vit-base",
+}
 
 
 def spec_label(spec: ModelSpec) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 from mcp.server.mcpserver.exceptions import ToolError
 from PIL import Image
 
-from tools.core.checks import check_guidance, check_seed, check_steps, check_text
+from tools.core.checks import check_aspect, check_guidance, check_seed, check_steps, check_text
 from tools.core.masks import (
     MaskReading,
     box_mask,
@@ -155,7 +155,9 @@ def read_region(
     points: Sequence[Sequence[int]] | None,
     radius: int | None,
 ) -> MaskReading:
-    """The region as a boolean mask of the image's size, from exactly one of mask, bbox or points."""
+    """The region as a boolean mask of the image's size, from exactly one of mask, bbox or points. The image
+    itself must be one a model can be given (check_aspect): its crops are zoomed to the model's size."""
+    check_aspect("image", width, height)
     given = [name for name, v in (("mask", mask), ("bbox", bbox), ("points", points)) if v is not None]
     if len(given) != 1:
         raise ToolError(

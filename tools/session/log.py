@@ -4,15 +4,25 @@ A session is one run of the server process. Each entry is kept in memory (the `l
 resource and the gallery read it) and appended as one JSON line to `LIMNER_HOME/sessions/<id>.jsonl`, so a
 session can be looked at after the process is gone. Plain code: no MCP here; the server's middleware calls
 `SessionLog.record` once per `tools/call`.
+
+Bounded, whatever a client sends: an entry keeps a summary of the arguments (long strings shortened, long
+lists and objects cut to their first items and a count, deep nesting cut, MAX_ARGUMENTS_CHARS in all), at
+most MAX_IDS image ids each way, an error up to MAX_ERROR_CHARS and a result up to MAX_RESULT_CHARS. The
+log keeps its latest MAX_LOG_BYTES of entries in memory; on disk the file is rotated at that size to
+`<id>.jsonl.1` (the one before it is dropped), so a session holds at most twice that on disk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from contextlib import suppress
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +31,12 @@ from pydantic import BaseModel, Field
 from tools.core.images import ID_PATTERN, URI_PREFIX
 
 MAX_ARG_CHARS = 300  # longer argument strings (data URIs, base64) are shortened in the log
+MAX_ARGUMENTS_CHARS = 4_000  # the arguments' summary in one entry, as JSON
+MAX_ITEMS = 20  # items of one list or object kept in the summary; the rest are counted
+MAX_DEPTH = 8  # lists and objects nested deeper are summarised as a note
+MAX_IDS = 64  # image ids kept per entry, each way
 MAX_RESULT_CHARS = 64_000  # a larger structured result is kept as a note instead
+MAX_LOG_BYTES = 4 * 2**20  # entries kept in memory, and the size at which the log file is rotated
 SCORE_KEYS = ("score", "overall", "rank", "verdict", "passed")
 IMAGE_KEYS = ("id", "image_id", "image")
 
@@ -32,7 +47,10 @@ MAX_ERROR_CHARS = 500  # an error is kept whole up to this: its reason is what t
 class LogEntry(BaseModel):
     seq: int = Field(description="1 for the first tool call of the session.")
     tool: str
-    arguments: dict[str, Any] = Field(description="The arguments as sent; long strings shortened.")
+    arguments: dict[str, Any] = Field(
+        description="The arguments as sent, summarised: long strings shortened, long lists and objects cut to "
+        "their first items and a count, deep nesting cut."
+    )
     started: float = Field(description="Unix time the call arrived.")
     duration_s: float
     status: Status = Field(
@@ -46,14 +64,20 @@ class LogEntry(BaseModel):
 
 
 class SessionLog:
-    """One server process's tool calls, in order. Thread-safe appends; entries are never changed."""
+    """One server process's tool calls, in order. Thread-safe appends; entries are never changed. The oldest
+    are rotated out past `max_bytes` (see the module's docstring)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, max_bytes: int = MAX_LOG_BYTES) -> None:
         self.id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         self.started = time.time()
         self.path = home / "sessions" / f"{self.id}.jsonl"
         self.gallery_path = home / "gallery" / f"{self.id}.html"
-        self.entries: list[LogEntry] = []
+        self.max_bytes = max_bytes
+        self.rotated_out = 0  # entries dropped from memory, oldest first
+        self._entries: deque[tuple[LogEntry, int]] = deque()  # each with its line's size in bytes
+        self._held = 0  # bytes of the entries in memory
+        self._written = 0  # bytes in the current log file
+        self._seq = 0
         self._lock = threading.Lock()
 
     def record(
@@ -72,7 +96,7 @@ class SessionLog:
         """Append one call. `result` is the structured content of a successful call; `error` an exception
         that escaped the tool, `reason` the text of a tool error."""
         arguments = arguments or {}
-        inputs = list(image_ids(arguments))
+        inputs = image_ids(arguments)
         outputs = [i for i in image_ids(result) if i not in inputs] if result else []
         if cancelled:
             status: Status = "cancelled"
@@ -88,11 +112,13 @@ class SessionLog:
         if result is not None and len(json.dumps(result, default=str)) > MAX_RESULT_CHARS:
             kept = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
         problem = error or reason
+        summary = summarise(arguments)
         with self._lock:
+            self._seq += 1
             entry = LogEntry(
-                seq=len(self.entries) + 1,
+                seq=self._seq,
                 tool=shorten(tool),
-                arguments=shorten(arguments),
+                arguments=summary if isinstance(summary, dict) else {"arguments": summary},
                 started=round(started, 3),
                 duration_s=round(duration_s, 4),
                 status=status,
@@ -101,15 +127,31 @@ class SessionLog:
                 outputs=outputs,
                 result=kept,
             )
-            self.entries.append(entry)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(entry.model_dump_json() + "\n")
+            line = (entry.model_dump_json() + "\n").encode("utf-8")
+            self._entries.append((entry, len(line)))
+            self._held += len(line)
+            while self._held > self.max_bytes and len(self._entries) > 1:
+                _, size = self._entries.popleft()
+                self._held -= size
+                self.rotated_out += 1
+            self._append(line)
         return entry
+
+    def _append(self, line: bytes) -> None:
+        """Write one line to the log file, first rotating it to `<id>.jsonl.1` when the line would take it
+        past max_bytes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._written and self._written + len(line) > self.max_bytes:
+            with suppress(FileNotFoundError):  # removed meanwhile: the new file starts empty anyway
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._written = 0
+        with self.path.open("ab") as fh:
+            fh.write(line)
+        self._written += len(line)
 
     def snapshot(self) -> list[LogEntry]:
         with self._lock:
-            return list(self.entries)
+            return [entry for entry, _ in self._entries]
 
     def image_ids(self) -> list[str]:
         """Every image the session touched, in order of first appearance (outputs before later inputs)."""
@@ -120,25 +162,41 @@ class SessionLog:
         return list(seen)
 
 
-def image_ids(value: Any) -> Iterator[str]:
-    """Store ids found anywhere in a JSON value (bare ids and limner:// URIs), each once, in order."""
-    seen: set[str] = set()
-    for text in _strings(value):
+def image_ids(value: Any, limit: int = MAX_IDS, scanned: int = 10_000) -> list[str]:
+    """Store ids found in a JSON value (bare ids and limner:// URIs), each once, in order: at most `limit`,
+    among its first `scanned` values (no tool takes or makes more images than that)."""
+    found: dict[str, None] = {}
+    for text in _strings(value, scanned):
+        if len(text) not in _ID_LENGTHS:  # cheaper than the pattern, for the many strings that are not ids
+            continue
         candidate = text.removeprefix(URI_PREFIX)
-        if ID_PATTERN.match(candidate) and candidate not in seen:
-            seen.add(candidate)
-            yield candidate
+        if ID_PATTERN.match(candidate):
+            found.setdefault(candidate, None)
+            if len(found) >= limit:
+                break
+    return list(found)
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
+def _strings(value: Any, limit: int) -> Iterator[str]:
+    """The strings in a JSON value, depth first, among its first `limit` values; no recursion, so any
+    nesting, and nothing past the limit is touched."""
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack and limit > 0:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            continue
+        limit -= 1
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.append(iter(item.values()))
+        elif isinstance(item, list | tuple):
+            stack.append(iter(item))
+
+
+_END = object()
+_ID_LENGTHS = (len("img_") + 16, len(URI_PREFIX) + len("img_") + 16)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -147,15 +205,67 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def shorten(value: Any) -> Any:
-    if isinstance(value, str):
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate as its escape
-        return value[:80] + f"... ({len(value)} characters)" if len(value) > MAX_ARG_CHARS else value
-    if isinstance(value, dict):
-        return {shorten(k): shorten(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [shorten(v) for v in value]
-    return value
+def shorten(text: str) -> str:
+    """A string over MAX_ARG_CHARS as its start and its length (a lone surrogate as its escape)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:80] + f"... ({len(text)} characters)" if len(text) > MAX_ARG_CHARS else text
+
+
+def summarise(value: Any, budget: int = MAX_ARGUMENTS_CHARS) -> Any:
+    """What a client sent, in at most `budget` characters of JSON: strings shortened (`shorten`; to 80
+    characters once the budget runs low), lists and objects cut to their first MAX_ITEMS items (fewer once
+    the budget is spent) and a count of the rest, nesting past MAX_DEPTH and integers past 30 digits as
+    notes. Only what is kept is walked, without recursion past MAX_DEPTH. Each part is charged at least what
+    it takes as JSON (with its separator), so the walk's total bounds the summary's size."""
+    spent = 0
+    soft = budget // 2  # past this no more items are kept; the notes closing each open level come on top
+
+    def text(item: str) -> str:
+        nonlocal spent
+        item = item.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate as its escape
+        if len(item) > MAX_ARG_CHARS or (len(item) > 80 and soft - spent < 2 * MAX_ARG_CHARS):
+            item = item[:80] + f"... ({len(item)} characters)"
+        # as JSON: quotes, separators, and an escape for each quote, backslash and control character
+        plain = item.isprintable() and '"' not in item and "\\" not in item
+        spent += len(item) + 4 if plain else len(json.dumps(item, ensure_ascii=False)) + 2
+        return item
+
+    def walk(item: Any, depth: int) -> Any:
+        nonlocal spent
+        if isinstance(item, str):
+            return text(item)
+        if isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 100:
+            spent += 40  # ~30 digits; str() of a 4,300-digit one alone takes 4 KB
+            return f"<an integer of about {int(item.bit_length() * 0.30103) + 1} digits>"
+        if item is None or isinstance(item, bool | int | float):
+            spent += 34  # a float's repr is at most 24 characters, an int of 100 bits 31
+            return item
+        if not isinstance(item, dict | list | tuple):  # not JSON (an in-process caller's object)
+            return text(repr(item))
+        size = len(item)
+        spent += 4
+        if depth >= MAX_DEPTH:
+            spent += 60
+            kind = "object" if isinstance(item, dict) else "list"
+            return f"<{kind} of {size} items, nested deeper than {MAX_DEPTH} levels>"
+        pairs = islice(item.items() if isinstance(item, dict) else enumerate(item), MAX_ITEMS)
+        out: list[tuple[str, Any]] = []
+        for key, part in pairs:
+            if spent >= soft:
+                break
+            name = text(str(key)) if isinstance(item, dict) else ""
+            out.append((name, walk(part, depth + 1)))
+        if len(out) < size:
+            out.append(("...", f"... {size - len(out)} more of {size} items"))
+            spent += len(out[-1][1]) + 11
+        return dict(out) if isinstance(item, dict) else [part for _, part in out]
+
+    summary = walk(value, 0)
+    if spent > budget:  # no shape tried comes near; measured, and the bound holds even so
+        size = len(json.dumps(summary, ensure_ascii=False, default=str))
+        if size > budget:
+            return {"...": f"arguments summarised in {size} characters, over the log's {budget}; not kept"}
+    return summary
 
 
 def judged(entries: list[LogEntry]) -> dict[str, dict[str, Any]]:

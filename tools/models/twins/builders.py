@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tools.models.twins import flux, judge, qwen_vl, sd, sdxl
+from tools.models.twins import detect, flux, judge, qwen_edit, qwen_vl, sd, sdxl
 
 # kind (a spec's `tiny:<kind>` source) -> builder writing the saved model into a folder
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -18,4 +18,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl": sdxl.build_sdxl,
     "sdxl-inpaint": sdxl.build_sdxl_inpaint,
     "flux": flux.build_flux,
+    "qwen-image-edit": qwen_edit.build_qwen_image_edit,
+    "grounding-dino": detect.build_grounding_dino,
+    "owlv2": detect.build_owlv2,
+    "sam": detect.build_sam,
 }

@@ -141,3 +141,23 @@ def qwen_vl_tokenizer():
     )
     tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
     return tokenizer
+
+
+def bert_wordpiece_tokenizer(max_length: int = 256):
+    """BERT's uncased WordPiece tokenizer (Grounding DINO's text encoder) with a vocabulary made here, laid out
+    as bert-base-uncased's: [PAD] 0, [unused*] 1..99, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then the
+    printable ASCII characters from "!" at 999 (so "." is 1012 and "?" 1029, the ids Grounding DINO's model
+    reads as phrase separators), then "##" continuations of letters and digits. Every lowercase ASCII word
+    tokenizes, one character a token; anything else is [UNK]."""
+    from transformers import BertTokenizer  # transformers 5: a `tokenizers` WordPiece model inside
+
+    vocab = {"[PAD]": 0}
+    vocab.update({f"[unused{i}]": 1 + i for i in range(99)})
+    vocab.update({"[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103})
+    vocab.update({f"[unused{99 + i}]": 104 + i for i in range(999 - 104)})
+    # BERT's order: punctuation and digits, then the lowercase letters (uncased: no capitals), then {|}~
+    for c in [chr(c) for c in range(ord("!"), ord("~") + 1) if not chr(c).isupper()]:
+        vocab[c] = len(vocab)
+    for c in "0123456789abcdefghijklmnopqrstuvwxyz":
+        vocab["##" + c] = len(vocab)
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=max_length)
