@@ -16,7 +16,7 @@ from mcp_types import CallToolResult
 from PIL import Image
 
 from server.app import build_server
-from tests.conftest import connect, error_text, structured
+from tests.conftest import REPO, connect, error_text, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -366,3 +366,31 @@ async def test_a_model_spec_with_a_lora_adapter_loads_it_and_changes_the_output(
         adapted = structured(await client.call_tool("generate", {**args, "model": "tiny-lora"}))
     assert adapted["model"].startswith("tiny-random tiny-lora")
     assert base["candidates"][0]["id"] != adapted["candidates"][0]["id"]
+
+
+def test_guidance_must_be_a_finite_number():
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools.generate.request import check_request
+    from tools.models.cache import ModelCache
+    from tools.models.specs import PRESETS
+
+    models = ModelCache(PRESETS, {}, "tiny", REPO / "unused")
+    for guidance in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ToolError, match="guidance: "):
+            check_request(
+                prompt="x",
+                negative_prompt=None,
+                width=64,
+                height=64,
+                steps=2,
+                guidance=guidance,
+                seed=1,
+                n=1,
+                model=None,
+                models=models,
+                max_pixels=2**20,
+                max_steps=50,
+                max_batch=8,
+                max_prompt_chars=100,
+            )

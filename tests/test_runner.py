@@ -244,3 +244,37 @@ async def test_runner_ray_without_ray_installed_says_how_to_install_it_and_other
         kept = structured(await client.call_tool("remember", {"text": "still up", "kind": "fact"}))
     assert 'pip install "limner[ray]"' in text and "LIMNER_RUNNER=local" in text
     assert kept["id"].startswith("mem_")
+
+
+def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames(tmp_path):
+    import gc
+    import threading
+    import weakref
+
+    from tools.core.jobs import JobCancelled
+    from tools.models.cache import ModelCache
+    from tools.models.runner import LocalRunner
+
+    worker, release = LocalRunner(ModelCache({}, {}, "tiny", tmp_path)), threading.Event()
+    first = worker.submit("generate", "blocks the worker", lambda *_: release.wait(10), None)
+    queued = worker.submit("generate", "waits behind it", lambda *_: "never run", None)
+    queued.cancel()
+    assert queued.status == "cancelled" and isinstance(queued.future.exception(timeout=0), JobCancelled)
+
+    class Latents:  # stands in for the tensors a pipeline's frames hold
+        pass
+
+    held: list[weakref.ref] = []
+
+    def failing(request, models, progress):
+        latents = Latents()
+        held.append(weakref.ref(latents))
+        raise RuntimeError("out of memory")
+
+    failed = worker.submit("generate", "fails", failing, None)
+    release.set()
+    assert first.future.result(timeout=10) is True
+    assert str(failed.future.exception(timeout=10)) == "out of memory" and failed.status == "failed"
+    gc.collect()
+    assert held[0]() is None  # the frame's locals went with the traceback
+    assert queued.status == "cancelled" and queued.started is None  # it never ran
