@@ -36,6 +36,11 @@ def parse_arguments(pairs: list[str] | None, raw_json: str | None) -> tuple[dict
                 f"--json is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); pass an object "
                 """such as '{"prompt": "a red apple", "n": 2}'."""
             ) from None
+        except RecursionError:  # nesting deeper than Python's parser goes: no tool takes that
+            raise UsageError(
+                "--json is nested too deeply to read; pass a flat object of tool arguments such as "
+                """'{"prompt": "a red apple", "n": 2}'."""
+            ) from None
         if not isinstance(decoded, dict):
             raise UsageError(f"--json must be a JSON object of tool arguments, not {type(decoded).__name__}.")
         arguments.update(decoded)
@@ -48,7 +53,7 @@ def parse_arguments(pairs: list[str] | None, raw_json: str | None) -> tuple[dict
         typed[key.strip()] = value
         try:
             arguments[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON (or too deep to be): the text as typed
             arguments[key.strip()] = value
     return arguments, typed
 

@@ -239,3 +239,12 @@ def test_a_blank_token_stops_the_server_at_start_up_whatever_the_transport(home,
     )
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert b"token: " in proc.stderr and b"blank" in proc.stderr
+
+
+def test_limner_call_with_a_json_nested_too_deeply_is_a_one_line_usage_error():
+    from server.call import UsageError, parse_arguments
+
+    with pytest.raises(UsageError, match="--json is nested too deeply to read"):
+        parse_arguments([], "[" * 100_000 + "]" * 100_000)
+    arguments, _ = parse_arguments(["note=" + "[" * 100_000], None)
+    assert arguments["note"] == "[" * 100_000  # an --arg that is not JSON is the text as typed

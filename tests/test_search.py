@@ -623,3 +623,13 @@ async def test_fetch_page_refuses_non_html_content_and_bad_arguments(make_settin
         assert (
             structured(await client.call_tool("fetch_page", {"url": pages.base + "/short"}))["cached"] is True
         )
+
+
+async def test_a_searxng_answer_nested_too_deeply_to_read_is_the_same_clear_error(searx, searx_settings):
+    deep = b'{"results": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with connect(searx_settings) as client:
+        searx.state.update(body=deep)
+        text = error_text(await client.call_tool("search", {"query": "deep"}))
+        searx.state.update(body=None)
+        assert structured(await client.call_tool("search", {"query": "still up"}))["count"] == 8
+    assert "not its JSON format" in text and "Retrying will not help" in text, text

@@ -184,7 +184,7 @@ class SearxngBackend:
             raise BackendError(f"SearXNG answered HTTP {got.status}", retry_after=None)
         try:
             results = json.loads(got.data).get("results", [])
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply to read
             results = None
         if not isinstance(results, list):  # {"results": null} too
             raise BackendError("SearXNG answered something that is not its JSON format", retry_after=None)
