@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-MAX_LISTED = 4  # field errors spelled out; the rest are counted
+MAX_LISTED = 4  # field errors (and unknown names) spelled out; the rest are counted
+MAX_NAME = 60  # characters of an unknown argument's name shown back
 
 
 def argument_problem(tool: Any, arguments: dict[str, Any]) -> str | None:
@@ -24,9 +25,14 @@ def argument_problem(tool: Any, arguments: dict[str, Any]) -> str | None:
     unknown = [name for name in arguments if name not in known]
     if unknown:
         named = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in unknown[:MAX_LISTED]:  # names are the client's text: a few, each cut short, come back
+            close = difflib.get_close_matches(name[:MAX_NAME], known, n=1, cutoff=0.6)
+            shown = (
+                repr(name) if len(name) <= MAX_NAME else f"{name[:MAX_NAME]!r}... ({len(name)} characters)"
+            )
+            named.append(shown + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if len(unknown) > MAX_LISTED:
+            named.append(f"and {len(unknown) - MAX_LISTED} more")
         return (
             f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(named)}; "
             f"{tool.name} takes: {', '.join(known)}."

@@ -227,3 +227,12 @@ async def test_the_listing_is_sent_from_its_cache_and_made_again_when_the_tools_
     async with Client(server, mode="legacy") as client:  # the 2025-11-25 protocol: its own cached answer
         assert [t.name for t in (await client.list_tools()).tools] == [t.name for t in first]
     assert len(server._wire) == 2
+
+
+async def test_unknown_argument_names_come_back_few_and_cut_short_whatever_the_client_sent(settings):
+    huge = {f"{'x' * 100_000}{i}": 1 for i in range(50)}
+    async with connect(settings) as client:
+        text = error_text(await client.call_tool("recall", {"query": "a", **huge, "kk": 2}))
+        assert structured(await client.call_tool("recall", {"query": "a"}))["memories"] == []
+    assert len(text) < 1000 and "(100001 characters)" in text and "and 47 more" in text
+    assert "recall takes: query" in text
