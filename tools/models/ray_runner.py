@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import socket
 import threading
@@ -31,9 +30,9 @@ from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from tools.core.jobs import Job, JobCancelled, find
+from tools.core.jobs import Job, JobCancelled
 from tools.models.cache import ModelCache
-from tools.models.runner import Finish, Work, complete, failed
+from tools.models.runner import Finish, JobBook, Work, complete, failed, start
 from tools.models.specs import ModelSpec
 
 logger = logging.getLogger("limner.ray")
@@ -141,14 +140,12 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 # -- the caller ----------------------------------------------------------------------------------------------
-class RayRunner:
+class RayRunner(JobBook):
     """Jobs whose work runs on the cluster's deployments; finishing happens here, off the event loop."""
 
     def __init__(self, options: RayOptions, cache: CacheArgs, keep_finished: int = 200) -> None:
+        super().__init__(keep_finished)
         self.options, self.cache = options, cache
-        self.jobs: dict[str, Job] = {}
-        self._ids = itertools.count(1)
-        self._keep_finished = keep_finished
         self._streams = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="limner-ray")
         self._finish_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="limner-finish"
@@ -165,18 +162,14 @@ class RayRunner:
         finish: Finish | None = None,
         role: str = "",
     ) -> Job:
-        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
-        self.jobs[job.id] = job
-        self._prune()
+        job = self.new_job(tool, description)
         self._streams.submit(self._follow, job, role, work, request, finish)
         return job
 
     def _follow(self, job: Job, role: str, work: Work, request: Any, finish: Finish | None) -> None:
         """Send the job to its role's deployment and follow its stream to the end."""
-        with job._state:
-            if job.status != "queued":  # cancelled before it was sent
-                return
-            job.status, job.started = "running", time.time()
+        if not start(job):  # cancelled before it was sent
+            return
         try:
             handle = self._handle(role)
             stream = handle.options(stream=True).run.remote(work, request, job.created)
@@ -321,9 +314,6 @@ class RayRunner:
                 )
             time.sleep(0.2)
 
-    def get(self, job_id: str, owner: str | None = None) -> Job:
-        return find(self.jobs, job_id, owner)
-
     def shutdown(self) -> None:
         """Cancel this server's jobs (their replicas stop at the next step); the cluster and its deployments
         stay for the other limner servers."""
@@ -331,11 +321,6 @@ class RayRunner:
             job.cancel()
         self._streams.shutdown(wait=False, cancel_futures=True)
         self._finish_thread.shutdown(wait=False, cancel_futures=True)
-
-    def _prune(self) -> None:
-        finished = [j for j in self.jobs.values() if j.finished is not None]
-        for job in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self.jobs[job.id]
 
 
 def _app_status(app: str) -> str | None:

@@ -55,10 +55,41 @@ class Runner(Protocol):
     def shutdown(self) -> None: ...
 
 
-class LocalRunner:
+class JobBook:
+    """The jobs a runner keeps for the `jobs` tool (and tasks): numbered, found by id and owner, the oldest
+    finished ones let go past `keep_finished`."""
+
+    def __init__(self, keep_finished: int = 200) -> None:
+        self.jobs: dict[str, Job] = {}
+        self._ids = itertools.count(1)
+        self._keep_finished = keep_finished
+
+    def new_job(self, tool: str, description: str) -> Job:
+        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
+        self.jobs[job.id] = job
+        finished = [j for j in self.jobs.values() if j.finished is not None]
+        for old in finished[: max(0, len(finished) - self._keep_finished)]:
+            del self.jobs[old.id]
+        return job
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        return find(self.jobs, job_id, owner)
+
+
+def start(job: Job) -> bool:
+    """queued -> running, once; False when the job was cancelled while it waited."""
+    with job._state:
+        if job.status != "queued":
+            return False
+        job.status, job.started = "running", time.time()
+        return True
+
+
+class LocalRunner(JobBook):
     """Model work on one thread of this process, finishing on another; the jobs kept for the `jobs` tool."""
 
     def __init__(self, models: ModelCache, keep_finished: int = 200) -> None:
+        super().__init__(keep_finished)
         self.models = models
         self._model_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="limner-model"
@@ -66,9 +97,6 @@ class LocalRunner:
         self._finish_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="limner-finish"
         )
-        self._ids = itertools.count(1)
-        self.jobs: dict[str, Job] = {}
-        self._keep_finished = keep_finished
 
     def submit(
         self,
@@ -81,15 +109,11 @@ class LocalRunner:
     ) -> Job:
         """Queue `work(request, models, job)`, then `finish(output)`; the job's result is what finish returns
         (the output itself without one). Work should call `job.progress(...)` per step so it can be cancelled."""
-        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
-        self.jobs[job.id] = job
-        self._prune()
+        job = self.new_job(tool, description)
 
         def run() -> None:
-            with job._state:
-                if job.status != "queued":  # cancelled while it waited
-                    return
-                job.status, job.started = "running", time.time()
+            if not start(job):  # cancelled while it waited
+                return
             try:
                 with self.models.serving(job.tool, job.id):  # the models it gets stay loaded until it ends
                     output = work(request, self.models, job)
@@ -101,28 +125,20 @@ class LocalRunner:
         self._model_thread.submit(run)
         return job
 
-    def get(self, job_id: str, owner: str | None = None) -> Job:
-        return find(self.jobs, job_id, owner)
-
     def shutdown(self) -> None:
         for job in self.jobs.values():
             job.cancel()
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._finish_thread.shutdown(wait=False, cancel_futures=True)
 
-    def _prune(self) -> None:
-        finished = [j for j in self.jobs.values() if j.finished is not None]
-        for job in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self.jobs[job.id]
 
-
-class UnavailableRunner:
+class UnavailableRunner(JobBook):
     """Stands where a runner could not be made (runner = "ray" without Ray installed): every model call
     answers `reason` as a tool error; the tools that need no model keep working."""
 
     def __init__(self, reason: str) -> None:
+        super().__init__()
         self.reason = reason
-        self.jobs: dict[str, Job] = {}
 
     def submit(
         self,
@@ -134,9 +150,6 @@ class UnavailableRunner:
         role: str = "",
     ) -> Job:
         raise ToolError(self.reason)
-
-    def get(self, job_id: str, owner: str | None = None) -> Job:
-        return find(self.jobs, job_id, owner)
 
     def shutdown(self) -> None:
         pass
