@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,33 @@ def structured(result: Any) -> dict[str, Any]:
 def error_text(result: Any) -> str:
     assert result.is_error, f"expected a tool error, got {result.structured_content}"
     return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+@contextmanager
+def serve_http(env: dict[str, str], token: str) -> Iterator[str]:
+    """`limner serve --http` on a free loopback port with `env`, until the block ends; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", token],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listening = threading.Event()
+
+    def drain() -> None:  # uvicorn says when it listens; keep reading so the pipe never fills
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "Uvicorn running on" in line:
+                listening.set()
+        listening.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        assert listening.wait(60) and proc.poll() is None, "the HTTP server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

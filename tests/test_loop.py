@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 
 from server.cli import main
 from tests.chromium import CHROMIUM, Browser
-from tests.conftest import REPO, connect, error_text, server_env, structured
+from tests.conftest import REPO, connect, error_text, serve_http, server_env, structured
 
 pytestmark = pytest.mark.anyio
 TOKEN = "loop-s3cret"
@@ -62,33 +60,8 @@ class HttpServer:
 def http_server(tmp_path_factory: pytest.TempPathFactory, models_path: Path) -> Iterator[HttpServer]:
     home = tmp_path_factory.mktemp("http") / "home"
     env = server_env(home, models_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", TOKEN],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listening = threading.Event()
-
-    def drain() -> None:  # uvicorn says when it listens; keep reading so the pipe never fills
-        for line in proc.stderr:
-            if "Uvicorn running on" in line:
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert listening.wait(60) and proc.poll() is None, "the HTTP server did not start"
-        base = f"http://127.0.0.1:{port}"
+    with serve_http(env, TOKEN) as base:
         yield HttpServer(f"{base}/mcp", base, home, env)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @dataclass

@@ -8,10 +8,6 @@ import itertools
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,7 @@ from mcp_types import (
 )
 from PIL import Image
 
-from tests.conftest import REPO, connect, error_text, server_env, structured
+from tests.conftest import connect, error_text, serve_http, server_env, structured
 from tools.core.images import ImageStore
 
 pytestmark = pytest.mark.anyio
@@ -202,33 +198,8 @@ def http_server(tmp_path_factory: pytest.TempPathFactory, models_path: Path) -> 
     holds a job that is still running without racing it."""
     home = tmp_path_factory.mktemp("protocol") / "home"
     env = server_env(home, models_path, LIMNER_MAX_WAIT_S="0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", TOKEN],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listening = threading.Event()
-
-    def drain() -> None:  # uvicorn says when it listens; keep reading so the pipe never fills
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "Uvicorn running on" in line:
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert listening.wait(60) and proc.poll() is None, "the HTTP server did not start"
-        yield HttpServer(f"http://127.0.0.1:{port}/mcp", home)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serve_http(env, TOKEN) as base:
+        yield HttpServer(f"{base}/mcp", home)
 
 
 def sdk_client(url: str, mode: str = "legacy") -> Client:
