@@ -112,6 +112,11 @@ def render_gallery(log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, i
     parts.append(_lineage(metas, thumb))
     parts.append(_calls(entries))
     parts.append("</body></html>")
+    # previews of images the page no longer shows (their calls rotated out of the log) are let go, so the
+    # cache holds at most what one page shows; list() copies the keys in one step beside a concurrent render
+    for key in list(thumbs):
+        if key[0] not in metas:
+            thumbs.pop(key, None)
     return "\n".join(parts)
 
 
