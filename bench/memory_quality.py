@@ -10,9 +10,23 @@ the fusion recall uses, per slice.
 MRR counts ranks down to 50 (a memory ranked deeper, or not at all, adds 0). The store is the real one
 (chromadb, the term index, MiniLM), opened as the server opens it.
 
+The queries come in two fixed halves (each query's "half", alternating within a slice: see
+bench/data/generate_memory_quality.py). The table is printed for the held-out half, then for all queries, and
+the rule is checked on the held-out half: the fusion at least as good as vectors alone on every slice at 1 and
+at 5, and better on rare names (MRR). The exit status is 1 when it fails.
+
+    .venv/bin/python bench/memory_quality.py --tune          # grid over rank.py's lift constants, tuning half only
+
+--tune ranks the tuning half under each combination of LIFT, KNOWN_SHARE and PREFIX_SHARE and prints, per
+combination, whether the rule holds on that half and the fusion's mean MRR over its slices: the constants in
+memory_store/rank.py are the best combination for which the rule holds there, where a combination replaces
+the constants in use only when its mean MRR is higher by more than one query can move it (1/150: the half has
+25 queries a slice; smaller differences are noise). The held-out half is not read.
+
 --life-cycle N times the life cycle on N memories (bench_memory.py's corpus): import from JSON Lines
 (memories/s, embedding included), remember with replaces= and with ttl_days (p50/p95), recall with the
-life-cycle filters every recall applies, plus a since/until window (p50/p95), and export (memories/s). In
+life-cycle filters every recall applies, plus a since/until window (p50/p95), list_memories pages (newest,
+by tag, by time window, ten pages deep by cursor), and export (memories/s). In
 this process, through tools/memory.py's functions: bench_memory.py times the same recall through a server.
 """
 
@@ -33,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_memory.py
 
-from memory_store import Embedder, Filter, MemoryStore  # noqa: E402
+from memory_store import Embedder, Filter, MemoryStore, memory_id  # noqa: E402
 
 DATA = REPO / "bench" / "data" / "memory_quality"
 RANKINGS = ("vector", "terms", "fused")
@@ -60,21 +74,32 @@ def rank_of(found: list[str], wanted: str) -> int | None:
     return found.index(wanted) + 1 if wanted in found else None
 
 
-def measure(store: MemoryStore, queries: list[dict], key_to_id: dict[str, str]) -> dict:
-    """{slice: {ranking: {"r@1", "r@5", "mrr", "n"}}}, with "all" over every query."""
-    ranks: dict[str, dict[str, list[int | None]]] = defaultdict(lambda: defaultdict(list))
+def measure(
+    store: MemoryStore, queries: list[dict], key_to_id: dict[str, str], rankings: tuple[str, ...] = RANKINGS
+) -> list[dict[str, int | None]]:
+    """For each query, the rank of its relevant memory under each ranking (None: not in the top DEPTH)."""
+    out = []
     for query in queries:
         given = query.get("filter") or {}
         filt = Filter(kind=given.get("kind"), scope=given.get("scope"), tags=tuple(given.get("tags") or ()))
         wanted = key_to_id[query["relevant"]]
-        for ranking in RANKINGS:
-            found = [m.id for m in store.query(query["query"], DEPTH, filt, ranking=ranking)]
-            rank = rank_of(found, wanted)
-            ranks[query["slice"]][ranking].append(rank)
-            ranks["all"][ranking].append(rank)
+        out.append({
+            ranking: rank_of([m.id for m in store.query(query["query"], DEPTH, filt, ranking=ranking)], wanted)
+            for ranking in rankings
+        })  # fmt: skip
+    return out
+
+
+def tabulate(queries: list[dict], ranks: list[dict[str, int | None]]) -> dict:
+    """{slice: {ranking: {"r@1", "r@5", "mrr", "n"}}}, with "all" (last) over every query given."""
+    by_slice: dict[str, dict[str, list[int | None]]] = defaultdict(lambda: defaultdict(list))
+    for query, ranked in zip(queries, ranks, strict=True):
+        for ranking, rank in ranked.items():
+            by_slice[query["slice"]][ranking].append(rank)
+            by_slice["all"][ranking].append(rank)
+    by_slice["all"] = by_slice.pop("all")  # last
     table: dict = {}
-    ranks["all"] = ranks.pop("all")  # last
-    for slice_, by_ranking in ranks.items():
+    for slice_, by_ranking in by_slice.items():
         table[slice_] = {}
         for ranking, found in by_ranking.items():
             table[slice_][ranking] = {
@@ -84,6 +109,71 @@ def measure(store: MemoryStore, queries: list[dict], key_to_id: dict[str, str]) 
                 "n": len(found),
             }
     return table
+
+
+def rule_failures(table: dict) -> list[str]:
+    """Where the fusion breaks the rule: below vectors alone on a slice at 1 or at 5, or not better on rare
+    names (MRR)."""
+    failures = []
+    for slice_, by in table.items():
+        for figure in ("r@1", "r@5"):
+            if by["fused"][figure] < by["vector"][figure]:
+                failures.append(
+                    f"{slice_} {figure}: fused {by['fused'][figure]:.2f} < vectors {by['vector'][figure]:.2f}"
+                )
+    rare = table.get("rare")
+    if rare is not None and rare["fused"]["mrr"] <= rare["vector"]["mrr"]:
+        failures.append(f"rare mrr: fused {rare['fused']['mrr']:.3f} <= vectors {rare['vector']['mrr']:.3f}")
+    return failures
+
+
+def half(queries: list[dict], name: str) -> list[int]:
+    """The positions of the queries in the half called `name` ("tune" or "heldout")."""
+    return [i for i, query in enumerate(queries) if query["half"] == name]
+
+
+def tune(store: MemoryStore, queries: list[dict], key_to_id: dict[str, str]) -> None:
+    """Rank the tuning half under each combination of the lift constants; one line per combination."""
+    import itertools
+
+    from memory_store import rank
+
+    tuning = [queries[i] for i in half(queries, "tune")]
+    vectors = measure(store, tuning, key_to_id, ("vector",))  # the constants do not move the vector ranking
+    grid = {
+        "LIFT": (0.2, 0.25, 0.3, 0.35, 0.45, 0.6),
+        "KNOWN_SHARE": (0.2, 0.4, 0.6),
+        "PREFIX_SHARE": (0.25, 0.5, 0.75),
+    }
+    saved = {name: getattr(rank, name) for name in grid}
+    results = []
+    try:
+        for values in itertools.product(*grid.values()):
+            for name, value in zip(grid, values, strict=True):
+                setattr(rank, name, value)
+            fused = measure(store, tuning, key_to_id, ("fused",))
+            table = tabulate(tuning, [v | f for v, f in zip(vectors, fused, strict=True)])
+            slices = [s for s in table if s != "all"]
+            mean_mrr = sum(table[s]["fused"]["mrr"] for s in slices) / len(slices)
+            failures = rule_failures(table)
+            results.append((not failures, mean_mrr, dict(zip(grid, values, strict=True)), failures))
+            print(json.dumps({**results[-1][2], "rule": not failures, "mean_mrr": round(mean_mrr, 4),
+                              "r@1": round(table["all"]["fused"]["r@1"], 3), "failures": failures}), flush=True)  # fmt: skip
+    finally:
+        for name, value in saved.items():
+            setattr(rank, name, value)
+    # a combination replaces the constants in use only when it beats them by more than one query can move
+    # the mean MRR (1 / the queries in the half); among equals, the one nearest the constants in use wins
+    margin = 1 / len(tuning)
+    best = max(results, key=lambda r: (r[0], round(r[1], 4), -sum(abs(r[2][n] - saved[n]) for n in grid)))
+    current = next((r for r in results if r[2] == saved), None)
+    if current is not None and current[0] and best[1] - current[1] <= margin:
+        best = current
+    print(
+        f"chosen on the tuning half: {best[2]} (rule holds: {best[0]}, mean MRR {best[1]:.4f}; a change must "
+        f"beat the constants in use by more than {margin:.4f})",
+        file=sys.stderr,
+    )
 
 
 def print_table(table: dict) -> None:
@@ -129,7 +219,7 @@ def life_cycle(home: Path, n: int) -> None:
 
         # replace 1% of the memories one by one, and remember as many with an expiry
         picked = random.Random(5).sample(range(n), max(1, n // 100))
-        old = [memory.memory_id(items[i]["text"], "fact", "default") for i in picked]
+        old = [memory_id(items[i]["text"], "fact", "default") for i in picked]
         texts = [f"Correction {k}: {items[i]['text']} (logo recoloured)" for k, i in enumerate(picked)]
         requests = [
             memory.check_remember(text, "fact", None, None, None, [replaced])
@@ -155,6 +245,22 @@ def life_cycle(home: Path, n: int) -> None:
             emit(f"memory_recall{label}_p50", percentile(times, 0.5), "ms")
             emit(f"memory_recall{label}_p95", percentile(times, 0.95), "ms", target="<= 40")
 
+        # list_memories: the newest page, a page by tag and a time window, and ten pages deep by the cursor
+        tag = items[0]["tags"][0]
+        listings = {"": {}, "_tag": {"tags": [tag]}, "_window": {"since": "1d", "until": "now"}}
+        for label, given in listings.items():
+            request = memory.check_list(limit=20, **given)
+            times = timed([lambda r=request: memory.list_memories(store, r) for _ in range(50)])
+            emit(f"memory_list{label}_p50", percentile(times, 0.5), "ms", limit=20)
+            emit(f"memory_list{label}_p95", percentile(times, 0.95), "ms", limit=20)
+        cursor, times = None, []
+        for _ in range(10):
+            request = memory.check_list(limit=100, cursor=cursor)
+            start = time.perf_counter()
+            cursor = memory.list_memories(store, request).next_cursor
+            times.append((time.perf_counter() - start) * 1e3)
+        emit("memory_list_by_cursor_p50", percentile(times, 0.5), "ms", limit=100, pages=len(times))
+
         start = time.perf_counter()
         out = memory.export_memories(store, home / "exports" / f"back-{time.time_ns()}.jsonl")
         emit("memory_export_rate", out.exported / (time.perf_counter() - start), "memories/s")
@@ -169,6 +275,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="folder for the store and the embedder cache (kept)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--life-cycle", dest="life_cycle", type=int, help="time the life cycle at N memories")
+    parser.add_argument("--tune", action="store_true", help="grid over the lift constants on the tuning half")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="limner-memory-quality-"))
     if args.life_cycle:
@@ -181,8 +288,11 @@ def main() -> None:
     memories, queries = load("memories.jsonl"), load("queries.jsonl")
     store, key_to_id = build(home / "memory", home / "embedders", memories)
     try:
+        if args.tune:
+            tune(store, queries, key_to_id)
+            return
         start = time.perf_counter()
-        table = measure(store, queries, key_to_id)
+        ranks = measure(store, queries, key_to_id)
         elapsed = time.perf_counter() - start
     finally:
         store.close()
@@ -193,12 +303,26 @@ def main() -> None:
         f"{elapsed:.1f} s",
         file=sys.stderr,
     )
-    if args.json:
-        for slice_, by_ranking in table.items():
-            for ranking, figures in by_ranking.items():
-                print(json.dumps({"slice": slice_, "ranking": ranking, **figures}))
-    else:
-        print_table(table)
+    held = half(queries, "heldout")
+    tables = {
+        "heldout": tabulate([queries[i] for i in held], [ranks[i] for i in held]),
+        "all": tabulate(queries, ranks),
+    }
+    for name, table in tables.items():
+        if args.json:
+            for slice_, by_ranking in table.items():
+                for ranking, figures in by_ranking.items():
+                    print(json.dumps({"queries": name, "slice": slice_, "ranking": ranking, **figures}))
+        else:
+            print(f"\n{name} ({table['all']['fused']['n']} queries)\n")
+            print_table(table)
+    failures = rule_failures(tables["heldout"])
+    print(
+        f"rule on the held-out half: {'holds' if not failures else 'fails: ' + '; '.join(failures)}",
+        file=sys.stderr,
+    )
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from memory_store.embedder import DEFAULT_EMBEDDER, Embedder, EmbedderError
 from memory_store.lock import StoreLocked, StoreReadOnly
-from memory_store.store import CLOCK, Added, Filter, Memory, MemoryStore, MemoryStoreError, memory_id
+from memory_store.records import CLOCK, Added, Filter, Memory, memory_id
+from memory_store.store import MemoryStore, MemoryStoreError
 from memory_store.text import normalize
 
 __all__ = [

@@ -9,25 +9,18 @@
    underscores as "-"); the original text sits in the metadata. Exact terms are looked up in a TermIndex
    (terms.py) beside an embedded store, or with chromadb's full-text `$contains` on a shared server, whose
    matches are then split into words as the TermIndex's are, so both find the same memories.
-4. `query` ranks by cosine similarity plus a lift from exact terms: a query word found in few memories lifts
-   them by how rare it is in the store, most when the embedder cannot read the word (a name, a code, a script
-   it does not know), so a rare name finds its memory even when its vector neighbours are generic, and a word
-   dozens of memories share moves them little and pushes nothing out (bench/memory_quality.py measures it).
+4. `query` ranks by cosine similarity plus a lift from exact terms (rank.py); `page` lists by filter and time,
+   newest first. What a memory is, and the filter both apply, is records.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
-import math
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,139 +29,36 @@ import numpy as np
 
 from memory_store.embedder import Embedder
 from memory_store.lock import FolderLock, StoreReadOnly
-from memory_store.terms import Entry, TermIndex
-from memory_store.text import document, is_pair, normalize, phrases, query_units, words
+from memory_store.rank import Ranker
+from memory_store.records import (
+    CLOCK,
+    Added,
+    Filter,
+    Memory,
+    from_item,
+    from_metadata,
+    memory_id,
+    to_entry,
+    to_metadata,
+)
+from memory_store.terms import TermIndex
+from memory_store.text import document
 
 logger = logging.getLogger("limner.memory")
 
 COLLECTION = "limner_memory"
 DOCUMENT_FORM = 2  # 1 (unmarked): normalize(text); 2: document(text), what a server's term search reads
-# exact terms add to a memory's cosine similarity: LIFT for a query word found in one memory, falling to 0 for
-# one found in more than TERM_CAP (log scale). Measured on bench/data/memory_quality (MiniLM, 2,701 memories):
-# with 0.35 a memory holding the only other occurrence of an everyday word ("unusable") stays below the one
-# the vectors rank first; the old reciprocal rank fusion let a word shared by dozens push it out of the top 5
-LIFT = 0.35
-KNOWN_SHARE = (
-    0.4  # of the lift, for a word the embedder has whole in its vocabulary (its meaning is in the vectors)
-)
-PREFIX_SHARE = (
-    0.5  # of the lift, for a memory whose word only starts with the query's ("advert": "advertising")
-)
-VECTOR_CANDIDATES = 50  # vector hits fused per query (at least k)
-TERM_CAP = 50  # a term found in more memories than this is common: left to the vector ranking
-TERM_PAGE = 500  # on a chroma server: substring matches read per request while looking for word starts
-TERM_SCAN = 5000  # ... and at most this many per term; a term still unsettled then counts as common
-SERVER_LOOKUPS = 8  # on a chroma server, lookups run this many at a time (each is one or more requests)
 NEAR_HITS = 5  # nearest memories checked for near-duplicates of a new one
 FIND_PAGE = 5000  # memories read per request when listing by a filter (forget, export)
-FILTER_OVERSAMPLE = 8  # a filtered recall first looks this many times deeper without the filter
-MAX_ID_SEARCH = 50_000  # then searches among the ids that pass, when no more pass than this
 # chromadb re-reads every write since its last HNSW save on each add: at its default (1000) an add took 15-18 ms
 # p50 at 100,000 memories, at 100 it took 10-11 ms; a save costs ~130 ms there, so 1.3 ms an add on average
 HNSW_SYNC = 100
 
-
-class Clock:
-    """The time memories are stamped, filtered and expired by: the system clock (a test sets its own)."""
-
-    def now(self) -> float:
-        return time.time()
-
-
-CLOCK = Clock()
+__all__ = ["CLOCK", "COLLECTION", "HNSW_SYNC", "Added", "Filter", "Memory", "MemoryStore", "memory_id"]
 
 
 class MemoryStoreError(RuntimeError):
     """A store-level problem the caller can act on (mismatched embedder, unreachable server)."""
-
-
-@dataclass
-class Memory:
-    id: str
-    text: str
-    kind: str
-    scope: str
-    tags: list[str]
-    created: float
-    source: str | None = None
-    image_id: str | None = None
-    expires: float | None = None  # when it leaves recall (forget(expired=true) removes it); None: never
-    replaces: list[str] = field(default_factory=list)  # the memories it superseded
-    superseded_by: str | None = None  # the memory that replaced it: left out of recall unless asked
-    score: float = 0.0  # cosine similarity plus the exact-term lift (the similarity alone when fusion is off)
-    similarity: float = 0.0  # cosine similarity to the query
-    matched_terms: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Added:
-    id: str
-    created: bool  # False: identical content with the same kind and scope was already stored
-    near_duplicates: list[tuple[Memory, float]] = field(default_factory=list)
-
-
-def memory_id(text: str, kind: str, scope: str) -> str:
-    digest = hashlib.sha256(f"{kind}\x00{scope}\x00{normalize(text)}".encode()).hexdigest()
-    return "mem_" + digest[:16]
-
-
-@dataclass(frozen=True)
-class Filter:
-    """Conditions a memory must all meet: kind, scope, every one of the tags, created in [since, before), and
-    its life cycle: superseded (True: only superseded ones, False: none, None: either) and expired at `now`
-    (likewise)."""
-
-    kind: str | None = None
-    scope: str | None = None
-    tags: tuple[str, ...] = ()
-    since: float | None = None
-    before: float | None = None
-    superseded: bool | None = None
-    expired: bool | None = None
-    now: float = 0.0
-
-    def empty(self) -> bool:
-        return self == Filter(now=self.now)
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def where(self) -> dict[str, Any] | None:
-        """The conditions on kind, scope, tags and creation time as a chromadb `where` filter. chromadb cannot
-        say "no expiry, or one after now" (a missing key fails every comparison), so the life cycle is
-        checked afterwards, with `matches`."""
-        parts: list[dict[str, Any]] = []
-        if self.kind:
-            parts.append({"kind": self.kind})
-        if self.scope:
-            parts.append({"scope": self.scope})
-        parts.extend({"tags": {"$contains": tag}} for tag in self.tags)
-        if self.since is not None:
-            parts.append({"created": {"$gte": self.since}})
-        if self.before is not None:
-            parts.append({"created": {"$lt": self.before}})
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else {"$and": parts}
-
-    def life_cycle(self) -> bool:
-        """Whether `where` leaves conditions out (to be checked with `matches`)."""
-        return self.superseded is not None or self.expired is not None
-
-    def matches(self, meta: dict[str, Any]) -> bool:
-        """The same conditions checked on one memory's chromadb metadata."""
-        created = float(meta.get("created", 0.0))
-        expires = meta.get("expires")
-        expired = expires is not None and float(expires) <= self.now
-        return (
-            (not self.kind or meta.get("kind") == self.kind)
-            and (not self.scope or meta.get("scope") == self.scope)
-            and set(self.tags) <= set(meta.get("tags") or ())
-            and (self.since is None or created >= self.since)
-            and (self.before is None or created < self.before)
-            and (self.superseded is None or self.superseded == bool(meta.get("superseded_by")))
-            and (self.expired is None or self.expired == expired)
-        )
 
 
 class MemoryStore:
@@ -187,6 +77,7 @@ class MemoryStore:
         self._write = threading.Lock()
         self.collection = self._open_collection()
         self.terms = terms
+        self.ranker = Ranker(self.collection, terms, embedder)
         # chromadb's count() took ~9 ms at 100,000 memories; an embedded store has one owner (this
         # process), so the count is kept here. A shared server's count changes under us: asked every time.
         self._count: int | None = None
@@ -227,7 +118,7 @@ class MemoryStore:
         for offset in range(0, total, batch):
             found = self.collection.get(limit=batch, offset=offset, include=["documents", "metadatas"])
             rows = zip(found["ids"], found["documents"], found["metadatas"], strict=True)
-            self.terms.add(_entry(i, d or "", _memory(i, m)) for i, d, m in rows)
+            self.terms.add(to_entry(i, d or "", from_metadata(i, m)) for i, d, m in rows)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -338,7 +229,7 @@ class MemoryStore:
             near = self._near(vector, near_threshold, scope)
             memory = Memory(mem_id, text, kind, scope, list(tags), CLOCK.now(), source, image_id, expires)
             memory.replaces = list(dict.fromkeys(replaces))
-            self._write_rows([mem_id], vector[None], [text], [_metadata(memory)])
+            self._write_rows([mem_id], vector[None], [text], [to_metadata(memory)])
             if replaces:
                 self._supersede(list(replaces), mem_id)
         return Added(mem_id, created=True, near_duplicates=near)
@@ -378,7 +269,7 @@ class MemoryStore:
                 now = CLOCK.now()
                 for start in range(0, len(todo), 1000):
                     chunk = todo[start : start + 1000]
-                    metas = [_metadata(_item_memory(i, it, now)) for i, it in chunk]
+                    metas = [to_metadata(from_item(i, it, now)) for i, it in chunk]
                     texts = [it["text"] for _, it in chunk]
                     self._write_rows([i for i, _ in chunk], vectors[start : start + len(chunk)], texts, metas)
         return ids
@@ -396,7 +287,7 @@ class MemoryStore:
                 if self._stale & set(ids):
                     raise sqlite3.OperationalError("the term index is locked by another process; retry")
             self.terms.add(
-                _entry(i, text, _memory(i, m)) for i, text, m in zip(ids, texts, metas, strict=True)
+                to_entry(i, text, from_metadata(i, m)) for i, text, m in zip(ids, texts, metas, strict=True)
             )
         try:
             self.collection.add(
@@ -484,7 +375,7 @@ class MemoryStore:
         if not ids:  # chromadb refuses an empty list of ids
             return []
         found = self.collection.get(ids=list(ids), include=["metadatas"])
-        by_id = {i: _memory(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
+        by_id = {i: from_metadata(i, m) for i, m in zip(found["ids"], found["metadatas"], strict=True)}
         return [by_id[i] for i in ids if i in by_id]
 
     def find(self, filt: Filter) -> list[Memory]:
@@ -496,307 +387,48 @@ class MemoryStore:
                 where=filt.where(), limit=FIND_PAGE, offset=offset, include=["metadatas"]
             )
             rows = zip(found["ids"], found["metadatas"], strict=True)
-            memories += [_memory(i, m) for i, m in rows if not filt.life_cycle() or filt.matches(m)]
+            memories += [from_metadata(i, m) for i, m in rows if not filt.life_cycle() or filt.matches(m)]
             if len(found["ids"]) < FIND_PAGE:
                 break
         return sorted(memories, key=lambda m: m.created)
+
+    def page(
+        self, filt: Filter, limit: int, after: tuple[float, str] | None = None
+    ) -> tuple[list[Memory], int, tuple[float, str] | None]:
+        """Up to `limit` memories matching the filter, newest first (ties: the larger id first), after the
+        position (created, id) `after` (None: from the newest); how many match in all; and the position the
+        next page starts after (None: this is the last). A memory made meanwhile is newer than any position,
+        so paging on never repeats nor skips one.
+
+        The term index holds the filter fields and the creation time: an embedded store reads a page with one
+        indexed SQLite query (an index row chromadb no longer has, from a forget the index could not follow,
+        is left out). A chroma server keeps no order: every match's metadata is read (`find`) and sorted."""
+        if self.terms is not None:
+            positions, total = self.terms.page(limit + 1, after, **filt.fields())
+            shown = positions[:limit]
+            memories = self.get([i for _, i in shown])
+            return memories, total, shown[-1] if len(positions) > limit else None
+        matched = sorted(self.find(filt), key=lambda m: (m.created, m.id), reverse=True)
+        start = 0
+        if after is not None:
+            start = next((n for n, m in enumerate(matched) if (m.created, m.id) < after), len(matched))
+        shown_memories = matched[start : start + limit]
+        more = start + limit < len(matched)
+        last = shown_memories[-1] if shown_memories else None
+        return shown_memories, len(matched), (last.created, last.id) if more and last else None
 
     def query(
         self, text: str, k: int, filt: Filter | None = None, fuse: bool = True, ranking: str = "fused"
     ) -> list[Memory]:
         """The k best memories for `text`: cosine similarity plus the exact-term lift. ranking="vector" (or
         fuse=False) ranks by similarity alone, ranking="terms" by the lift alone (bench/memory_quality.py)."""
-        ranking = ranking if fuse else "vector"
-        total = self.count()
-        if total == 0:
-            return []
-        vector = self.embedder.embed([text])[0]
-        filt = None if filt is None or filt.empty() else filt
-
-        # 1. the nearest memories, with their similarity, and the similarity no memory beyond them exceeds
-        nearest, ceiling = self._vector_ranking(vector, min(max(VECTOR_CANDIDATES, k), total), total, filt, k)
-        if ranking == "vector":
-            return self._fetch([i for i, _ in nearest[:k]], vector, {}, {})
-
-        # 2. what the query's rare words add to the memories that have them
-        lift, matched = self._term_lift(text, filt)
-        if ranking == "terms":
-            top = sorted(lift, key=lambda i: -lift[i])[:k]
-            return self._fetch(top, vector, lift, matched, document(text))
-
-        # 3. similarity + lift; the similarity counts for the share of the query the embedder can read (a
-        # Japanese or Thai name is one unknown token to MiniLM: every such text has nearly the same vector). A
-        # memory the terms found beyond the nearest has a similarity of at most `ceiling`: its own is read only
-        # when that could bring it into the top k (a rare name's memory)
-        read = 1.0 - self.embedder.unread_share(text)
-        fused = {mem_id: read * similarity + lift.get(mem_id, 0.0) for mem_id, similarity in nearest}
-        kth = sorted(fused.values(), reverse=True)[k - 1] if len(fused) >= k else -math.inf
-        hopeful = [i for i in lift if i not in fused and read * ceiling + lift[i] > kth]
-        for mem_id, similarity in self._similarities(hopeful, vector).items():
-            fused[mem_id] = read * similarity + lift[mem_id]
-        top = sorted(fused, key=lambda i: -fused[i])[:k]
-        return self._fetch(top, vector, fused, matched, document(text))
-
-    def _term_lift(self, text: str, filt: Filter | None) -> tuple[dict[str, float], dict[str, list[str]]]:
-        """What the query's exact terms add to each memory's similarity, and the query terms each memory has.
-
-        A term found in `df` memories (before the filter, on an embedded store) weighs log(C / df) / log(C)
-        of LIFT, C = TERM_CAP + 1: 1 for a word only one memory has, 0 for a common one (None: left to the
-        vectors). A word the embedder knows whole weighs KNOWN_SHARE of that, and a memory whose word only
-        starts with the term gets PREFIX_SHARE of it. A run of an unspaced script is one unit, each of its
-        pairs weighing its share, so a sentence's many pairs do not outweigh a name beside it."""
-        units = query_units(text)
-        terms = list(dict.fromkeys(term for unit in units for term in unit))
-        hits = dict(self._term_hits(terms, filt))
-        known = self.embedder.known_words(terms)
-        lift: dict[str, float] = {}
-        for unit in units:
-            for term in unit:
-                found = hits.get(term)
-                if not found or not found[1]:
-                    continue
-                df, ids = found
-                weight = LIFT * math.log((TERM_CAP + 1) / df) / math.log(TERM_CAP + 1) / len(unit)
-                weight *= KNOWN_SHARE if term in known else 1.0
-                for mem_id, whole in ids.items():
-                    lift[mem_id] = lift.get(mem_id, 0.0) + (weight if whole else weight * PREFIX_SHARE)
-        matched: dict[str, list[str]] = {}
-        for term in terms:  # in the query's order; every term found is reported
-            found = hits.get(term)
-            for mem_id in found[1] if found else ():
-                matched.setdefault(mem_id, []).append(term)
-        return lift, matched
-
-    def _similarities(self, ids: list[str], vector: np.ndarray) -> dict[str, float]:
-        """Cosine similarity of each stored memory among `ids` to `vector`."""
-        if not ids:
-            return {}
-        found = self.collection.get(ids=ids, include=["embeddings"])
-        return {
-            i: float(np.dot(vector, np.asarray(e, dtype=np.float32)))
-            for i, e in zip(found["ids"], found["embeddings"], strict=True)
-        }
-
-    def _vector_ranking(
-        self, vector: np.ndarray, n: int, total: int, filt: Filter | None, at_least: int
-    ) -> tuple[list[tuple[str, float]], float]:
-        """Up to n nearest memories passing the filter, nearest first, with their cosine similarity (at least
-        `at_least` when that many pass), and the similarity that no passing memory left out exceeds.
-
-        chromadb's filtered nearest-neighbour search took 100-400 ms at 100,000 memories when many memories
-        pass the filter. An unfiltered search FILTER_OVERSAMPLE times deeper, filtered afterwards by id,
-        takes about 7 ms and finds enough whenever the filter agrees with the query's topic. Otherwise
-        (looking deeper does not help: the neighbours of a query about bikes are all bikes, however deep)
-        the term index lists the ids that pass and chromadb searches among those ids only (~60 ms for
-        14,000 of 100,000); on a chroma server, or past MAX_ID_SEARCH ids, chromadb's filtered search runs.
-        """
-
-        def search(**options: Any) -> tuple[list[tuple[str, float]], float]:
-            found = self.collection.query(query_embeddings=[vector], include=["distances"], **options)
-            ranked = [
-                (i, 1.0 - float(d)) for i, d in zip(found["ids"][0], found["distances"][0], strict=True)
-            ]
-            return ranked, ranked[-1][1] if ranked else -1.0
-
-        if filt is None:
-            return search(n_results=n)
-        # a filter on the life cycle alone (every recall's: superseded and expired memories are few) first
-        # looks no deeper than an unfiltered search
-        depths = [n, n * FILTER_OVERSAMPLE] if filt.where() is None else [n * FILTER_OVERSAMPLE]
-        for depth in depths:
-            wide, ceiling = search(n_results=min(total, depth))
-            kept = self._keep([i for i, _ in wide], filt)
-            ranked = [(i, s) for i, s in wide if i in kept]
-            if len(ranked) >= min(at_least, n) or len(wide) == total:
-                return ranked[:n], ranked[n - 1][1] if len(ranked) >= n else ceiling
-        if self.terms is not None:  # the index lists who passes; chromadb searches among those ids only
-            passing = self.terms.matching(MAX_ID_SEARCH, **filt.fields())
-            if len(passing) <= MAX_ID_SEARCH:
-                if not passing:
-                    return [], -1.0
-                from chromadb.errors import InternalError
-
-                try:
-                    return search(n_results=min(n, len(passing)), ids=passing)
-                except InternalError as exc:
-                    # chromadb fails the whole search ("Error finding id") when one id is missing, and the
-                    # index runs a moment ahead of chromadb while a remember or forget is under way
-                    logger.info(
-                        "id search among %d ids failed (%s); searching with the filter", len(passing), exc
-                    )
-        ranked, ceiling = search(n_results=n, where=filt.where())
-        if filt.life_cycle():  # chromadb's filter leaves it out (see Filter.where)
-            kept = self._keep([i for i, _ in ranked], filt)
-            ranked = [(i, s) for i, s in ranked if i in kept]
-        return ranked, ceiling
-
-    def _keep(self, ids: list[str], filt: Filter) -> set[str]:
-        """The ids among `ids` that pass the filter. Never chromadb's get(ids=..., where=...): it applies the
-        filter to the whole collection first (20 s for 400 ids at 100,000 memories)."""
-        if not ids:
-            return set()
-        if self.terms is not None:
-            return self.terms.keep(ids, **filt.fields())
-        found = self.collection.get(ids=ids, include=["metadatas"])
-        return {i for i, m in zip(found["ids"], found["metadatas"], strict=True) if filt.matches(m)}
-
-    def _term_hits(
-        self, terms: list[str], filt: Filter | None
-    ) -> list[tuple[str, tuple[int, dict[str, bool]] | None]]:
-        """For each term: how many memories have a word starting with it, and those passing the filter, each
-        with whether its word is the term itself; None when more than TERM_CAP have one (a common term, left
-        to the vector ranking)."""
-        hits: list[tuple[str, tuple[int, dict[str, bool]] | None]] = []
-        if self.terms is None:  # a shared chroma server: its full-text index, checked against the words
-            with ThreadPoolExecutor(SERVER_LOOKUPS) as pool:
-                found = pool.map(lambda term: self._server_term_hits(term, filt), terms)
-                hits = list(zip(terms, found, strict=True))
-            if filt is None or not filt.life_cycle():
-                return hits
-        else:
-            for term in terms:
-                whole = is_pair(term)  # a pair is looked up whole, never as a prefix
-                ids = self.terms.lookup(term, TERM_CAP + 1, prefix=not whole)
-                if len(ids) > TERM_CAP:
-                    hits.append((term, None))
-                    continue
-                exact = set(ids) if whole else set(self.terms.lookup(term, TERM_CAP + 1, prefix=False))
-                hits.append((term, (len(ids), {i: i in exact for i in ids})))
-        if filt is not None:  # the filter applies to the few ids the words found
-            kept = self._keep(list({i for _, found in hits if found for i in found[1]}), filt)
-            hits = [
-                (t, None if found is None else (found[0], {i: e for i, e in found[1].items() if i in kept}))
-                for t, found in hits
-            ]
-        return hits
-
-    def _server_term_hits(self, term: str, filt: Filter | None) -> tuple[int, dict[str, bool]] | None:
-        """Memories with a word starting with `term` (a pair of characters: that pair), each with whether the
-        word is the term itself, from a chroma server's substring search (None: common). A substring match is
-        kept when the words cut from its document, as the TermIndex cuts them, have the term; matches inside
-        words ("ann" in "planning") can outnumber those, so the substring matches are read in pages until
-        more than TERM_CAP are kept or none are left; a term still unsettled after TERM_SCAN substring
-        matches counts as common. The filter goes with the search, so the count is of memories passing it."""
-        whole = is_pair(term)
-        ids: dict[str, bool] = {}
-        for offset in range(0, TERM_SCAN, TERM_PAGE):
-            found = self.collection.get(
-                where=None if filt is None else filt.where(),
-                where_document={"$contains": term},
-                limit=TERM_PAGE,
-                offset=offset,
-                include=["documents"],
-            )
-            for mem_id, doc in zip(found["ids"], found["documents"], strict=True):
-                doc_terms = words(doc or "", parts=True)
-                if term in doc_terms:
-                    ids[mem_id] = True
-                elif not whole and any(t.startswith(term) for t in doc_terms):
-                    ids[mem_id] = False
-            if len(ids) > TERM_CAP:
-                return None
-            if len(found["ids"]) < TERM_PAGE:
-                return (len(ids), ids) if ids else None
-        return None
-
-    def _fetch(
-        self,
-        ids: list[str],
-        vector: np.ndarray,
-        fused: dict[str, float],
-        matched: dict[str, list[str]],
-        query: str = "",
-    ) -> list[Memory]:
-        if not ids:
-            return []
-        found = self.collection.get(ids=ids, include=["metadatas", "embeddings"])
-        rows = {
-            i: (m, e) for i, m, e in zip(found["ids"], found["metadatas"], found["embeddings"], strict=True)
-        }
-        out = []
-        for mem_id in ids:
-            if mem_id not in rows:  # deleted between the two calls
-                continue
-            meta, embedding = rows[mem_id]
-            memory = _memory(mem_id, meta)
-            memory.similarity = float(np.dot(vector, np.asarray(embedding, dtype=np.float32)))
-            memory.score = fused.get(mem_id, memory.similarity)
-            memory.matched_terms = phrases(matched.get(mem_id, []), query, document(memory.text))
-            out.append(memory)
-        return out
+        return self.ranker.query(text, k, filt, ranking if fuse else "vector", self.count())
 
 
 def _close(hits: dict[str, Any], threshold: float) -> dict[str, float]:
     """The ids of one query's hits at least `threshold` similar (cosine), with their similarity."""
     similarity = {i: 1.0 - float(d) for i, d in zip(hits["ids"][0], hits["distances"][0], strict=True)}
     return {i: s for i, s in similarity.items() if s >= threshold}
-
-
-def _metadata(memory: Memory) -> dict[str, Any]:
-    """A memory as chromadb metadata: the fields it has, no empty ones (chromadb refuses empty lists)."""
-    meta: dict[str, Any] = {
-        "text": memory.text,
-        "kind": memory.kind,
-        "scope": memory.scope,
-        "created": memory.created,
-    }
-    optional = {
-        "tags": list(memory.tags),
-        "source": memory.source,
-        "image_id": memory.image_id,
-        "expires": memory.expires,
-        "replaces": list(memory.replaces),
-        "superseded_by": memory.superseded_by,
-    }
-    meta.update({name: value for name, value in optional.items() if value})
-    return meta
-
-
-def _item_memory(mem_id: str, item: dict[str, Any], now: float) -> Memory:
-    """An add_many item as a Memory; made now unless it says when."""
-    return Memory(
-        id=mem_id,
-        text=item["text"],
-        kind=item["kind"],
-        scope=item["scope"],
-        tags=list(item.get("tags") or ()),
-        created=float(item.get("created") or now),
-        source=item.get("source"),
-        image_id=item.get("image_id"),
-        expires=item.get("expires"),
-        replaces=list(item.get("replaces") or ()),
-        superseded_by=item.get("superseded_by"),
-    )
-
-
-def _entry(mem_id: str, text: str, memory: Memory) -> Entry:
-    return Entry(
-        mem_id,
-        words(text, parts=True),
-        memory.kind,
-        memory.scope,
-        memory.tags,
-        memory.created,
-        memory.superseded_by,
-        memory.expires,
-    )
-
-
-def _memory(mem_id: str, meta: dict[str, Any]) -> Memory:
-    expires = meta.get("expires")
-    return Memory(
-        id=mem_id,
-        text=meta.get("text", ""),
-        kind=meta.get("kind", ""),
-        scope=meta.get("scope", ""),
-        tags=list(meta.get("tags") or []),
-        created=float(meta.get("created", 0.0)),
-        source=meta.get("source"),
-        image_id=meta.get("image_id"),
-        expires=float(expires) if expires is not None else None,
-        replaces=list(meta.get("replaces") or []),
-        superseded_by=meta.get("superseded_by"),
-    )
 
 
 def _tune(collection: Any) -> None:

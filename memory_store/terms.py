@@ -71,6 +71,8 @@ class TermIndex:
                 "PRIMARY KEY (id, tag)) WITHOUT ROWID"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS tags_tag ON tags (tag)")  # for `matching`
+            # for `page`: newest first without sorting every memory (the id rides along: the primary key)
+            self._db.execute("CREATE INDEX IF NOT EXISTS docs_created ON docs (created)")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -144,6 +146,34 @@ class TermIndex:
             sql += "".join(f" AND {c}" for c in conditions) + " LIMIT ?"
             return [r[0] for r in self._db.execute(sql, [*params, limit + 1])]
 
+    def page(
+        self, limit: int, after: tuple[float, str] | None, **filters: Any
+    ) -> tuple[list[tuple[float, str]], int]:
+        """Up to `limit` positions (created, id) of memories passing the filters (`_conditions`' arguments),
+        newest first (ties: the larger id first), after the position `after`; and how many pass in all."""
+        conditions, params = _conditions(**filters)
+        where = "".join(f" AND {c}" for c in conditions)
+        keyset, keys = "", []
+        if after is not None:
+            keyset = " AND (created < ? OR (created = ? AND id < ?))"
+            keys = [after[0], after[0], after[1]]
+        # the count scans the table (~9 ms at 100,000 memories): through the creation-time index SQLite
+        # looked every row in a wide window up again (100 ms); with tags it starts from the first tag's rows
+        # (10 ms, against 39 checking every memory for the tag)
+        tags = filters.get("tags") or ()
+        count_conditions, count_params = _conditions(**{**filters, "tags": tags[1:]}, scan=True)
+        count_sql = "SELECT COUNT(*) FROM docs WHERE " + (
+            "id IN (SELECT id FROM tags WHERE tag = ?)" if tags else "1"
+        )
+        count_sql += "".join(f" AND {c}" for c in count_conditions)
+        with self._lock:
+            total = self._db.execute(count_sql, [*tags[:1], *count_params]).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT created, id FROM docs WHERE 1{where}{keyset} ORDER BY created DESC, id DESC LIMIT ?",
+                [*params, *keys, limit],
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows], total
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
@@ -167,16 +197,19 @@ def _conditions(
     superseded: bool | None = None,
     expired: bool | None = None,
     now: float = 0.0,
+    scan: bool = False,
 ) -> tuple[list[str], list[Any]]:
     """SQL conditions on `docs` for a filter: every one given must hold, and every tag be present.
-    superseded / expired: True only those, False none of those, None either; expired is judged at `now`."""
+    superseded / expired: True only those, False none of those, None either; expired is judged at `now`.
+    scan: keep SQLite off the creation-time index (a unary + on the column), for a query that reads most rows."""
     conditions: list[str] = []
     params: list[Any] = []
+    created = "+created" if scan else "created"
     for column, op, value in (
         ("kind", "=", kind),
         ("scope", "=", scope),
-        ("created", ">=", since),
-        ("created", "<", before),
+        (created, ">=", since),
+        (created, "<", before),
     ):
         if value is not None:
             conditions.append(f"{column} {op} ?")

@@ -1,5 +1,5 @@
-"""The `remember`, `recall`, `forget`, `export_memory` and `import_memory` tools: wiring only; the logic is
-tools/memory.py.
+"""The `remember`, `recall`, `list_memories`, `forget`, `export_memory` and `import_memory` tools: wiring only;
+the logic is tools/memory/.
 
 The MemoryStore is opened on the first memory call (loading the embedder takes seconds, so never at start-up)
 and kept in `AppContext.memory`. Its blocking work runs on anyio worker threads, not on the model
@@ -28,6 +28,7 @@ from server.context import AppContext, app_context
 from tools import memory
 from tools.memory import (
     MAX_K,
+    MAX_PAGE,
     MAX_REPLACES,
     MAX_TEXT_CHARS,
     MAX_TTL_DAYS,
@@ -35,6 +36,7 @@ from tools.memory import (
     ForgetResult,
     ImportResult,
     Kind,
+    ListResult,
     RecallResult,
     RememberResult,
 )
@@ -210,6 +212,52 @@ def register(server: MCPServer) -> None:
         )
         store = await open_memory(app)
         return await in_store(app, memory.recall, store, request)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def list_memories(
+        ctx: Context,
+        kind: Annotated[Kind | None, Field(description="Only memories of this kind.")] = None,
+        tags: Annotated[
+            list[str] | None, Field(description="Only memories carrying every one of these tags.")
+        ] = None,
+        scope: Annotated[str | None, Field(description="Only this scope; default: every scope.")] = None,
+        since: Annotated[
+            str | None,
+            Field(description="Only memories made at or after: ISO 8601 or a duration back from now ('7d')."),
+        ] = None,
+        until: Annotated[
+            str | None,
+            Field(description="Only memories made before: ISO 8601 or a duration back from now ('1d')."),
+        ] = None,
+        include_superseded: Annotated[
+            bool, Field(description="Also list memories that newer ones replaced.")
+        ] = False,
+        include_expired: Annotated[
+            bool, Field(description="Also list memories whose expiry has passed (still stored).")
+        ] = False,
+        limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="Memories per page.")] = 20,
+        cursor: Annotated[
+            str | None,
+            Field(description="next_cursor from the previous page (with the same filter); none: the newest."),
+        ] = None,
+        max_chars: Annotated[
+            int,
+            Field(ge=50, le=2000, description="Longer texts are cut to this many characters, with a marker."),
+        ] = 300,
+    ) -> ListResult:
+        """List what limner remembers, newest first, by kind, tags, scope and creation time, a page at a time.
+
+        Call it to see what is known without a question to ask (what did I learn this week? what is stored for
+        this client?), or before forgetting by a filter. `total` counts every match; pass `next_cursor` back as
+        `cursor`, with the same filter, for the next page (none: the last page). To find memories by meaning
+        and name, call recall instead.
+        """
+        app = app_context(ctx)
+        request = memory.check_list(
+            kind, tags, scope, since, until, include_superseded, include_expired, limit, cursor, max_chars
+        )
+        store = await open_memory(app)
+        return await in_store(app, memory.list_memories, store, request)
 
     @server.tool(
         annotations=ToolAnnotations(

@@ -345,7 +345,7 @@ def test_an_index_from_an_older_layout_is_rebuilt_with_the_filter_fields(seeded,
 def test_a_filter_the_nearest_memories_miss_is_searched_among_the_ids_that_pass(
     seeded, tmp_path, monkeypatch
 ):
-    from memory_store import store as store_module
+    from memory_store import rank as rank_module
 
     folder = tmp_path / "memory"
     shutil.copytree(seeded, folder)
@@ -357,7 +357,7 @@ def test_a_filter_the_nearest_memories_miss_is_searched_among_the_ids_that_pass(
             "Ask for the logo as SVG",
         ]
         store.add_many([{"text": text, "kind": "plan", "scope": "default"} for text in plans])
-        monkeypatch.setattr(store_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 of 304 hold no plan
+        monkeypatch.setattr(rank_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 of 304 hold no plan
         query = "a red carbon road bike frame"
         assert not any(m.kind == "plan" for m in store.query(query, 50, fuse=False))
         assert sorted(m.text for m in store.query(query, 5, Filter(kind="plan"))) == sorted(plans)
@@ -376,7 +376,7 @@ def test_a_filter_the_nearest_memories_miss_is_searched_among_the_ids_that_pass(
 
 
 def test_an_index_row_that_chromadb_lacks_does_not_fail_a_filtered_recall(seeded, tmp_path, monkeypatch):
-    from memory_store import store as store_module
+    from memory_store import rank as rank_module
 
     folder = tmp_path / "memory"
     shutil.copytree(seeded, folder)
@@ -384,7 +384,7 @@ def test_an_index_row_that_chromadb_lacks_does_not_fail_a_filtered_recall(seeded
     try:
         plans = ["Shoot the teapot at dusk on slate", "Ask for the logo as SVG"]
         store.add_many([{"text": text, "kind": "plan", "scope": "default"} for text in plans])
-        monkeypatch.setattr(store_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 hold no plan: id search
+        monkeypatch.setattr(rank_module, "FILTER_OVERSAMPLE", 1)  # the nearest 50 hold no plan: id search
         # a remember or forget in flight on another thread: the index holds an id chromadb does not
         assert store.terms is not None
         store.terms.add([Entry("mem_ffffffffffffffff", ["backdrop"], "plan", "default", (), time.time())])
@@ -1154,6 +1154,28 @@ async def test_a_store_from_before_the_life_cycle_opens_and_its_memories_can_be_
 async def test_a_sigkill_during_an_import_loses_nothing_acknowledged_and_importing_again_completes_it(
     home, make_settings
 ):
+    await check_a_sigkill_during_an_import(home, make_settings, None)
+
+
+@pytest.mark.slow
+async def test_a_sigkill_during_an_import_into_a_real_chroma_server_loses_nothing_acknowledged(
+    home, make_settings, chroma_server
+):
+    url, _ = chroma_server
+    await check_a_sigkill_during_an_import(home, make_settings, url)
+
+
+def child_server_pid() -> int:
+    """The `limner serve` process this test started (the stdio client's child)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"server.cli" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+    raise AssertionError("the limner server process is not a child of this test")
+
+
+async def check_a_sigkill_during_an_import(home: Path, make_settings, chroma_url: str | None) -> None:
     from tools.memory import IMPORT_BATCH
 
     colours = ["teal", "amber", "ivory", "crimson", "olive"]
@@ -1169,9 +1191,10 @@ async def test_a_sigkill_during_an_import_loses_nothing_acknowledged_and_importi
         acknowledged.append(done)
         first_batch.set()
 
-    async with Client(stdio_server(server_env(home))) as client:
+    shared = {"LIMNER_CHROMA_URL": chroma_url} if chroma_url else {}
+    async with Client(stdio_server(server_env(home, **shared))) as client:
         kept = structured(await client.call_tool("remember", {"text": FACT, "kind": "fact"}))
-        owner = int((home / "memory" / LOCK_NAME).read_text())
+        owner = int((home / "memory" / LOCK_NAME).read_text()) if not chroma_url else child_server_pid()
 
         async def run_import() -> None:
             with contextlib.suppress(Exception):  # the server dies under the call; its error is no news
@@ -1188,7 +1211,7 @@ async def test_a_sigkill_during_an_import_loses_nothing_acknowledged_and_importi
             os.close(pidfd)
             group.cancel_scope.cancel()
     assert acknowledged and acknowledged[0] < len(rows), "the kill must come while the import runs"
-    async with connect(make_settings()) as client:
+    async with connect(make_settings(chroma_url=chroma_url)) as client:
         found = structured(await client.call_tool("recall", {"query": "Velotrix Aero frame", "k": 1}))
         again = structured(await client.call_tool("import_memory", {"path": str(path)}))
         out = structured(await client.call_tool("recall", {"query": "Catalogue note 1499", "k": 1}))
