@@ -31,6 +31,10 @@ from mcp import Client
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# before Ray is imported: no call may start a local cluster after the driver shut down (Ray's auto-init writes
+# a token to ~/.ray/auth_token that turns token auth on for later heads), and no token auth on loopback
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from server.app import build_server  # noqa: E402
 from server.settings import load_settings  # noqa: E402
@@ -80,11 +84,12 @@ async def overhead(local: Any, remote: Any, runs: int) -> None:
         started = time.perf_counter()
         result = await client.call_tool("generate", {**ARGS, "seed": seed})
         wall = (time.perf_counter() - started) * 1000
-        assert not result.is_error, result.content[0].text
+        assert not result.is_error and result.structured_content is not None, result.content
         return wall - result.structured_content["timings"]["denoise"] * 1000
 
     async with Client(build_server(local)) as here, Client(build_server(remote)) as there:
-        await one(here, 0), await one(there, 0)  # load (and deploy) first
+        await one(here, 0)  # load (and deploy) first
+        await one(there, 0)
         pairs = [(await one(here, i), await one(there, i)) for i in range(1, runs + 1)]
     extra = [there_ms - here_ms for here_ms, there_ms in pairs]
     emit(
@@ -113,7 +118,7 @@ async def throughput(settings: Any, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     head, address = start_head()

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from server.context import app_context
 from tools.models import inventory
-from tools.models.inventory import ModelsResult
+from tools.models.inventory import ModelsResult, RemoteModels
 
 
 def register(server: MCPServer) -> None:
@@ -30,11 +30,13 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(
                 description="For unload: a model name (unloads it) or a role such as 'generator' (unloads every "
-                "loaded model of that role)."
+                "loaded model of that role); with a Ray runner also a deployment such as 'judge'."
             ),
         ] = None,
     ) -> ModelsResult:
-        """List the local models (which serves each role, loaded or not, device, memory) or unload one.
+        """List the models (which serves each role, loaded or not, device, memory) or unload one. With a Ray
+        runner the models live on the cluster: `cluster` lists each deployment, its replicas and what they hold,
+        and unload acts on those replicas.
 
         Call it to see which model generate, refine_region and judge will use (a tiny twin's output is noise),
         or to free memory before loading a bigger model: action='unload' with a role or model name. A model a
@@ -42,5 +44,7 @@ def register(server: MCPServer) -> None:
         loaded frees nothing and is not an error. Models load again on their next use.
         """
         app = app_context(ctx)
-        # off the event loop: unloading waits for a model that is loading, listing reads the disk
-        return await anyio.to_thread.run_sync(inventory.answer, app.models, action, role_or_model)
+        remote = app.runner if isinstance(app.runner, RemoteModels) else None  # runner = ray: the cluster's
+        # off the event loop: unloading waits for a model that is loading (or for the replicas), listing reads
+        # the disk (or asks the cluster)
+        return await anyio.to_thread.run_sync(inventory.answer, app.models, action, role_or_model, remote)

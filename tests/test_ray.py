@@ -23,10 +23,19 @@ from PIL import Image
 from skimage import data
 
 from server.app import build_server
-from tests.conftest import connect, error_text, structured
+from server.settings import SettingsError
+from tests.conftest import REPO, connect, error_text, server_env, structured
 from tools.core.images import ImageStore
+from tools.models.specs import ModelSpec
 
+# Before Ray is imported: no call may start a local cluster of its own after the fixture's driver shut down
+# (Ray's auto-init; Serve's handle threads call on after ray.shutdown, and a new local cluster would write a
+# token to ~/.ray/auth_token that switches every later head on this machine to token auth), and no token auth
+# for the loopback cluster of the tests, whatever ~/.ray holds.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray", reason='the Ray runner needs the extra: pip install "limner[ray]"')
+serve = pytest.importorskip("ray.serve")
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 
@@ -51,23 +60,25 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = subprocess.run(
-            [str(ray_cli), "status", f"--address={address}"], capture_output=True, timeout=30
-        )
-        if status.returncode == 0:
-            break
-        assert head.poll() is None, "the Ray head exited at start"
-        time.sleep(1)
-    else:
-        raise AssertionError("the Ray head did not come up in 60 s")
-    yield address
-    ray.shutdown()  # this process's driver first, then the cluster's processes (raylet, GCS, workers)
-    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)
-    head.wait(30)
+    try:
+        deadline = time.monotonic() + 180  # a loaded shared machine takes more than a minute at times
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [str(ray_cli), "status", f"--address={address}"], capture_output=True, timeout=60
+            )
+            if status.returncode == 0:
+                break
+            assert head.poll() is None, "the Ray head exited at start"
+            time.sleep(1)
+        else:
+            raise AssertionError("the Ray head did not come up in 180 s")
+        yield address
+    finally:  # this process's driver first, then the cluster's processes (raylet, GCS, workers)
+        ray.shutdown()
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(30)
 
 
 @pytest.fixture
@@ -253,11 +264,141 @@ async def test_a_role_asking_more_gpus_than_the_cluster_has_is_a_clear_error_at_
     make_settings, ray_head
 ):
     settings = make_settings(runner="ray", ray_address=ray_head, ray_num_gpus={"inpainter": 1})
+    half = ModelSpec(
+        name="tiny-clip-half",
+        role="clip",
+        source="tiny:clip",
+        focus_size=32,
+        dtype="float32",
+        gpu_fraction=0.5,
+    )
+    fractional = make_settings(
+        runner="ray", ray_address=ray_head, models={half.name: half}, roles={"clip": half.name}
+    )
     async with connect(settings) as client:
         text = error_text(
             await client.call_tool(
                 "refine_region", {"image": photo(settings.home), "prompt": "x", "bbox": [0, 0, 8, 8]}
             )
         )
-    assert "the inpainter deployment asks for 1 GPU(s) per replica but the cluster at" in text
-    assert "has 0" in text
+    async with connect(fractional) as client:
+        judged = error_text(
+            await client.call_tool("judge", {"images": [photo(settings.home)], "prompt": "an astronaut"})
+        )
+    assert (
+        "the inpainter deployment asks for 1 GPU(s) per replica (ray_num_gpus.inpainter) but the cluster"
+        in text
+    )
+    assert "has 0 (the largest node 0)" in text and "lower ray_num_gpus.inpainter" in text
+    assert (
+        "the judge deployment asks for 0.5 GPU(s) per replica (gpu_fraction of model tiny-clip-half)"
+        in judged
+    )
+
+
+async def test_a_limner_server_killed_outright_has_its_ray_job_stopped_once_its_lease_runs_out(
+    make_settings, ray_head, tmp_path, models_path
+):
+    """`limner serve --http` runs a long generate on the cluster and is SIGKILLed (it cannot cancel anything);
+    a call from another server that would queue behind that job on the one replica still finishes soon after
+    the killed server's 2 s lease, so the replica stopped the orphaned job (it had minutes of steps left)."""
+    env = server_env(
+        tmp_path / "killed",
+        models_path,
+        LIMNER_RUNNER="ray",
+        LIMNER_RAY_ADDRESS=ray_head,
+        LIMNER_RAY_LEASE_S="2",
+        LIMNER_MAX_WAIT_S="0.05",
+        LIMNER_MAX_STEPS="1500",
+    )
+    port = free_port()
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port)],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        with anyio.fail_after(60):
+            while not port_open(port):
+                assert killed.poll() is None, "limner serve exited at start"
+                await anyio.sleep(0.2)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            long = structured(  # ~1500 steps at 256 px: minutes of work on these cores
+                await client.call_tool(
+                    "generate", {"prompt": "x", "steps": 1500, "width": 256, "height": 256}
+                )
+            )
+            job = long["job"]["job_id"]
+            with anyio.fail_after(120):  # it runs remotely: steps come back
+                while await job_step(client, job) < 2:
+                    await anyio.sleep(0.2)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # no shutdown: its lease is simply no longer renewed
+        killed.wait(30)
+    started = time.monotonic()
+    async with connect(make_settings(runner="ray", ray_address=ray_head)) as client:
+        with anyio.fail_after(90):
+            behind = structured(await client.call_tool("generate", {"prompt": "y", "steps": 2}))
+    waited = time.monotonic() - started
+    assert behind["status"] == "done" and len(behind["candidates"]) == 1
+    assert waited < 60, f"the orphaned job held the replica for {waited:.0f} s"
+
+
+async def test_deployments_take_cpus_and_autoscaling_from_settings_and_the_models_tool_shows_and_frees_them(
+    make_settings, ray_head
+):
+    settings = make_settings(
+        runner="ray", ray_address=ray_head, ray_num_cpus=0.25, ray_min_replicas=0, ray_max_replicas=2
+    )
+    async with connect(settings) as client:
+        before = structured(await client.call_tool("models", {}))["cluster"]
+        if deployment(before, "detector")["status"] != "NOT_DEPLOYED":  # another test's options: start afresh
+            serve.delete("limner-detector")
+        located = structured(
+            await client.call_tool(
+                "locate", {"image": photo(settings.home), "objects": ["a helmet"], "masks": "box"}
+            )
+        )
+        with anyio.fail_after(30):  # a replica reports what it holds every half second
+            while not (
+                replica := running_replica(listed := structured(await client.call_tool("models", {})))
+            )["loaded"]:
+                await anyio.sleep(0.2)
+        freed = structured(
+            await client.call_tool("models", {"action": "unload", "role_or_model": "detector"})
+        )
+        wrong = error_text(await client.call_tool("models", {"action": "unload", "role_or_model": "nope"}))
+    assert located["tiny"] is True
+    detector = deployment(listed["cluster"], "detector")
+    assert detector["status"] == "HEALTHY" and detector["num_cpus"] == 0.25 and detector["num_gpus"] == 0
+    assert detector["autoscaling"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 1.0}
+    assert "runs on the Ray cluster at" in listed["cluster"]["message"]
+    assert [m["role"] for m in replica["loaded"]] == ["detector"]
+    assert all(not r["loaded"] for r in listed["roles"])  # nothing is loaded in this process
+    assert [(f["role"], f["replica"]) for f in freed["unloaded"]] == [("detector", replica["replica_id"])]
+    assert "sent to the replicas of" in freed["message"] and "limner-detector" in freed["message"]
+    assert running_replica(freed)["loaded"] == []  # as the replica answered the unload
+    assert "no Ray deployment loads 'nope'" in wrong
+
+
+def running_replica(models: dict) -> dict:
+    (replica,) = [r for r in deployment(models["cluster"], "detector")["replicas"] if r["state"] == "RUNNING"]
+    return replica
+
+
+def test_autoscaling_settings_out_of_order_are_refused_naming_both(make_settings):
+    with pytest.raises(SettingsError, match="ray_min_replicas 3 is above ray_max_replicas 2"):
+        make_settings(runner="ray", ray_min_replicas=3, ray_max_replicas=2)
+
+
+def deployment(cluster: dict, role: str) -> dict:
+    (found,) = [d for d in cluster["deployments"] if d["role"] == role]
+    return found
+
+
+async def job_step(client: Client, job: str) -> int:
+    return structured(await client.call_tool("jobs", {"action": "status", "job_id": job}))["jobs"][0]["step"]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

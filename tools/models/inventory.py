@@ -1,14 +1,16 @@
 """What the `models` tool and `limner models` show and do: which model serves each role, every known model,
 what is loaded and how much memory it takes, and unloading.
 
-The listing reads the cache (tools/models/cache.py) without loading anything; unloading is the cache's.
+The listing reads the cache (tools/models/cache.py) without loading anything; unloading is the cache's. With
+runner = "ray" the models live on the cluster: a runner that is `RemoteModels` adds its deployments (state,
+replicas, what each replica holds) and unloads on their replicas too (tools/models/ray_deploy.py).
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
@@ -67,6 +69,58 @@ class FreedModel(BaseModel):
     role: str
     memory_gb: float
     memory_bytes: int
+    replica: str | None = Field(default=None, description="runner = ray: the replica that freed it.")
+
+
+class RemoteModel(BaseModel):
+    name: str
+    role: str
+    device: str | None = None
+    memory_gb: float
+    in_use_by: list[str] = Field(default_factory=list, description="Running jobs holding it: 'tool job_id'.")
+
+
+class ReplicaState(BaseModel):
+    replica_id: str
+    state: str = Field(description="Serve's replica state: STARTING, RUNNING, STOPPING, ...")
+    node_ip: str | None = None
+    loaded: list[RemoteModel] | None = Field(
+        default=None, description="What it holds loaded, as it last reported; null: no report yet."
+    )
+    reported_s_ago: float | None = None
+
+
+class DeploymentState(BaseModel):
+    role: str = Field(description="The deployment's role: generator, inpainter, editor, judge or detector.")
+    app: str = Field(description="Its Serve application.")
+    model_roles: list[str] = Field(description="The model roles its replicas load.")
+    status: str = Field(
+        description="Serve's deployment status (HEALTHY, UPDATING, ...); NOT_DEPLOYED: no call yet."
+    )
+    message: str | None = None
+    target_replicas: int | None = None
+    num_gpus: float | None = Field(default=None, description="GPUs per replica.")
+    num_cpus: float | None = Field(default=None, description="CPUs per replica.")
+    autoscaling: dict[str, float] | None = Field(
+        default=None, description="min_replicas, max_replicas, target_ongoing_requests; null: fixed replicas."
+    )
+    replicas: list[ReplicaState] = Field(default_factory=list)
+
+
+class ClusterModels(BaseModel):
+    address: str
+    message: str
+    error: str | None = Field(default=None, description="Why the cluster could not be asked.")
+    deployments: list[DeploymentState] = Field(default_factory=list)
+
+
+@runtime_checkable
+class RemoteModels(Protocol):
+    """A runner whose models live elsewhere (the Ray runner)."""
+
+    def cluster_models(self) -> ClusterModels: ...
+
+    def unload_remote(self, role_or_model: str) -> tuple[list[FreedModel], str]: ...
 
 
 class ModelsResult(BaseModel):
@@ -84,24 +138,50 @@ class ModelsResult(BaseModel):
     unloaded: list[FreedModel] | None = Field(default=None, description="action='unload': what was freed.")
     freed_gb: float | None = Field(default=None, description="action='unload': the memory freed.")
     message: str | None = None
+    cluster: ClusterModels | None = Field(
+        default=None, description="runner = ray: the cluster's deployments, where the models live."
+    )
 
 
-def answer(cache: ModelCache, action: Literal["list", "unload"], role_or_model: str | None) -> ModelsResult:
-    """The `models` tool: the listing, or unload then the listing after it."""
+def answer(
+    cache: ModelCache,
+    action: Literal["list", "unload"],
+    role_or_model: str | None,
+    remote: RemoteModels | None = None,
+) -> ModelsResult:
+    """The `models` tool: the listing, or unload then the listing after it (on the cluster's replicas too)."""
     if action == "list":
         if role_or_model is not None:
             raise ToolError(
                 f"role_or_model: {role_or_model!r} is only for action='unload'; action='list' lists every role "
                 "and model. Leave it out, or pass action='unload' to unload it."
             )
-        return listing(cache)
+        result = listing(cache)
+        return result if remote is None else result.model_copy(update={"cluster": remote.cluster_models()})
     if not role_or_model:
         loaded = ", ".join(cache.records()) or "none"
         raise ToolError(
             f"role_or_model: required for action='unload': a role ({', '.join(cache.roles)}) or a model name; "
             f"loaded now: {loaded}."
         )
-    return unload(cache, role_or_model)
+    if remote is None:
+        return unload(cache, role_or_model)
+    freed, message = remote.unload_remote(role_or_model)  # a ToolError for a name no deployment loads
+    known = role_or_model in cache.models or role_or_model in {
+        *cache.roles,
+        *(s.role for s in cache.models.values()),
+    }
+    local = (
+        unload(cache, role_or_model) if known else listing(cache)
+    )  # a deployment name ("judge") is not local
+    return local.model_copy(
+        update={
+            "unloaded": [*(local.unloaded or []), *freed],
+            "freed_gb": _gb(sum(f.memory_bytes for f in [*(local.unloaded or []), *freed])),
+            "message": message,
+            "cluster": remote.cluster_models(),
+        }
+    )
 
 
 def unload(cache: ModelCache, role_or_model: str) -> ModelsResult:

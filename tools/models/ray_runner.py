@@ -1,27 +1,28 @@
 """Model work on a Ray cluster: one Ray Serve deployment per role, shared by every limner server that points at
 the cluster (settings `runner = "ray"`, `ray_address`).
 
-The same `work(request, models, progress)` functions as the local runner run inside a replica, which holds its
-role's models warm in its own `ModelCache`. A call is a streamed request: the replica yields each progress step
+The same `work(request, models, progress)` functions as the local runner run inside a replica (ray_replica.py),
+which holds its role's models warm in its own `ModelCache`. A call is a streamed request: the replica yields each progress step
 and then the output (plain data: it pickles), and this process finishes it (stores the images in its own store,
 encodes previews), so a worker machine needs no access to LIMNER_HOME. Cancelling a job cancels its stream; the
 replica sets the job's flag, which the work checks at its next step (cancelling an actor task cannot stop a
 thread). Replicas run one job at a time, in order, like the local model thread.
+
+A server killed outright cannot cancel anything: each job carries its server's lease, which the server renews
+on the board (ray_board.py) every quarter of `ray_lease_s`, and a replica stops a job whose lease is older than
+that. Where deployments go and what the `models` tool shows of them is ray_deploy.py.
 
 Imported only when `runner = "ray"`: importing Ray costs seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
+import os
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+import uuid
 from typing import Any
 
 import ray
@@ -32,111 +33,28 @@ from ray.serve.exceptions import RayServeException
 
 from tools.core.jobs import Job, JobCancelled
 from tools.models.cache import ModelCache
+from tools.models.inventory import ClusterModels, FreedModel
+from tools.models.ray_board import board
+from tools.models.ray_deploy import (
+    APP_PREFIX,
+    ROLES,
+    RayOptions,
+    app_status,
+    cluster_models,
+    deploy,
+    deployment_options,
+    unload_remote,
+)
+from tools.models.ray_replica import CacheArgs, Lease, RoleWorker
 from tools.models.runner import Finish, JobBook, Work, complete, failed, start
 from tools.models.specs import ModelSpec
 
+__all__ = ["CacheArgs", "Lease", "RayOptions", "RayRunner", "RoleWorker"]
+
 logger = logging.getLogger("limner.ray")
 
-APP_PREFIX = "limner-"  # Serve application per role: limner-generator, limner-inpainter, ...
-ROLES = ("generator", "inpainter", "editor", "judge", "detector")  # detector: locate (detector + segmenter)
-DEPLOY_TIMEOUT_S = 120.0  # a deployment not running by then cannot be placed (or keeps failing)
 WATCH_S = 0.2  # how often a job's stream is checked for a local cancel
 CONNECT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how the deployments run; from settings."""
-
-    address: str  # anything ray.init takes: "auto", "host:port", "ray://host:10001"
-    namespace: str = "limner"
-    num_gpus: dict[str, float] = field(
-        default_factory=dict
-    )  # per role; default: 1 (judge 0.25) where GPUs exist
-    num_cpus: float = 0.5  # per replica; Serve's own actors need a little too
-    replicas: int = 1
-
-
-@dataclass(frozen=True)
-class CacheArgs:
-    """What a replica needs to build the same ModelCache as this server (specs, roles, profile)."""
-
-    models: dict[str, ModelSpec]
-    roles: dict[str, str]
-    profile: str
-    models_dir: Path
-    offline: bool
-
-
-# -- the replica ---------------------------------------------------------------------------------------------
-class _StreamProgress:
-    """A job's Progress inside a replica: each report goes back on the stream; the flag stops the work."""
-
-    def __init__(self, created: float, cancelled: threading.Event, emit: Callable[[tuple], None]) -> None:
-        self.created, self.total = created, 0
-        self._cancelled, self._emit = cancelled, emit
-
-    def progress(self, step: int, total: int, message: str) -> None:
-        self.total = total
-        self._emit(("progress", step, total, message))
-        self.check_cancelled()
-
-    def check_cancelled(self) -> None:
-        if self._cancelled.is_set():
-            raise JobCancelled("cancelled by its caller")
-
-    def note(self, message: str) -> None:
-        self._emit(("note", message))
-
-
-@serve.deployment(max_ongoing_requests=64)
-class RoleWorker:
-    """One role's models, warm, and the work that uses them: one job at a time, in arrival order."""
-
-    def __init__(self, args: CacheArgs) -> None:
-        self.models = ModelCache(args.models, args.roles, args.profile, args.models_dir, args.offline)
-        self._thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="limner-replica"
-        )
-
-    async def run(self, work: Work, request: Any, created: float) -> AsyncIterator[tuple]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def emit(event: tuple) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        def run() -> None:
-            progress = _StreamProgress(created, cancelled, emit)
-            try:
-                progress.check_cancelled()  # cancelled while it waited for the replica
-                with self.models.serving("remote", "replica job"):  # its models stay loaded while it runs
-                    emit(("done", work(request, self.models, progress)))
-            except JobCancelled:
-                emit(("cancelled",))
-            except BaseException as exc:  # the caller's job fails with it
-                emit(("error", _portable(exc)))
-
-        running = loop.run_in_executor(self._thread, run)
-        try:
-            while True:
-                event = await events.get()
-                yield event
-                if event[0] in ("done", "cancelled", "error"):
-                    break
-        finally:  # the stream was cancelled (or the caller went away): stop the work at its next step
-            cancelled.set()
-            del running  # the replica's thread finishes (or stops) the work on its own
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """The exception as the caller will see it: a ToolError as it is, anything else by type and message
-    (its traceback and any unpicklable state stay in the replica's log)."""
-    if isinstance(exc, ToolError):
-        return ToolError(str(exc))
-    logger.error("model work failed in the replica", exc_info=exc)
-    return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 # -- the caller ----------------------------------------------------------------------------------------------
@@ -152,6 +70,12 @@ class RayRunner(JobBook):
         )
         self._handles: dict[str, Any] = {}
         self._connect = threading.Lock()
+        # this server's lease: every job carries it; renewed on the board until shutdown
+        self.lease = Lease(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}", options.lease_s)
+        self._board: Any = None
+        self._stopped = threading.Event()
+        # which spec a role would use (nothing loads here): for the GPUs its deployment asks for
+        self._specs = ModelCache(cache.models, cache.roles, cache.profile, cache.models_dir, cache.offline)
 
     def submit(
         self,
@@ -172,7 +96,7 @@ class RayRunner(JobBook):
             return
         try:
             handle = self._handle(role)
-            stream = handle.options(stream=True).run.remote(work, request, job.created)
+            stream = handle.options(stream=True).run.remote(work, request, job.created, self.lease)
         except BaseException as exc:
             failed(job, exc)
             return
@@ -238,32 +162,54 @@ class RayRunner(JobBook):
             if role in self._handles:
                 return self._handles[role]
             self._ensure_connected()
-            gpus = self._gpus(role)  # checked even where another server deployed the role: a wrong setting
+            # checked even where another server deployed the role: a wrong setting is said at once
+            options = deployment_options(role, self.options, self._spec_for)
             app = APP_PREFIX + role
-            if _app_status(app) != "RUNNING":
-                self._deploy(role, app, gpus)
+            if app_status(app) != "RUNNING":
+                deploy(role, RoleWorker, (self.cache, role), options, self.options.address)
             self._handles[role] = serve.get_app_handle(app)
             return self._handles[role]
 
-    def _ensure_connected(self) -> None:
-        if (
-            ray.is_initialized()
-        ):  # one Ray driver per process: every limner server in it shares the connection
-            return
-        self._reachable()
+    def _spec_for(self, model_role: str) -> ModelSpec | None:
+        """The spec a call would use for the role here (the profile's twin, say); None where there is none."""
         try:
-            ray.init(
-                address=self.options.address,
-                namespace=self.options.namespace,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ToolError(
-                f"runner: cannot reach the Ray cluster at {self.options.address!r} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}). Check that its head is running (`ray status --address "
-                f"{self.options.address}`) and reachable from here, or set LIMNER_RUNNER=local."
-            ) from None
+            return self._specs.spec_for(model_role)
+        except ToolError:  # no model for the role, or its weights missing: the call itself will say so
+            return None
+
+    def _ensure_connected(self) -> None:
+        """Connect (one Ray driver per process: every limner server in it shares it), then take the lease."""
+        if not ray.is_initialized():
+            self._reachable()
+            try:
+                ray.init(
+                    address=self.options.address,
+                    namespace=self.options.namespace,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ToolError(
+                    f"runner: cannot reach the Ray cluster at {self.options.address!r} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}). Check that its head is running (`ray status --address "
+                    f"{self.options.address}`) and reachable from here, or set LIMNER_RUNNER=local."
+                ) from None
+        if self._board is None:
+            self._board = board()
+            ray.get(self._board.renew.remote(self.lease.server), timeout=30)
+            threading.Thread(target=self._renew, name="limner-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        """Renew this server's lease every quarter of its timeout until shutdown (or the process dies: then the
+        replicas stop its jobs once the lease is older than the timeout)."""
+        every = self.lease.timeout_s / 4
+        while not self._stopped.wait(every) and ray.is_initialized():  # a call after ray.shutdown would
+            try:  # start a new local cluster (Ray's auto-init)
+                ray.get(self._board.renew.remote(self.lease.server), timeout=every)
+            except RayError as exc:  # the board restarting, the cluster unreachable: try again next time
+                logger.warning(
+                    "could not renew the lease on the Ray cluster: %s", str(exc).splitlines()[0][:200]
+                )
 
     def _reachable(self) -> None:
         """A quick TCP check of host:port addresses: ray.init waits minutes on an address nobody answers."""
@@ -280,54 +226,31 @@ class RayRunner(JobBook):
                 "LIMNER_RUNNER=local."
             ) from None
 
-    def _gpus(self, role: str) -> float:
-        """GPUs per replica of the role: the setting, else 1 (judge and detector 0.25) where the cluster has GPUs."""
-        gpus_here = float(ray.cluster_resources().get("GPU", 0))
-        default = (0.25 if role in ("judge", "detector") else 1.0) if gpus_here else 0.0
-        gpus = self.options.num_gpus.get(role, default)
-        if gpus > gpus_here:
-            raise ToolError(
-                f"runner: the {role} deployment asks for {gpus:g} GPU(s) per replica but the cluster at "
-                f"{self.options.address} has {gpus_here:g}; add a GPU worker (`ray start --address ...` on a GPU "
-                f"machine) or lower ray_num_gpus.{role}."
-            )
-        return gpus
-
-    def _deploy(self, role: str, app: str, gpus: float) -> None:
-        deployment = RoleWorker.options(
-            name=f"{role}-worker",
-            num_replicas=self.options.replicas,
-            ray_actor_options={"num_cpus": self.options.num_cpus, "num_gpus": gpus},
-        )
-        logger.info(
-            "deploying %s on %s (%g GPU, %g CPU)", app, self.options.address, gpus, self.options.num_cpus
-        )
-        serve._run(deployment.bind(self.cache), name=app, route_prefix=None, _blocking=False)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        while (status := _app_status(app)) != "RUNNING":
-            if status in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
-                message = _app_message(app)
-                raise ToolError(
-                    f"runner: the {role} deployment is {status or 'not running'} after "
-                    f"{DEPLOY_TIMEOUT_S:g} s on {self.options.address} ({message or 'no message'}); "
-                    "check `serve status` and `ray status`: it may need resources the cluster does not have."
+    # -- the models tool -----------------------------------------------------------------------------------
+    def cluster_models(self) -> ClusterModels:
+        """Each deployment's state, replicas and what they hold; an unreachable cluster is said, not raised
+        (the local part of the listing still answers)."""
+        with self._connect:
+            try:
+                self._ensure_connected()
+            except ToolError as exc:
+                return ClusterModels(
+                    address=self.options.address, message="the cluster did not answer", error=str(exc)
                 )
-            time.sleep(0.2)
+        return cluster_models(self.options.address, self._board)
+
+    def unload_remote(self, role_or_model: str) -> tuple[list[FreedModel], str]:
+        with self._connect:
+            self._ensure_connected()
+        return unload_remote(role_or_model, self.cache.models, self._board)
 
     def shutdown(self) -> None:
         """Cancel this server's jobs (their replicas stop at the next step); the cluster and its deployments
         stay for the other limner servers."""
         for job in self.jobs.values():
             job.cancel()
+        self._stopped.set()
+        if self._board is not None and ray.is_initialized():
+            self._board.release.remote(self.lease.server)  # not waited on: the server is stopping
         self._streams.shutdown(wait=False, cancel_futures=True)
         self._finish_thread.shutdown(wait=False, cancel_futures=True)
-
-
-def _app_status(app: str) -> str | None:
-    application = serve.status().applications.get(app)
-    return None if application is None else str(getattr(application.status, "value", application.status))
-
-
-def _app_message(app: str) -> str:
-    application = serve.status().applications.get(app)
-    return "" if application is None else str(application.message)[:300]
