@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -55,13 +56,63 @@ DEFAULT_LOG_LEVEL: LoggingLevel = "info"  # until a 2025 client sets one: model 
 SESSION_HEADER = "mcp-session-id"
 
 
+SESSIONLESS = "http:"  # the owner of every HTTP request without a session: nobody's in particular
+
+
 def owner(headers: Mapping[str, str] | None) -> str:
     """The session a request belongs to: its streamable HTTP session (2025 protocol: the handshake gave it an
-    `Mcp-Session-Id`), else "": the one connection of stdio or of an in-process client, and 2026-07-28 HTTP
-    requests, which carry no session at all. The header is safe to trust here: the SDK's session manager routed
-    this request to that session's transport by it and refuses it with a credential other than its creator's."""
-    session = headers.get(SESSION_HEADER) if headers else None
-    return f"http:{session}" if session else ""
+    `Mcp-Session-Id`); "" for the one connection of stdio or of an in-process client; SESSIONLESS for HTTP
+    requests without a session (2026-07-28 has none). The header is safe to trust here: the SDK's session
+    manager routed this request to that session's transport by it and refuses it with a credential other than
+    its creator's.
+
+    Sessionless requests have nothing that tells one client from another (every client holding the token sends
+    the same credential, and anything a client names itself is spoofable), so none of them can list jobs:
+    their jobs and tasks are reached by id alone, an unguessable capability (128 random bits) that only the
+    caller who started the work was given. A session's jobs stay out of their reach, and theirs out of a
+    session's. They share one job limit and one turn in the fair queue."""
+    if headers is None:
+        return ""
+    session = headers.get(SESSION_HEADER)
+    return f"http:{session}" if session else SESSIONLESS
+
+
+def is_admin(app: AppContext, headers: Mapping[str, str] | None) -> bool:
+    """Whether an HTTP request carries the operator's admin token (settings.admin_token): it sees every session's
+    jobs, tasks, session log and gallery. Compared in constant time; never true without one set."""
+    return admin_token_in(app.settings, headers)
+
+
+def admin_token_in(settings: Settings, headers: Mapping[str, str] | None) -> bool:
+    """`is_admin` from the settings alone (a route served before any MCP call has no AppContext yet)."""
+    expected = settings.admin_token
+    if expected is None or headers is None:
+        return False
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def session_jobs(app: AppContext, who: str, admin: bool = False) -> list[Job]:
+    """The jobs `who` may list: its own; none for a sessionless caller (see `owner`); every job for the admin."""
+    if admin:
+        return list(app.runner.jobs.values())
+    if who == SESSIONLESS:
+        return []
+    return [job for job in list(app.runner.jobs.values()) if job.owner == who]
+
+
+def session_job(app: AppContext, job_id: str, who: str, admin: bool = False) -> Job:
+    """The job `job_id` if it is `who`'s (any job for the admin); another's is answered exactly as an id never
+    made, and a sessionless caller is not told anyone's ids."""
+    job = app.runner.jobs.get(job_id)
+    if job is not None and (admin or job.owner == who):
+        return job
+    if who == SESSIONLESS:
+        raise ToolError(
+            f"job_id: no job {job_id!r}; without an Mcp-Session-Id a job is reached only by the job_id the "
+            "call that started it returned (jobs list shows none)."
+        )
+    return app.runner.get(job_id, who)  # raises: "no job", with the caller's own recent ids
 
 
 @dataclass
@@ -156,9 +207,11 @@ def mcp_level(levelno: int) -> LoggingLevel:
 
 @dataclass
 class TaskCall:
-    """A tools/call a 2025 host asked to run as a task (server/protocol.py): run_work puts its job here and
-    answers at once instead of waiting."""
+    """A tools/call that may become a task (server/tasks.py): run_work puts the job here when it answers
+    without the result. At once for a 2025 host, which asked for a task; after max_wait_s for a 2026 client
+    that declared the tasks extension, where the server decides (as for a `jobs` handle)."""
 
+    at_once: bool = True
     job: Job | None = None
 
 
@@ -272,16 +325,26 @@ async def run_work(
         finally:
             LOG_ROUTE.reset(token)
 
+    who = owner(ctx.headers)
+    limit = app.settings.max_jobs_per_session
+    waiting = [job for job in list(app.runner.jobs.values()) if job.owner == who and job.finished is None]
+    if len(waiting) >= limit:
+        raise ToolError(
+            f"busy: {len(waiting)} of your jobs are queued or running (max_jobs_per_session is {limit}); wait "
+            "for one with jobs(action='wait', job_id=...) or cancel one (jobs action='cancel'), then call again."
+        )
     logged = work if route is None else functools.partial(routed, route, work)
     job = app.runner.submit(tool, description, logged, request, finished, role)
-    job.owner = owner(ctx.headers)
+    job.owner = who  # the model thread's fair turns go by it (tools/models/runner.py); an idle one needs none
     task = TASK_CALL.get()
-    if task is not None:
+    if task is not None and task.at_once:
         job.detached, task.job = True, job
         return to_call_result(pending(handle(job)), [])
     done = await wait_for(job, app.settings.max_wait_s, ctx.report_progress)
     if not done:
         job.detached = True
+        if task is not None:
+            task.job = job
         return to_call_result(pending(handle(job)), [])
     return job_result(job)
 

@@ -1,7 +1,9 @@
 """The `jobs` tool: work that outlived its call (server/context.py `run_work` detached it after max_wait_s).
 
 It reports, waits on and cancels that work; a finished job returns the same result a direct call would have.
-A session sees only its own jobs (server/context.py `owner`): another session's job_id is "no job".
+A session sees only its own jobs (server/context.py `owner`): another session's job_id is "no job". A client
+without a session (HTTP with no Mcp-Session-Id) lists none: it reaches a job by the unguessable job_id it was
+given, and only a job started without a session.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.context import app_context, job_result, owner, to_call_result
+from server.context import app_context, is_admin, job_result, owner, session_job, session_jobs, to_call_result
 from tools.core.jobs import wait_for
 
 logger = logging.getLogger("limner.jobs")
@@ -67,15 +69,19 @@ def register(server: MCPServer) -> None:
         Call this when generate, refine_region or judge answered status='running' with a job_id (work that
         outlived the server's max_wait_s). action='wait' returns the finished result (the fields a direct call
         returns, with its previews, each time it is asked) or the progress so far when timeout_s runs out.
+        A session sees only its own jobs. Over HTTP without a session (no Mcp-Session-Id) list shows none: keep
+        the job_id the tool returned, it is the only way back to the job. A session may have a few jobs queued
+        or running at once (max_jobs_per_session); a model call beyond that answers "busy". An operator's
+        client sending the admin token (LIMNER_ADMIN_TOKEN) as its bearer token sees every session's jobs.
         """
         app = app_context(ctx)
-        mine = owner(ctx.headers)
+        mine, admin = owner(ctx.headers), is_admin(app, ctx.headers)
         if action == "list":
-            infos = [JobInfo(**j.summary()) for j in list(app.runner.jobs.values()) if j.owner == mine]
+            infos = [JobInfo(**j.summary()) for j in session_jobs(app, mine, admin)]
             return to_call_result(JobsResult(jobs=infos), [])
         if not job_id:
             raise ToolError(f"job_id: required for action={action!r}; call jobs(action='list') to see jobs.")
-        job = app.runner.get(job_id, mine)
+        job = session_job(app, job_id, mine, admin)
         if action == "wait":  # a waiter depends on it now: its first request ending must not cancel it
             job.detached = True
         if action == "cancel":

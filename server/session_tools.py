@@ -1,21 +1,33 @@
 """The session: a log of every tool call (middleware), the lineage and session-log resources, the gallery.
 
 Wiring only; the log is tools/session/log.py (bounded per call and in all) and the page
-tools/session/gallery.py. The log lives in
-`AppContext.session_log`; the middleware appends one entry per `tools/call` (first refusing, for
-every tool at once, arguments that hold a lone UTF-16 surrogate, that the tool does not take, or that its
-argument model refuses: server/arguments.py) and rewrites the session's gallery
-(`LIMNER_HOME/gallery/<session>.html`) after each call that touched images. The HTTP
-transport serves the live page at `/gallery` (behind the same bearer token as /mcp) and earlier sessions'
-pages at `/gallery/<session>`.
+tools/session/gallery.py. The log lives in `AppContext.session_log`; the middleware appends one entry per
+`tools/call` (first refusing, for every tool at once, arguments that hold a lone UTF-16 surrogate, that the
+tool does not take, or that its argument model refuses: server/arguments.py), naming the caller's session
+(server/context.py `owner`).
+
+A session sees its own calls. `limner://session/log` answers the reader's entries only, and the gallery:
+- stdio (one connection, one session): the page file `LIMNER_HOME/gallery/<id>.html`, rewritten when the log
+  resource is read (and at most once a GALLERY_DEBOUNCE_S after calls that touched images), not after each
+  call; the resource gives its path.
+- an HTTP session: a browser has no MCP session, so the resource gives the session's page address,
+  `/gallery/session/<key>`, with a key of 128 random bits given only to that session; behind the bearer
+  token as /mcp is.
+- HTTP clients without a session (nobody's in particular): their calls are one shared page, `/gallery`.
+- the admin token (settings.admin_token) as the bearer token: `/gallery` and the log resource show every
+  call of every session; the page file and `LIMNER_HOME/sessions/<id>.jsonl` are the operator's full record.
+Earlier server runs' pages are at `/gallery/<run id>` for the admin token only: they show every session's
+calls of that run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,16 +39,34 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from server.arguments import argument_problem
-from server.context import AppContext, app_context
+from server.context import SESSIONLESS, AppContext, admin_token_in, app_context, is_admin, owner
 from server.settings import Settings
 from tools.core.images import URI_PREFIX, shown
-from tools.session.gallery import write_gallery
+from tools.session.gallery import Gallery, render_gallery
 from tools.session.log import MAX_LOG_BYTES, SessionLog
 
 logger = logging.getLogger("limner.session")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+PAGE_KEY = re.compile(r"^[0-9a-f]{32}$")
+GALLERY_DEBOUNCE_S = 1.0  # the page file catches up this long after calls that touched images
 # lineage fields worth showing an agent, besides the parameters
 LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "region_mask_id", "scores")
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who a request is from: its session (server/context.py `owner`) and whether it holds the admin token."""
+
+    owner: str
+    admin: bool
+
+    def sees(self) -> str | None:
+        """The owner whose calls this reader sees; None for all (the admin, and stdio's one connection)."""
+        return None if self.admin or self.owner == "" else self.owner
+
+
+# a static resource gets no request context: the middleware sets the reader of the request it passes on
+READER: contextvars.ContextVar[Reader | None] = contextvars.ContextVar("limner_reader", default=None)
 
 
 def session_log(app: AppContext) -> SessionLog:
@@ -46,19 +76,48 @@ def session_log(app: AppContext) -> SessionLog:
     return app.session_log
 
 
-async def refresh_gallery(app: AppContext) -> str:
-    """Rewrite the session's gallery file (off the event loop); returns its path."""
-    log = session_log(app)
-    path = await anyio.to_thread.run_sync(write_gallery, log, app.images, app.gallery_thumbs)
-    return str(path)
+class GalleryFile:
+    """The page file of every call (tools/session/gallery.py `Gallery`), opened with the log, written when read
+    and, coalesced, GALLERY_DEBOUNCE_S after calls that touched images."""
+
+    def __init__(self) -> None:
+        self.gallery: Gallery | None = None
+        self.pending = False
+
+    def of(self, app: AppContext) -> Gallery:
+        log = session_log(app)
+        if self.gallery is None or self.gallery.log is not log:
+            self.gallery = Gallery(log, app.images, app.gallery_thumbs)
+        return self.gallery
+
+    async def current(self, app: AppContext) -> str:
+        """The file, rewritten first if the log changed (off the event loop); returns its path."""
+        return str(await anyio.to_thread.run_sync(self.of(app).current))
+
+    def soon(self, app: AppContext) -> None:
+        """Write the file a moment from now, once for any number of calls meanwhile; never on the call's time."""
+        if self.pending or app.background is None:
+            return
+        self.pending = True
+
+        async def write() -> None:
+            await anyio.sleep(GALLERY_DEBOUNCE_S)
+            self.pending = False
+            try:
+                await self.current(app)
+            except Exception:  # the gallery is a view: the next read tries again and says why
+                logger.exception("could not write the session gallery")
+
+        app.background.start_soon(write)
 
 
 class SessionLogMiddleware:
     """Records each tools/call: tool, arguments, timing, status, image ids in and out, structured result."""
 
-    def __init__(self, seen: dict[str, AppContext], server: MCPServer) -> None:
+    def __init__(self, seen: dict[str, AppContext], server: MCPServer, gallery: GalleryFile) -> None:
         self.seen = seen  # the server's AppContext, for the log resource and the /gallery route
         self.server = server
+        self.gallery = gallery
 
     def refusal(self, tool: str, arguments: dict[str, Any]) -> str | None:
         """Why a call is refused before its tool runs (checks for every tool at once), else None."""
@@ -76,8 +135,16 @@ class SessionLogMiddleware:
         if not isinstance(app, AppContext):
             return await call_next(ctx)
         self.seen["app"] = app
+        headers = getattr(ctx.request, "headers", None)  # the HTTP request's; None on stdio and in-process
+        who = owner(headers)
         if ctx.method != "tools/call" or ctx.request_id is None:
-            return await call_next(ctx)
+            if ctx.method != "resources/read":
+                return await call_next(ctx)
+            token = READER.set(Reader(who, is_admin(app, headers)))
+            try:
+                return await call_next(ctx)
+            finally:
+                READER.reset(token)
         params = ctx.params or {}
         tool = str(params.get("name", "?"))
         sent = params.get("arguments")
@@ -93,20 +160,34 @@ class SessionLogMiddleware:
                 result = await call_next(ctx)
             except anyio.get_cancelled_exc_class():
                 # the client cancelled the call or went away: not an error of the tool's
-                _record(log, tool, arguments, started, clock, error="cancelled by the client", cancelled=True)
+                _record(
+                    log,
+                    tool,
+                    arguments,
+                    started,
+                    clock,
+                    owner=who,
+                    error="cancelled by the client",
+                    cancelled=True,
+                )
                 raise
             except BaseException as exc:
-                _record(log, tool, arguments, started, clock, error=f"{type(exc).__name__}: {exc}")
+                _record(log, tool, arguments, started, clock, owner=who, error=f"{type(exc).__name__}: {exc}")
                 raise
         structured, is_error, reason = unpack(result)
         entry = _record(
-            log, tool, arguments, started, clock, result=structured, is_error=is_error, reason=reason
+            log,
+            tool,
+            arguments,
+            started,
+            clock,
+            owner=who,
+            result=structured,
+            is_error=is_error,
+            reason=reason,
         )
         if entry is not None and (entry.inputs or entry.outputs or tool == "judge"):
-            try:
-                await refresh_gallery(app)
-            except Exception:  # the gallery is a view: never fail the tool call because of it
-                logger.exception("could not write the session gallery")
+            self.gallery.soon(app)
         return result
 
 
@@ -152,7 +233,8 @@ def unpack(result: HandlerResult) -> tuple[dict[str, Any] | None, bool, str | No
 
 def register(server: MCPServer, settings: Settings) -> None:
     seen: dict[str, AppContext] = {}
-    server.middleware.append(SessionLogMiddleware(seen, server))
+    pages = GalleryFile()
+    server.middleware.append(SessionLogMiddleware(seen, server, pages))
 
     @server.resource(
         URI_PREFIX + "{image_id}/lineage",
@@ -187,37 +269,45 @@ def register(server: MCPServer, settings: Settings) -> None:
     @server.resource(
         "limner://session/log",
         name="session-log",
-        description="The tool calls this server process handled, in order: tool, arguments (summarised), seconds, "
-        "status, image ids in and out, structured result; plus the path of the session's HTML gallery. The "
-        f"latest {MAX_LOG_BYTES // 2**20} MiB of entries; rotated_out counts the older ones (in log_path and then "
-        "log_path.1 while they last).",
+        description="The tool calls of this session (this connection on stdio, this Mcp-Session-Id over HTTP), in "
+        "order: tool, arguments (summarised), seconds, status, image ids in and out, structured result; plus "
+        "where its HTML gallery is (gallery_path on stdio; gallery_url_path over HTTP, to open with the bearer "
+        f"token). The latest {MAX_LOG_BYTES // 2**20} MiB of the server's entries; rotated_out counts the older "
+        "ones. HTTP clients without a session share one log; the admin token sees every session's calls.",
         mime_type="application/json",
     )
     async def session_log_resource() -> str:
         # a static resource gets no request context; the middleware saw this very request's AppContext
         app = seen["app"]
         log = session_log(app)
-        gallery, problem = None, None
-        try:
-            gallery = await refresh_gallery(app)
-        except Exception as exc:  # the gallery is a view of the log: the log still answers
-            logger.exception("could not write the session gallery")
-            problem = f"the gallery could not be written ({type(exc).__name__}: {exc}); the log is complete"
-        body = {
-            "session_id": log.id,
-            "started": log.started,
-            "log_path": str(log.path),
-            "gallery_path": gallery,
-            "gallery_error": problem,
-            "gallery_url_path": "/gallery",
-            "images": log.image_ids(),
-            "rotated_out": log.rotated_out,
-            "entries": [e.model_dump(mode="json") for e in log.snapshot()],
-        }
+        reader = READER.get() or Reader("", False)
+        sees = reader.sees()
+        body: dict[str, Any] = {"session_id": log.id, "started": log.started, "owner": reader.owner}
+        if sees is None:  # stdio's one client, or the admin: the page file of every call, and the log file
+            gallery, problem = None, None
+            try:
+                gallery = await pages.current(app)
+            except Exception as exc:  # the gallery is a view of the log: the log still answers
+                logger.exception("could not write the session gallery")
+                problem = (
+                    f"the gallery could not be written ({type(exc).__name__}: {exc}); the log is complete"
+                )
+            body.update(log_path=str(log.path), gallery_path=gallery, gallery_error=problem)
+            body["gallery_url_path"] = "/gallery"
+        else:  # an HTTP client: its own page, by an address only it is given (the files hold every session)
+            body.update(log_path=None, gallery_path=None, gallery_error=None)
+            shared = sees == SESSIONLESS
+            body["gallery_url_path"] = "/gallery" if shared else f"/gallery/session/{log.page_key(sees)}"
+        body.update(
+            images=log.image_ids(sees),
+            rotated_out=log.rotated_out,
+            entries=[e.model_dump(mode="json") for e in log.snapshot(sees)],
+        )
         return json.dumps(body, default=str)
 
     @server.custom_route("/gallery", methods=["GET"])
     async def gallery(request: Request) -> Response:
+        """The calls of HTTP clients without a session; every call for the admin token."""
         app = seen.get("app")
         if app is None:
             return HTMLResponse(
@@ -225,12 +315,38 @@ def register(server: MCPServer, settings: Settings) -> None:
                 "<title>limner gallery</title></head><body><p>No tool calls yet in this session.</p>"
                 "</body></html>"
             )
-        path = await refresh_gallery(app)
-        return FileResponse(path, media_type="text/html")
+        if is_admin(app, request.headers):
+            return FileResponse(await pages.current(app), media_type="text/html")
+        return await owner_page(app, SESSIONLESS)
+
+    @server.custom_route("/gallery/session/{key}", methods=["GET"])
+    async def session_gallery(request: Request) -> Response:
+        """One HTTP session's page, at the address its limner://session/log gave it."""
+        app = seen.get("app")
+        key = request.path_params["key"]
+        who = session_log(app).page_owner(key) if app is not None and PAGE_KEY.match(key) else None
+        if app is None or who is None:
+            return PlainTextResponse(
+                "no such session gallery; read limner://session/log in your session for its address\n",
+                status_code=404,
+            )
+        return await owner_page(app, who)
+
+    async def owner_page(app: AppContext, who: str) -> Response:
+        log = session_log(app)
+        page = await anyio.to_thread.run_sync(render_gallery, log, app.images, app.gallery_thumbs, who)
+        return HTMLResponse(page)
 
     @server.custom_route("/gallery/{session}", methods=["GET"])
     async def past_gallery(request: Request) -> Response:
         session = request.path_params["session"].removesuffix(".html")
+        if not admin_token_in(settings, request.headers):
+            # an earlier run's page shows every session's calls: the operator's record, not a session's
+            return PlainTextResponse(
+                "earlier runs' galleries show every session's calls: open them with the admin token "
+                "(admin_token, LIMNER_ADMIN_TOKEN), or read LIMNER_HOME/gallery/ on the server\n",
+                status_code=403,
+            )
         if not SESSION_ID.match(session):
             return PlainTextResponse("no such session gallery\n", status_code=404)
         # from the settings, not a request's context: earlier sessions' pages are there before any MCP call

@@ -94,7 +94,8 @@ def serve_http(env: dict[str, str], token: str) -> Iterator[str]:
     """`limner serve --http` on a free loopback port with `env`, until the block ends; yields its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", token],
+        [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port)]
+        + (["--token", token] if token else []),  # "": none, as a loopback server may run
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -256,7 +256,9 @@ async def test_the_session_log_keeps_whole_errors_marks_cancelled_calls_and_answ
             tg.cancel_scope.cancel()
         structured(await client.call_tool("generate", {"prompt": "a kite", "steps": 1}))
         gallery = settings.home / "gallery"
-        shutil.rmtree(gallery)
+        shutil.rmtree(
+            gallery, ignore_errors=True
+        )  # the page is written lazily: the folder may not be there yet
         gallery.write_text("a file where the gallery folder was")
         log = json.loads((await client.read_resource("limner://session/log")).contents[0].text)
     judged, cancelled, made = log["entries"]
@@ -403,7 +405,7 @@ async def test_the_gallery_is_served_at_slash_gallery_behind_the_bearer_token(ht
         past = await http.get("/gallery/20000101-000000-abcdef", headers={"Authorization": f"Bearer {TOKEN}"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert image_id in gallery_ids(page.text)
-    assert past.status_code == 404
+    assert past.status_code == 403  # earlier runs show every session: the admin token only
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_malformed_lines_over_stdio_get_a_json_rpc_error_and_the_server_keeps_an
         (6, -32600), (7, -32602), (8, -32600), (None, -32600), (5, None),
     ]  # fmt: skip
     assert "params.arguments.prompt holds a lone UTF-16 surrogate" in answers[6]["error"]["message"]
-    assert len(answers[-1]["result"]["tools"]) == 13
+    assert len(answers[-1]["result"]["tools"]) == 17
     assert err.count(b"stdio: refused a message") == 9
 
 
@@ -207,19 +207,20 @@ async def wait_for_port(port: int, proc: subprocess.Popen) -> None:
 async def test_http_transport_requires_the_bearer_token_and_checks_the_host_header(home, models_path):
     port = free_port()
     cmd = [sys.executable, "-m", "server.cli", "serve", "--http", "--port", str(port), "--token", "s3cret"]
-    proc = subprocess.Popen(
-        cmd, env=server_env(home, models_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+    env = {**server_env(home, models_path), "LIMNER_ADMIN_TOKEN": "0perator-s3cret"}
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     earlier = home / "gallery" / "20260101-000000-abcdef.html"  # a page an earlier session left
     earlier.parent.mkdir(parents=True, exist_ok=True)
     earlier.write_text("<html><body>yesterday's session</body></html>")
     try:
         await wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}/mcp"
-        async with httpx.AsyncClient(
-            headers={"Authorization": "Bearer s3cret"}
-        ) as http:  # before any MCP call
-            page = await http.get(f"http://127.0.0.1:{port}/gallery/20260101-000000-abcdef")
+        earlier_url = f"http://127.0.0.1:{port}/gallery/20260101-000000-abcdef"
+        async with httpx.AsyncClient() as http:  # before any MCP call
+            # an earlier run's page shows every session's calls: the operator's, not any token holder's
+            page = await http.get(earlier_url, headers={"Authorization": "Bearer s3cret"})
+            assert page.status_code == 403 and "admin token" in page.text
+            page = await http.get(earlier_url, headers={"Authorization": "Bearer 0perator-s3cret"})
             assert page.status_code == 200 and "yesterday's session" in page.text
         async with httpx.AsyncClient() as http:
             body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}

@@ -4,8 +4,10 @@ Every model tool hands the runner three things: a frozen request of plain data, 
 progress) -> output` (the only code that touches a loaded model; the output is plain data too) and its
 `finish(output)` (store, measure, build the answer, encode previews). The runner decides where each runs.
 
-`LocalRunner` (this process): one model thread runs work in submission order, so one GPU is never shared by
-two pipelines at once, and the event loop stays free (other tools, progress and cancellation keep answering).
+`LocalRunner` (this process): one model thread runs the work, so one GPU is never shared by two pipelines at
+once, and the event loop stays free (other tools, progress and cancellation keep answering). Its turns are fair
+across sessions: each turn goes to the session served least recently, in submission order within one, so a
+session with a long queue cannot keep another's call waiting behind all of it.
 A second thread finishes what the model thread made, so the GPU starts the next job while the last one is
 stored and encoded. Because requests and outputs are plain data (they pickle: a test checks every tool's),
 the same work functions can run on another machine's worker.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,16 +60,16 @@ class Runner(Protocol):
 
 
 class JobBook:
-    """The jobs a runner keeps for the `jobs` tool (and tasks): numbered, found by id and owner, the oldest
-    finished ones let go past `keep_finished`."""
+    """The jobs a runner keeps for the `jobs` tool (and tasks): found by id and owner, the oldest finished ones
+    let go past `keep_finished`. Ids are 128 random bits, not a count: a sessionless HTTP client reaches its
+    job by id alone (server/context.py `owner`), so an id must not be guessable."""
 
     def __init__(self, keep_finished: int = 200) -> None:
         self.jobs: dict[str, Job] = {}
-        self._ids = itertools.count(1)
         self._keep_finished = keep_finished
 
     def new_job(self, tool: str, description: str) -> Job:
-        job = Job(id=f"job_{next(self._ids)}", tool=tool, description=description)
+        job = Job(id=f"job_{secrets.token_hex(16)}", tool=tool, description=description)
         self.jobs[job.id] = job
         finished = [j for j in self.jobs.values() if j.finished is not None]
         for old in finished[: max(0, len(finished) - self._keep_finished)]:
@@ -97,6 +101,10 @@ class LocalRunner(JobBook):
         self._finish_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="limner-finish"
         )
+        self._waiting: list[tuple[Job, Callable[[], None]]] = []  # submitted, not yet given a turn
+        self._served: dict[str, int] = {}  # owner -> the turn it was last given
+        self._turns = itertools.count()
+        self._lock = threading.Lock()
 
     def submit(
         self,
@@ -122,8 +130,28 @@ class LocalRunner(JobBook):
                 return
             self._finish_thread.submit(complete, job, finish, output)
 
-        self._model_thread.submit(run)
+        with self._lock:
+            self._waiting.append((job, run))
+        self._model_thread.submit(self._next_turn)  # one turn per job; which job it runs is decided then
         return job
+
+    def _next_turn(self) -> None:
+        """Run the waiting job of the session served least recently (a session never served first), the
+        oldest of that session's; jobs cancelled while they waited are dropped."""
+        with self._lock:
+            self._waiting = [(job, run) for job, run in self._waiting if job.status == "queued"]
+            if not self._waiting:
+                return
+            index = min(
+                range(len(self._waiting)),
+                key=lambda i: (self._served.get(self._waiting[i][0].owner, -1), i),
+            )
+            job, run = self._waiting.pop(index)
+        try:
+            run()
+        finally:  # credited after the run: a job an idle thread started at once may not have had its owner yet
+            with self._lock:
+                self._served[job.owner] = next(self._turns)
 
     def shutdown(self) -> None:
         for job in self.jobs.values():

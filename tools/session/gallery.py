@@ -4,11 +4,16 @@ Every image the session touched is shown (embedded as a small JPEG/WebP data URI
 file and no network), with its prompt, seed, model and judge's scores; a refined image has its region box
 drawn on it (and the focus crop dashed); lineage arrows link each image to the image(s) it came from; the
 tool calls are listed at the end. No script: the page is plain HTML and CSS.
+
+A page shows one owner's calls (a client session's: tools/session/log.py) or, for the operator, every call of
+the process. The file `LIMNER_HOME/gallery/<id>.html` is the latter; it is written when it is read (`Gallery`),
+not after every tool call: rendering it took ~14 ms of every image-making call.
 """
 
 from __future__ import annotations
 
 import html
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,18 +59,41 @@ ARROW_SVG = (
 )
 
 
+class Gallery:
+    """The page file of every call, rewritten only when the log changed since it was last written and someone
+    reads it (`current`), so a tool call costs nothing here and a reader still sees every image. Thread-safe:
+    two readers at once render once."""
+
+    def __init__(self, log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, int], str]) -> None:
+        self.log, self.store, self.thumbs = log, store, thumbs
+        self._written = -1  # the log's seq the file shows
+        self._lock = threading.Lock()
+
+    def current(self) -> Path:
+        """The file, first rewritten if the log changed (or the file went); blocking: call it off the loop."""
+        with self._lock:
+            seq = self.log.seq  # read first: a call logged meanwhile leaves it stale for the next reader
+            if self._written != seq or not self.log.gallery_path.is_file():
+                write_gallery(self.log, self.store, self.thumbs)
+                self._written = seq
+        return self.log.gallery_path
+
+
 def write_gallery(log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, int], str]) -> Path:
-    """Render the session's page and write it (atomically) to `log.gallery_path`; returns the path."""
+    """Render the page of every call and write it (atomically) to `log.gallery_path`; returns the path."""
     page = render_gallery(log, store, thumbs)
     log.gallery_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(log.gallery_path, page.encode("utf-8"))
     return log.gallery_path
 
 
-def render_gallery(log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, int], str]) -> str:
-    """The page as a string. `thumbs` caches data URIs by (id, side) between renders."""
-    entries = log.snapshot()
-    session_ids = [i for i in log.image_ids() if store.exists(i)]
+def render_gallery(
+    log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, int], str], owner: str | None = None
+) -> str:
+    """The page as a string: `owner`'s calls, or every call for None. `thumbs` caches data URIs by (id, side)
+    between renders."""
+    entries = log.snapshot(owner)
+    session_ids = [i for i in log.image_ids(owner) if store.exists(i)]
     # ancestors made in earlier sessions are shown too, so every lineage arrow has both ends
     earlier: list[str] = []
     for image_id in session_ids:
@@ -113,9 +141,12 @@ def render_gallery(log: SessionLog, store: ImageStore, thumbs: dict[tuple[str, i
     parts.append(_calls(entries))
     parts.append("</body></html>")
     # previews of images the page no longer shows (their calls rotated out of the log) are let go, so the
-    # cache holds at most what one page shows; list() copies the keys in one step beside a concurrent render
+    # cache holds at most what the page of every call shows; one owner's page keeps the others' images in the
+    # log (their earlier ancestors are encoded again when shown); list() copies the keys in one step beside
+    # a concurrent render
+    logged = set() if owner is None else set(log.image_ids())
     for key in list(thumbs):
-        if key[0] not in metas:
+        if key[0] not in metas and key[0] not in logged:
             thumbs.pop(key, None)
     return "\n".join(parts)
 

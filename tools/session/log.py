@@ -1,9 +1,13 @@
 """The session log: every tool call one server process handled, with the image ids it used and made.
 
-A session is one run of the server process. Each entry is kept in memory (the `limner://session/log`
+The log is one run of the server process. Each entry is kept in memory (the `limner://session/log`
 resource and the gallery read it) and appended as one JSON line to `LIMNER_HOME/sessions/<id>.jsonl`, so a
-session can be looked at after the process is gone. Plain code: no MCP here; the server's middleware calls
-`SessionLog.record` once per `tools/call`.
+run can be looked at after the process is gone: the file is the operator's full record, every client's calls.
+Each entry names its `owner`, the client session that made the call (server/context.py `owner`: "" for stdio's
+one connection, `http:<Mcp-Session-Id>` for an HTTP session, `http:` for HTTP clients without one), and a
+reader asks for one owner's entries (`snapshot(owner)`), so a session sees only its own calls. A page key
+(`page_key`) is an unguessable name for one owner's gallery page, for a browser that has no MCP session.
+Plain code: no MCP here; the server's middleware calls `SessionLog.record` once per `tools/call`.
 
 Bounded, whatever a client sends: an entry keeps a summary of the arguments (long strings shortened, long
 lists and objects cut to their first items and a count, deep nesting cut, MAX_ARGUMENTS_CHARS in all), at
@@ -45,7 +49,12 @@ MAX_ERROR_CHARS = 500  # an error is kept whole up to this: its reason is what t
 
 
 class LogEntry(BaseModel):
-    seq: int = Field(description="1 for the first tool call of the session.")
+    seq: int = Field(description="1 for the first tool call the server process handled.")
+    owner: str = Field(
+        default="",
+        description='The client session that made the call: "" (stdio), http:<Mcp-Session-Id>, or http: (an HTTP '
+        "client without a session).",
+    )
     tool: str
     arguments: dict[str, Any] = Field(
         description="The arguments as sent, summarised: long strings shortened, long lists and objects cut to "
@@ -79,6 +88,27 @@ class SessionLog:
         self._written = 0  # bytes in the current log file
         self._seq = 0
         self._lock = threading.Lock()
+        self._page_keys: dict[str, str] = {}  # owner -> its gallery page's key
+        self._page_owners: dict[str, str] = {}  # key -> owner
+
+    @property
+    def seq(self) -> int:
+        """The seq of the latest entry: it changes whenever the log does."""
+        return self._seq
+
+    def page_key(self, owner: str) -> str:
+        """The unguessable name of `owner`'s gallery page (128 random bits), the same for the process's life."""
+        with self._lock:
+            key = self._page_keys.get(owner)
+            if key is None:
+                key = secrets.token_hex(16)
+                self._page_keys[owner], self._page_owners[key] = key, owner
+            return key
+
+    def page_owner(self, key: str) -> str | None:
+        """Whose gallery page `key` names; None for a key this process never gave out."""
+        with self._lock:
+            return self._page_owners.get(key)
 
     def record(
         self,
@@ -92,9 +122,10 @@ class SessionLog:
         error: str | None = None,
         reason: str | None = None,
         cancelled: bool = False,
+        owner: str = "",
     ) -> LogEntry:
-        """Append one call. `result` is the structured content of a successful call; `error` an exception
-        that escaped the tool, `reason` the text of a tool error."""
+        """Append one call of `owner`'s. `result` is the structured content of a successful call; `error` an
+        exception that escaped the tool, `reason` the text of a tool error."""
         arguments = arguments or {}
         inputs = image_ids(arguments)
         outputs = [i for i in image_ids(result) if i not in inputs] if result else []
@@ -117,6 +148,7 @@ class SessionLog:
             self._seq += 1
             entry = LogEntry(
                 seq=self._seq,
+                owner=owner,
                 tool=shorten(tool),
                 arguments=summary if isinstance(summary, dict) else {"arguments": summary},
                 started=round(started, 3),
@@ -149,14 +181,16 @@ class SessionLog:
             fh.write(line)
         self._written += len(line)
 
-    def snapshot(self) -> list[LogEntry]:
+    def snapshot(self, owner: str | None = None) -> list[LogEntry]:
+        """The entries in memory: `owner`'s, or everyone's for None."""
         with self._lock:
-            return [entry for entry, _ in self._entries]
+            return [entry for entry, _ in self._entries if owner is None or entry.owner == owner]
 
-    def image_ids(self) -> list[str]:
-        """Every image the session touched, in order of first appearance (outputs before later inputs)."""
+    def image_ids(self, owner: str | None = None) -> list[str]:
+        """Every image `owner`'s calls (everyone's for None) touched, in order of first appearance (outputs
+        before later inputs)."""
         seen: dict[str, None] = {}
-        for entry in self.snapshot():
+        for entry in self.snapshot(owner):
             for image_id in [*entry.inputs, *entry.outputs]:
                 seen.setdefault(image_id, None)
         return list(seen)
