@@ -15,9 +15,9 @@ from tools.core.checks import check_aspect
 from tools.core.jobs import Job
 from tools.core.masks import BLEND_BLUR, BLEND_DILATE
 from tools.models.specs import spec_label
-from tools.refine_region.request import check_request, read_region
+from tools.refine_region.request import MAX_INSTANCE, check_region_query, check_request, read_region
 from tools.refine_region.result import RefineResult, finish
-from tools.refine_region.work import RefineWork, work
+from tools.refine_region.work import CLASSICAL_LABEL, RefineWork, work
 
 Point = Annotated[list[int], Field(min_length=2, max_length=2, description="[x, y] in pixels.")]
 
@@ -58,6 +58,30 @@ def register(server: MCPServer) -> None:
         radius: Annotated[
             int | None,
             Field(ge=1, le=2048, description="Scribble half-width in pixels (needed with points)."),
+        ] = None,
+        region: Annotated[
+            str | None,
+            Field(
+                description="Region named in words ('the mug handle'), instead of mask, bbox or points: located "
+                "with the detector and masked with the segmenter, as locate does, then refined as with a mask."
+            ),
+        ] = None,
+        instance: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=MAX_INSTANCE,
+                description="With region: which match to refine, by score (1 = best, the default).",
+            ),
+        ] = None,
+        threshold: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=1,
+                description="With region: keep matches scoring above this, 0..1; default: the detector's own "
+                "(0.3 Grounding DINO, 0.1 OWLv2).",
+            ),
         ] = None,
         reference: Annotated[
             str | None,
@@ -119,8 +143,10 @@ def register(server: MCPServer) -> None:
 
         Call it after judge (or your own look) found a local defect in an otherwise good image, instead of
         generating again. Give the region as a bbox, a mask or scribble points, and a prompt describing
-        what belongs there. The region is cropped with a margin, zoomed to the model's resolution, refined,
-        and blended back: pixels outside the blend mask are copied from the input unchanged (the result's
+        what belongs there, or name it in words (region='the mug handle'): it is located with the detector
+        and the segmenter, the best match refined (instance=k for another), and `located` says which box,
+        score and mask were used and lists matches too close to call. The region is cropped with a margin,
+        zoomed to the model's resolution, refined, and blended back: pixels outside the blend mask are copied from the input unchanged (the result's
         metrics prove it). mask_id is that blend mask (the region plus its feathered rim, every pixel that
         may change); region_mask_id is the region alone. Then judge the result again with
         original=input_id and mask=mask_id. backend='classical' needs no model and removes small
@@ -149,43 +175,64 @@ def register(server: MCPServer) -> None:
             max_pixels=settings.max_pixels,
             max_prompt_chars=settings.max_prompt_chars,
         )
+        query = check_region_query(
+            region=region,
+            instance=instance,
+            threshold=threshold,
+            mask=mask,
+            bbox=bbox,
+            points=points,
+            models=app.models,
+        )
 
         def prepare() -> RefineWork:  # file reads and fetches: off the event loop
             source = app.resolve(image, "image")
-            mask_image = app.resolve(mask, "mask").image if mask is not None else None
-            region = read_region(source.image.width, source.image.height, mask_image, bbox, points, radius)
+            if query is None:
+                mask_image = app.resolve(mask, "mask").image if mask is not None else None
+                read = read_region(source.image.width, source.image.height, mask_image, bbox, points, radius)
+            else:  # located in the model step
+                check_aspect("image", source.image.width, source.image.height)
+                read = None
             ref = app.resolve(reference, "reference") if reference is not None else None
             if ref is not None:  # the editor's vision-language processor scales it as judge's do
                 check_aspect("reference", ref.image.width, ref.image.height)
-            return RefineWork(request, source, region, ref)
+            return RefineWork(request, source, read, ref, query)
 
         started = time.perf_counter()
         given = await anyio.to_thread.run_sync(prepare)
         timings = {"resolve": round(time.perf_counter() - started, 5)}
 
-        if request.backend == "classical":  # no model: on a thread, not queued behind model work
+        if request.backend == "classical" and query is None:  # no model: on a thread, not behind model work
             inline = Job(id="inline", tool="refine_region", description="classical")
             result, previews = await anyio.to_thread.run_sync(
                 lambda: finish(given, work(given, app.models, inline), app.images, timings)
             )
             return to_call_result(result, previews)
 
-        assert request.model is not None  # a model backend: check_request named its spec
-        spec = app.models.models[request.model]
+        if request.model is not None:  # a model backend: check_request named its spec
+            spec, label, role = app.models.models[request.model], "", request.backend
+        else:  # classical refining of a region the detector locates: on the runner, as locate's work runs
+            assert query is not None
+            spec, label, role = app.models.models[query.detector], CLASSICAL_LABEL, "detector"
+        what = (
+            f"region {query.name!r}"
+            if query is not None
+            else f"region {given.region.how if given.region else ''}"
+        )
         return await run_work(
             ctx,
             "refine_region",
-            f"{request.backend} {request.model}: region {given.region.how[:60]}: {request.prompt[:60]}",
+            f"{request.backend} {request.model or 'no model'}: {what[:60]}: {request.prompt[:60]}",
             work,
             given,
             lambda output: finish(given, output, app.images, timings),
             lambda handle: RefineResult(
                 status="running",
                 backend=request.backend,
-                model=spec_label(spec),
+                model=label or spec_label(spec),
                 tiny=spec.tiny_kind is not None,
                 focus=request.focus,
                 job=handle,
             ),
-            role=request.backend,
+            role=role,
         )

@@ -442,3 +442,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_stored(source: Resolved, store: ImageStore) -> str:
+    """The input's store id; an input from a path, data URI or URL is stored first (tool "input") so the
+    lineage of what a tool makes from it is complete."""
+    if source.id is not None:
+        return source.id
+    return store.put(source.image, tool="input", params={"source": source.source}).id

@@ -2,6 +2,7 @@
 
 Masks are boolean numpy arrays, True where the tool may change pixels. `read_mask` turns any mask image
 into one and says how it read it; `tight_bbox`, `expand`, `box_mask` and `stroke_mask` make and measure regions;
+`grabcut` finds an object without a model (generate's foreground and cut_out fall back to it);
 `feather` builds a soft blend mask; `composite` writes a blend of two pixel arrays only where the blend
 mask is above zero, so every other pixel stays bit-identical.
 """
@@ -132,6 +133,35 @@ def stroke_mask(width: int, height: int, points: Sequence[Sequence[int]], radius
     for p in pts:
         cv2.circle(canvas, p, radius, 1, thickness=-1)
     return canvas.astype(bool)
+
+
+def grabcut(
+    rgb: np.ndarray, rect: Box | None = None, border: float = 0.04, iterations: int = 5
+) -> np.ndarray:
+    """The object inside `rect` by OpenCV's GrabCut, everything outside it sure background; the object mask
+    (bool, HxW). Without a rect, the image less its outer `border` (a product on a plain backdrop). A rect
+    is kept off that border too, so GrabCut always has background to learn from."""
+    h, w = rgb.shape[:2]
+    bx, by = max(1, round(w * border)), max(1, round(h * border))
+    x1, y1, x2, y2 = rect if rect is not None else (0, 0, w, h)
+    x1, y1, x2, y2 = max(x1, bx), max(y1, by), min(x2, w - bx), min(y2, h - by)
+    if x2 - x1 < 2 or y2 - y1 < 2:  # no inside left to cut from
+        return np.zeros((h, w), bool)
+    mask = np.zeros((h, w), np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its k-means from OpenCV's per-thread generator, which the long-lived model worker keeps
+    # advancing: the same call gave another mask (and other "exact" pixels) each time
+    cv2.setRNGSeed(0)
+    cv2.grabCut(
+        cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+        mask,
+        (x1, y1, x2 - x1, y2 - y1),
+        bgd,
+        fgd,
+        iterations,
+        cv2.GC_INIT_WITH_RECT,
+    )
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
 # -- blending --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Foreground-conditioned generation (Anywhere): new scenes around an object whose pixels never change.
 
 1. foreground understanding: the object's mask from `foreground_mask`, else the alpha channel when it has
-   transparent pixels, else GrabCut seeded from the border; its box and area;
+   transparent pixels, else the segmenter (SAM given the image less a thin border as its box) when one is
+   configured, else GrabCut seeded from the border; its box and area;
 2. template: the object placed on the canvas by `placement` ({x, y, scale} or auto);
 3. background generation: the inpainter paints everything outside the slightly eroded object mask, per scene
    prompt, n candidates with their own seeds;
@@ -26,10 +27,10 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from tools.core.jobs import Progress
-from tools.core.masks import box_mask, dilate, erode, read_mask, tight_bbox
+from tools.core.masks import box_mask, dilate, erode, grabcut, read_mask, tight_bbox
 from tools.metrics.preservation import OVER_EXTENSION_LIMIT, foreground_integrity
 from tools.metrics.quality import to_array
-from tools.models import diffusion
+from tools.models import detection, diffusion
 from tools.models.cache import Loaded
 
 AUTO_SCALE = 0.45  # the object's longest side as a share of the canvas's shorter side: room for context
@@ -38,6 +39,7 @@ EDGE_ERODE = 3  # the inpainter may repaint this thin rim of the object's mask (
 ALPHA_THRESHOLD = 128  # alpha at or above this is the object
 MIN_OBJECT_SHARE = 0.001
 MIN_SIDE = 8  # px: a smaller foreground holds no object (and GrabCut's border leaves it no inside)
+BORDER = 0.04  # GrabCut's sure background, and what the segmenter's box leaves out: a share of each side
 MAX_OBJECT_SHARE = 0.98
 MIN_PLACED_PIXELS = 64  # a placed object smaller than this is no product to show (nor to judge)
 MAX_SCALE = 100.0
@@ -58,9 +60,12 @@ class Placement(BaseModel):
 
 class ForegroundInfo(BaseModel):
     mask_source: str = Field(
-        description="'foreground_mask', 'alpha' or 'grabcut': where the object mask came from."
+        description="'foreground_mask', 'alpha', 'segmenter' (SAM, when the segmenter role is configured) or "
+        "'grabcut' (model-free): where the object mask came from."
     )
-    mask_reading: str = Field(description="How the mask was read.")
+    mask_reading: str = Field(
+        description="How the mask was read or made (the segmenter: which model, its box, its predicted IoU)."
+    )
     box: list[int] = Field(description="The object's box [x1, y1, x2, y2] in the foreground image.")
     area: int = Field(description="Object pixels in the foreground image.")
     area_share: float
@@ -83,10 +88,14 @@ class Template:
 
 
 # -- 1. foreground understanding -------------------------------------------------------------------------
-def understand(image: Image.Image, mask_image: Image.Image | None) -> ForegroundObject:
+def understand(
+    image: Image.Image, mask_image: Image.Image | None, segmenter: Callable[[], Loaded] | None = None
+) -> ForegroundObject:
     """Find the object: the given mask, else the alpha channel if it marks some pixels transparent, else
-    GrabCut from the border (an opaque alpha channel, as many product photos saved as RGBA have, marks no
-    background, so it is read as an RGB photo)."""
+    the segmenter's mask (loaded by `segmenter` only then) given the image less a thin border as its box,
+    else GrabCut from the border (an opaque alpha channel, as many product photos saved as RGBA have, marks
+    no background, so it is read as an RGB photo). A segmenter mask that holds no object or no background
+    gives way to GrabCut, and mask_reading says so."""
     rgb = to_array(image)  # 16-bit scaled to 8 bits (Pillow's convert("RGB") clips it at 255)
     alpha = np.asarray(image.convert("RGBA"))[..., 3] if mask_image is None and _has_alpha(image) else None
     if mask_image is not None:
@@ -105,7 +114,10 @@ def understand(image: Image.Image, mask_image: Image.Image | None) -> Foreground
             )
         mask, source, how = alpha >= ALPHA_THRESHOLD, "alpha", f"{image.mode} alpha >= {ALPHA_THRESHOLD}"
     else:
-        mask, source, how = grabcut(rgb), "grabcut", "GrabCut seeded from a 4% border, 5 iterations"
+        mask, source, how = segmented(rgb, segmenter) if segmenter is not None else (None, "", "")
+        if mask is None:
+            mask, source = grabcut(rgb, border=BORDER), "grabcut"
+            how = f"{how}GrabCut seeded from a {BORDER:.0%} border, 5 iterations"
         if alpha is not None:
             how += f" ({image.mode} alpha has no pixel below {ALPHA_THRESHOLD}, so it marks no background)"
     share = float(mask.mean())
@@ -137,25 +149,19 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.has_transparency_data
 
 
-def grabcut(rgb: np.ndarray, border: float = 0.04, iterations: int = 5) -> np.ndarray:
-    """OpenCV GrabCut with the outer border as sure background; for a product on a plain backdrop."""
+def segmented(rgb: np.ndarray, segmenter: Callable[[], Loaded]) -> tuple[np.ndarray | None, str, str]:
+    """(mask, 'segmenter', how) from SAM given the box GrabCut would start from (the image less its border);
+    (None, '', why) when that mask holds no object or no background, so the caller falls back to GrabCut."""
     h, w = rgb.shape[:2]
-    bx, by = max(1, round(w * border)), max(1, round(h * border))
-    mask = np.zeros((h, w), np.uint8)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    # GrabCut seeds its k-means from OpenCV's per-thread generator, which the long-lived model worker keeps
-    # advancing: the same call gave another mask (and other "exact" pixels) each time
-    cv2.setRNGSeed(0)
-    cv2.grabCut(
-        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-        mask,
-        (bx, by, w - 2 * bx, h - 2 * by),
-        bgd,
-        fgd,
-        iterations,
-        cv2.GC_INIT_WITH_RECT,
-    )
-    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    bx, by = max(1, round(w * BORDER)), max(1, round(h * BORDER))
+    box = (bx, by, w - bx, h - by)
+    loaded = segmenter()
+    (seg,) = detection.segment(loaded, Image.fromarray(rgb), [box])
+    share = float(seg.mask.mean())
+    how = f"{loaded.label} given the box {list(box)}, predicted IoU {seg.score:g}"
+    if MIN_OBJECT_SHARE <= share <= MAX_OBJECT_SHARE:
+        return seg.mask, "segmenter", how
+    return None, "", f"the segmenter's mask ({how}) covered {share:.1%} of the image, so: "
 
 
 # -- 2. template --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from PIL import Image
 
 from tools.core.images import DEEP_MODES, eight_bit
 from tools.core.jobs import Progress
-from tools.core.masks import box_mask
 from tools.locate.request import LocateWork
 from tools.models import detection
 from tools.models.cache import ModelCache
@@ -65,7 +64,7 @@ def work(given: LocateWork, models: ModelCache, progress: Progress) -> LocateOut
     timings["detect"] = round(time.perf_counter() - started, 4)
     progress.progress(1, STEPS, f"locate: {len(found.found)} boxes for {len(request.objects)} names")
     # 2. a mask per box: the segmenter's, or the box
-    segments: list[detection.Segment | None] = [None] * len(found.found)
+    segmenter = None
     segmenter_label, tiny = None, detector.tiny
     if request.masks == "segmenter" and found.found:
         started = time.perf_counter()
@@ -73,19 +72,17 @@ def work(given: LocateWork, models: ModelCache, progress: Progress) -> LocateOut
         timings["load_segmenter"] = round(time.perf_counter() - started, 4)
         segmenter_label, tiny = segmenter.label, tiny or segmenter.tiny
         progress.progress(2, STEPS, "locate: segmenting")
-        started = time.perf_counter()
-        segments = list(detection.segment(segmenter, image, [d.exact for d in found.found]))
+    started = time.perf_counter()
+    masked = detection.mask_detections(segmenter, image, found.found)
+    if segmenter is not None:
         timings["segment"] = round(time.perf_counter() - started, 4)
-    instances = []
-    empty = 0
-    for d, seg in zip(found.found, segments, strict=True):
-        if seg is not None and seg.mask.any():
-            instances.append(Instance(d.name, d.score, d.box, d.exact, seg.mask, seg.score, "segmenter"))
-            continue
-        empty += seg is not None
-        instances.append(
-            Instance(d.name, d.score, d.box, d.exact, box_mask(width, height, d.box), None, "box")
+    instances = [
+        Instance(
+            m.detection.name, m.detection.score, m.detection.box, m.detection.exact, m.mask, m.score, m.source
         )
+        for m in masked
+    ]
+    empty = sum(m.source == "box" for m in masked) if segmenter is not None else 0
     warnings = list(found.warnings)
     if empty:
         warnings.append(

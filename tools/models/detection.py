@@ -7,6 +7,8 @@
   (`pixel_boxes`), duplicates of one name dropped by non-maximum suppression, the best kept.
 - `segment`: SAM (the `segmenter` role) turns each box into a mask of the image's size, all boxes in one
   decoder pass over one image embedding.
+- `segment_points`: SAM prompted with each point alone, three masks a point; the caller picks one from their
+  low-resolution form and gets it at the image's size (cut_out's most salient object).
 
 Both take a loaded (model, processor) pair (tools/models/cache.py loads them with transformers' PIL image
 processors) and return plain data (numbers, numpy arrays), so locate and judge share them and their work runs
@@ -15,7 +17,7 @@ the same on a local or a remote worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,3 +250,108 @@ def segment(loaded: Loaded, image: Image.Image, boxes: Sequence[Sequence[float]]
     )[0]  # (boxes, 1, height, width), bool
     ious = out.iou_scores[0, :, 0].float().clamp(0, 1).cpu().numpy()
     return [Segment(masks[i, 0].numpy().astype(bool), round(float(ious[i]), 4)) for i in range(len(boxes))]
+
+
+@dataclass(frozen=True)
+class Proposals:
+    """Every mask SAM proposed for a set of point prompts, as read before upscaling."""
+
+    masks: np.ndarray  # bool (N, h, w): SAM's low-resolution masks over the image's part of its grid
+    scores: np.ndarray  # (N,) SAM's predicted IoU of each, 0..1
+    points: list[tuple[float, float]]  # (N,) the point (pixels) each mask was prompted with
+
+
+def segment_points(
+    loaded: Loaded,
+    image: Image.Image,
+    points: Sequence[tuple[float, float]],
+    choose: Callable[[Proposals], int | None],
+) -> tuple[Segment | None, int | None, Proposals]:
+    """SAM prompted with each point alone (a foreground click), three masks a point (whole, part, sub-part),
+    all in one decoder pass. `choose` picks one from their low-resolution form (cheap: upscaling every mask
+    to a large image would take hundreds of MB); only the chosen one is upscaled to the image's size.
+    Returns (the chosen mask or None, its index, every proposal)."""
+    import torch
+
+    model, processor = loaded.model
+    kind = type(model).__name__
+    if kind not in SEGMENTERS:
+        raise ToolError(
+            f"segmenter: model {loaded.spec.name!r} is a {kind}; cut_out runs {', '.join(SEGMENTERS)}. "
+            "Choose one for the segmenter role."
+        )
+    rgb = image.convert("RGB")
+    inputs = processor(
+        images=rgb,
+        input_points=[[[[float(x), float(y)]] for x, y in points]],
+        input_labels=[[[1] for _ in points]],
+        return_tensors="pt",
+    )
+    sizes = {k: inputs.pop(k) for k in ("original_sizes", "reshaped_input_sizes")}
+    with torch.inference_mode():
+        out = model(**_to_model(dict(inputs), loaded), multimask_output=True)
+    low = out.pred_masks[0].float().cpu()  # (points, 3, h, w) logits over the padded square
+    pad = processor.image_processor.pad_size
+    rows, cols = (int(v) for v in sizes["reshaped_input_sizes"][0])
+    h = max(1, round(rows * low.shape[-2] / pad["height"]))
+    w = max(1, round(cols * low.shape[-1] / pad["width"]))
+    per_point = low.shape[1]
+    proposals = Proposals(
+        masks=(low[..., :h, :w] > 0).reshape(-1, h, w).numpy(),
+        scores=out.iou_scores[0].float().clamp(0, 1).reshape(-1).cpu().numpy(),
+        points=[(float(x), float(y)) for x, y in points for _ in range(per_point)],
+    )
+    index = choose(proposals)
+    if index is None:
+        return None, None, proposals
+    point, which = divmod(index, per_point)
+    mask = processor.image_processor.post_process_masks(
+        low[None, point : point + 1, which : which + 1],
+        sizes["original_sizes"],
+        sizes["reshaped_input_sizes"],
+    )[0][0, 0]
+    return Segment(mask.numpy().astype(bool), round(float(proposals.scores[index]), 4)), index, proposals
+
+
+# -- a mask per detection, and the matches too close to call -------------------------------------------------
+# Two matches whose scores are within this of each other are a tie as far as the detector can tell: a sigmoid
+# score moves by more than 0.05 when the name is reworded ("mug" / "the mug"), so the better score is no
+# evidence that it is the object meant. Callers list such ties instead of choosing silently.
+CLOSE_SCORE = 0.05
+
+
+@dataclass(frozen=True)
+class Masked:
+    detection: Detection
+    mask: np.ndarray  # bool, the image's height x width
+    score: float | None  # the segmenter's estimate of the mask's IoU; None for a box mask
+    source: str  # "segmenter", or "box" (no segmenter, or its mask was empty inside the box)
+
+
+def mask_detections(segmenter: Loaded | None, image: Image.Image, found: Sequence[Detection]) -> list[Masked]:
+    """A mask for each detection: the segmenter's given the detector's box (all boxes in one pass), or the box
+    itself where no segmenter is given or its mask came back empty (source 'box' says which)."""
+    width, height = image.size
+    segments: list[Segment | None] = [None] * len(found)
+    if segmenter is not None and found:
+        segments = list(segment(segmenter, image, [d.exact for d in found]))
+    masked = []
+    for d, seg in zip(found, segments, strict=True):
+        if seg is not None and seg.mask.any():
+            masked.append(Masked(d, seg.mask, seg.score, "segmenter"))
+        else:
+            box = np.zeros((height, width), dtype=bool)
+            x1, y1, x2, y2 = d.box
+            box[y1:y2, x1:x2] = True
+            masked.append(Masked(d, box, None, "box"))
+    return masked
+
+
+def close_matches(found: Sequence[Detection], margin: float = CLOSE_SCORE) -> list[int]:
+    """Indices of the detections scoring within `margin` of the best (best first), when there are two or more
+    of them: a choice the detector cannot make; [] when the best stands out."""
+    if not found:
+        return []
+    best = max(d.score for d in found)
+    close = [i for i, d in enumerate(found) if d.score >= best - margin]
+    return close if len(close) > 1 else []

@@ -19,11 +19,15 @@ from tools.core.masks import (
     stroke_mask,
 )
 from tools.models.cache import ModelCache
+from tools.models.detection import DEFAULT_THRESHOLD, SEGMENTERS, detector_class
 
 Backend = Literal["inpainter", "editor", "classical"]
 PasteBack = Literal["mask", "bbox"]
 CLASSICAL_FOCUS_SIZE = 512  # the classical backend works on crops of about 512x512 pixels of area
 MAX_BLEND_KERNEL = 101
+MAX_REGION_CHARS = 100  # a region named in words: a noun and what sets it apart
+MAX_INSTANCE = 25  # instances a named region is looked for among, best first
+FALLBACK_THRESHOLD = 0.3  # a detector spec naming no class (an Auto class): GenEval's detection confidence
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,97 @@ class RefineRequest:
     blend_blur: int
     paste_back: PasteBack
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegionQuery:
+    """A region named in words, to be located (detector, then segmenter) in the model step."""
+
+    name: str  # spaces collapsed
+    instance: int | None  # 1-based rank by score; None: the best, with close matches listed
+    threshold: float
+    detector: str  # the spec names used
+    segmenter: str
+
+
+def check_region_query(
+    *,
+    region: str | None,
+    instance: int | None,
+    threshold: float | None,
+    mask: str | None,
+    bbox: Sequence[int] | None,
+    points: Sequence[Sequence[int]] | None,
+    models: ModelCache,
+) -> RegionQuery | None:
+    """A named region, checked before any model runs; None when the region is a mask, bbox or points."""
+    if region is None:
+        for name, value in (("instance", instance), ("threshold", threshold)):
+            if value is not None:
+                raise ToolError(
+                    f"{name}: {value} only applies to a region named in words; pass region='the mug handle' "
+                    f"with it, or drop {name}."
+                )
+        return None
+    given = [name for name, v in (("mask", mask), ("bbox", bbox), ("points", points)) if v is not None]
+    if given:
+        raise ToolError(
+            f"region: {region!r} names the region in words and {', '.join(given)} gives it too; pass one: "
+            "region alone (located for you), or mask, bbox or points alone."
+        )
+    name = " ".join(region.split())
+    if not name:
+        raise ToolError("region: an empty name; name the part to refine, e.g. region='the mug handle'.")
+    if len(name) > MAX_REGION_CHARS:
+        raise ToolError(
+            f"region: {len(name)} characters is over the limit of {MAX_REGION_CHARS}; name the part in a few "
+            "words (a noun and what sets it apart)."
+        )
+    if "." in name:
+        raise ToolError(
+            f"region: {name!r} holds a '.', which the detector reads as the end of a name; name one part, "
+            "without dots."
+        )
+    if instance is not None and not 1 <= instance <= MAX_INSTANCE:
+        raise ToolError(
+            f"instance: {instance} is out of range; use 1..{MAX_INSTANCE} (1 = the best-scoring match; "
+            "locate lists every match with its score)."
+        )
+    try:
+        detector = models.spec_for("detector", None, field="detector")
+    except ToolError as exc:
+        raise ToolError(
+            f"detector role: region={name!r} is located with a detector and none can be loaded: {exc} Or "
+            "pass the region as mask, bbox or points."
+        ) from None
+    known = detector_class(detector.pipeline)
+    if detector.pipeline is not None and known is None:
+        raise ToolError(
+            f"detector role: model {detector.name!r} is a {detector.pipeline}; a region is located with "
+            f"{' or '.join(DEFAULT_THRESHOLD)}. Bind the detector role to one of those, or pass mask, bbox or "
+            "points."
+        )
+    default = DEFAULT_THRESHOLD[known] if known else FALLBACK_THRESHOLD
+    if threshold is None:
+        threshold = default
+    if not 0.0 <= threshold <= 1.0:
+        raise ToolError(
+            f"threshold: {threshold} is out of range; use 0..1 (a match is kept when its score is above it; "
+            f"{default} suits {detector.name})."
+        )
+    try:
+        segmenter = models.spec_for("segmenter", None, field="segmenter")
+    except ToolError as exc:
+        raise ToolError(
+            f"segmenter role: region={name!r} is masked with a segmenter and none can be loaded: {exc} Or "
+            "call locate(masks='box') and pass a mask_id as mask."
+        ) from None
+    if segmenter.pipeline is not None and segmenter.pipeline not in SEGMENTERS:
+        raise ToolError(
+            f"segmenter role: model {segmenter.name!r} is a {segmenter.pipeline}; a region is masked with "
+            f"{', '.join(SEGMENTERS)}. Bind the segmenter role to one of those, or pass mask, bbox or points."
+        )
+    return RegionQuery(name, instance, float(threshold), detector.name, segmenter.name)
 
 
 def check_request(
