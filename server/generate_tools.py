@@ -12,7 +12,16 @@ from pydantic import Field
 
 from server.context import app_context, run_work
 from tools.generate.foreground import Placement
-from tools.generate.request import ForegroundRequest, check_foreground, check_request
+from tools.generate.request import (
+    DEFAULT_REFERENCE_STRENGTH,
+    DEFAULT_STRENGTH,
+    MAX_REFERENCES,
+    ForegroundRequest,
+    GenerateRequest,
+    check_foreground,
+    check_request,
+    configured_segmenter,
+)
 from tools.generate.result import GenerateResult, finish, finish_foreground, running
 from tools.generate.work import foreground_work, work
 
@@ -60,7 +69,10 @@ def register(server: MCPServer) -> None:
         ] = 1,
         model: Annotated[
             str | None,
-            Field(description="A named model from the server settings; default: the generator role's model."),
+            Field(
+                description="A named model from the server settings; default: the generator role's model. An "
+                "editor (qwen-image-edit) makes new images from `references` as its input images."
+            ),
         ] = None,
         foreground: Annotated[
             str | None,
@@ -74,7 +86,8 @@ def register(server: MCPServer) -> None:
             str | None,
             Field(
                 description="Image reference of the object's mask (white = object), same size as foreground; "
-                "default: the alpha channel when it has transparent pixels, else an automatic GrabCut cut-out."
+                "default: the alpha channel when it has transparent pixels, else the segmenter's mask (SAM) when "
+                "the segmenter role is configured, else an automatic GrabCut cut-out."
             ),
         ] = None,
         placement: Annotated[
@@ -98,6 +111,43 @@ def register(server: MCPServer) -> None:
                 "rounds and keep the best."
             ),
         ] = False,
+        init_image: Annotated[
+            str | None,
+            Field(
+                description="Make variations of this image (image-to-image on the generator's own weights): "
+                "an image reference, e.g. the best candidate's id. Output size: its own, or width/height "
+                "(it is resized to them). The candidates' lineage records it as their parent."
+            ),
+        ] = None,
+        strength: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=1,
+                description="With init_image: the share of the steps re-run, 0..1 (0.3 keeps the composition, "
+                f"0.6 varies it, 1 repaints it); default {DEFAULT_STRENGTH}. Above 0, steps x strength must be "
+                "at least 1; 0 runs no step and gives init_image encoded and decoded by the model's VAE (n=1).",
+            ),
+        ] = None,
+        references: Annotated[
+            list[str] | None,
+            Field(
+                max_length=MAX_REFERENCES,
+                description=f"Up to {MAX_REFERENCES} reference images (ids from search, paths, URLs) whose "
+                "subject or style the candidates take, through the generator's IP-Adapter (SD/SDXL "
+                "generators), or, with an editor as model, as its input images. Recorded in the candidates' "
+                "lineage.",
+            ),
+        ] = None,
+        reference_strength: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=1,
+                description="How strongly references steer the image, 0..1 (0: not at all; 0.5-0.7: their "
+                f"subject and style with the prompt still leading); default {DEFAULT_REFERENCE_STRENGTH}.",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Generate n candidate images from a text prompt on the local diffusion model.
 
@@ -112,6 +162,12 @@ def register(server: MCPServer) -> None:
         the object mask every output pixel equals the input (bit for bit when the object keeps its pixel
         size), and each candidate reports its over-extension; to check, judge the candidates of each placement
         in one call with foreground_mask=<their mask_id> (one judge call per distinct mask_id).
+
+        With `init_image` it makes variations of that image (e.g. judge's best candidate with one flaw in
+        its composition): `strength` says how far they may move. With `references` (images found with
+        search: the real product, a logo, a style) the candidates take their subject or style; with an editor
+        as `model` (qwen-image-edit), the references are its input images and the prompt says what to make of
+        them (put the product in a new scene, combine two references).
         """
         app = app_context(ctx)
         settings = app.settings
@@ -119,23 +175,39 @@ def register(server: MCPServer) -> None:
             raise ToolError(
                 "foreground: foreground_mask, placement and scenes need a foreground image reference."
             )
-        base = check_request(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            width=width,
-            height=height,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            n=n,
-            model=model,
-            models=app.models,
-            role="generator" if foreground is None else "inpainter",
-            max_pixels=settings.max_pixels,
-            max_steps=settings.max_steps,
-            max_batch=settings.max_batch,
-            max_prompt_chars=settings.max_prompt_chars,
-        )
+        if foreground is not None and (init_image is not None or references is not None):
+            raise ToolError(
+                "init_image/references: not with foreground (its scenes are painted around the object by the "
+                "inpainter); call generate without foreground for variations or references."
+            )
+
+        def checked() -> GenerateRequest:
+            return check_request(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                n=n,
+                model=model,
+                models=app.models,
+                role="generator" if foreground is None else "inpainter",
+                max_pixels=settings.max_pixels,
+                max_steps=settings.max_steps,
+                max_batch=settings.max_batch,
+                max_prompt_chars=settings.max_prompt_chars,
+                init_image=init_image,
+                strength=strength,
+                references=references,
+                reference_strength=reference_strength,
+                resolve=app.resolve,
+            )
+
+        # reading init_image or references may read a file or fetch a URL: off the event loop
+        reads = init_image is not None or references is not None
+        base = await anyio.to_thread.run_sync(checked) if reads else checked()
         spec = app.models.models[base.model]
         if foreground is None:
             return await run_work(
@@ -146,7 +218,7 @@ def register(server: MCPServer) -> None:
                 base,
                 lambda output: finish(base, output, app.images),
                 lambda handle: running(spec, base, handle),
-                role="generator",
+                role="editor" if base.editor else "generator",
             )
 
         def prepare() -> ForegroundRequest:  # resolving may read a file or fetch a URL: off the event loop
@@ -161,6 +233,7 @@ def register(server: MCPServer) -> None:
                 repair,
                 max_batch=settings.max_batch,
                 max_prompt_chars=settings.max_prompt_chars,
+                segmenter=configured_segmenter(app.models),
             )
 
         request = await anyio.to_thread.run_sync(prepare)

@@ -4,8 +4,7 @@ build the answer; and the answer for work still running."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -14,7 +13,7 @@ from pydantic import BaseModel, Field
 from tools.core.checks import TINY_NOTE
 from tools.core.images import ImageRef, ImageStore
 from tools.core.jobs import JobHandle
-from tools.generate.request import ForegroundRequest, GenerateRequest
+from tools.generate.request import ForegroundRequest, GenerateRequest, InputImage
 from tools.generate.work import ForegroundOutput, GenerateOutput
 from tools.models.specs import ModelSpec, spec_label
 
@@ -56,6 +55,30 @@ class GenerateResult(BaseModel):
         default_factory=dict, description="Seconds: queue, load, denoise, store."
     )
     job: JobHandle | None = None
+    init_image: str | None = Field(
+        default=None, description="Store id of the image these candidates are variations of (their parent)."
+    )
+    strength: float | None = Field(
+        default=None,
+        description="Share of the steps re-run from init_image; 0: no step, the VAE round trip of init_image.",
+    )
+    steps_run: int | None = Field(
+        default=None,
+        description="Denoising steps the model ran: steps, or int(steps x strength) for a variation (0 at "
+        "strength 0: init_image encoded and decoded by the model's VAE, no denoising).",
+    )
+    references: list[str] = Field(
+        default_factory=list, description="Store ids of the reference images used, in order (parents too)."
+    )
+    reference_strength: float | None = Field(
+        default=None, description="How strongly the references steered the image (the IP-Adapter scale)."
+    )
+    adapter: str | None = Field(default=None, description="The IP-Adapter the references went through.")
+    references_through: Literal["ip-adapter", "editor"] | None = Field(
+        default=None,
+        description="How the references reached the model: 'ip-adapter' (the generator's, named in adapter) "
+        "or 'editor' (an editor model read them as its input images, in order, and made new images from them).",
+    )
     foreground: dict[str, Any] | None = Field(
         default=None, description="For foreground-conditioned calls: mask source, the object's box and area."
     )
@@ -94,28 +117,72 @@ def finish(
     """Store every candidate with its seed and parameters; the images come back for previews."""
     started = time.perf_counter()
     timings = dict(output.timings)
-    params = {k: v for k, v in asdict(request).items() if k != "seeds"}
+    params: dict[str, Any] = {
+        k: getattr(request, k)
+        for k in ("prompt", "negative_prompt", "width", "height", "steps", "guidance", "model")
+    }
+    inputs = stored_inputs(request, store)
+    params.update(inputs)
+    parents = list(dict.fromkeys([*filter(None, [inputs.get("init_image")]), *inputs.get("references", [])]))
     candidates = []
     for index, (image, seed) in enumerate(zip(output.images, request.seeds, strict=True)):
         ref = store.put(
             image,
             tool="generate",
             params={**params, "seed": seed},
+            parents=parents,
             info={"seed": seed, "model": output.model, "tiny": output.tiny},
         )
         candidates.append(Candidate(**ref.model_dump(), index=index, seed=seed))
     timings["store"] = round(time.perf_counter() - started, 4)
+    notes = []
+    if output.steps_run == 0:
+        notes.append(
+            "strength 0: no denoising step ran; the image is init_image encoded and decoded by the model's VAE "
+            "(what its latent space keeps of it; prompt, seed and guidance do not change it)"
+        )
+    if request.editor:
+        notes.append(
+            f"made by the editor from {len(request.references)} reference image(s) as its input images"
+        )
+    if output.tiny:
+        notes.append(TINY_NOTE)
     result = GenerateResult(
         status="done",
         candidates=candidates,
         model=output.model,
         tiny=output.tiny,
         **as_called(request),
+        **inputs,
+        steps_run=output.steps_run,
         timings=timings,
-        warnings=output.warnings,
-        note=TINY_NOTE if output.tiny else None,
+        warnings=[*request.read_notes, *output.warnings],
+        note="; ".join(notes) or None,
     )
     return result, output.images
+
+
+def stored_inputs(request: GenerateRequest, store: ImageStore) -> dict[str, Any]:
+    """The init image and references as the result and the stored params name them: by store id (an image
+    given as a path, data or URL is stored first, as an input, so the candidates' lineage reaches it)."""
+
+    def stored(image: InputImage) -> str:
+        return image.id or store.put(image.image, tool="input", params={"field": image.field}).id
+
+    out: dict[str, Any] = {}
+    if request.init is not None:
+        out.update(init_image=stored(request.init), strength=request.strength)
+    if request.references and request.editor:
+        out.update(references=[stored(r) for r in request.references], references_through="editor")
+    elif request.references:
+        assert request.adapter is not None
+        out.update(
+            references=[stored(r) for r in request.references],
+            reference_strength=request.reference_strength,
+            adapter=request.adapter.name,
+            references_through="ip-adapter",
+        )
+    return out
 
 
 def finish_foreground(

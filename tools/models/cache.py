@@ -369,6 +369,13 @@ class ModelCache:
         """The models in memory now, by name (a copy: the cache may change it meanwhile)."""
         return dict(self._records)
 
+    def remeasure(self, model: Any) -> None:
+        """Measure a loaded model again after parts were added to it (an IP-Adapter and its image encoder)."""
+        with self._lock:
+            for name, record in self._records.items():
+                if record.loaded.model is model:
+                    record.bytes = self._measured[name] = measure(model)
+
     def get(self, role: str, name: str | None = None) -> Loaded:
         """Load (once) and return the model for `role`. Call from the model worker thread.
 
@@ -714,6 +721,7 @@ _LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
     "lpips": _load_lpips,
     "detector": _load_detection,
     "segmenter": _load_detection,
+    "upscaler": _load_diffusers,
 }
 
 

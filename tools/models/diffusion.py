@@ -55,7 +55,11 @@ def call(
     args["generator"] = (
         generators if len(generators) > 1 or "num_images_per_prompt" in args else generators[0]
     )
-    args["callback_on_step_end"] = on_step
+    if "callback_on_step_end" in params or open_ended:
+        args["callback_on_step_end"] = on_step
+    else:  # older pipelines (StableDiffusionUpscalePipeline) take only the per-step `callback`
+        args["callback"] = lambda step, timestep, _latents: on_step(pipe, step, timestep, {})
+        args["callback_steps"] = 1
     progress.total = total
     progress.check_cancelled()
     with torch.inference_mode():
