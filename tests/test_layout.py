@@ -1,8 +1,9 @@
-"""The import layout of server/, tools/ and memory_store/: no cycles, and every layer imports only downwards.
+"""The import layout of server/, tools/, memory_store/ and evaluation/: no cycles, and every layer imports
+only downwards.
 
 The graph is read with `ast`, never by importing anything: every `import x` and `from x import y` at any
 nesting level (inside functions, `if`, `try` too), relative imports resolved, and `from pkg import module`
-counted as an import of the submodule. Only modules of the three packages are nodes. Importing `a.b.c`
+counted as an import of the submodule. Only modules of the four packages are nodes. Importing `a.b.c`
 counts as an edge to `a.b.c` alone, not to its parent packages `a` and `a.b` (as import linters do).
 
 The layers, lowest first:
@@ -12,6 +13,8 @@ The layers, lowest first:
                                LPIPS network, lives in models; metrics are model-free)
   the tool packages            import no other tool package
   server                       may import anything below it; nothing below imports server
+  evaluation                   an MCP client of the server: may import server and anything below; nothing
+                               imports it but server.cli, whose `eval` command hands over to evaluation.cli
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("server", "tools", "memory_store")
+PACKAGES = ("server", "tools", "memory_store", "evaluation")
+EVAL_ENTRY = ("server.cli", "evaluation.cli")  # the one import of evaluation from below it
 
 CORE = "tools.core"
 LOW = ("tools.models", "tools.metrics")
-# the tool packages: each wraps one tool (tools/memory.py is a module, not a folder, but is one of them)
+# the tool packages: each wraps one tool
 TOOL_PACKAGES = (
     "tools.generate",
     "tools.refine_region",
@@ -36,6 +40,7 @@ TOOL_PACKAGES = (
     "tools.search",
     "tools.session",
     "tools.memory",
+    "tools.cut_out",
 )
 
 
@@ -220,8 +225,14 @@ def layering_problems(edges: Iterable[Edge]) -> list[str]:
     for edge in edges:
         source, target = edge.source, edge.target
         rule = None
-        if within(target, "server") and not within(source, "server"):
-            rule = "only server imports server"
+        if (
+            within(target, "evaluation")
+            and not within(source, "evaluation")
+            and (source, target) != EVAL_ENTRY
+        ):
+            rule = "only evaluation imports evaluation (and server.cli, evaluation.cli only)"
+        elif within(target, "server") and not within(source, "server") and not within(source, "evaluation"):
+            rule = "only server and evaluation import server"
         elif within(source, "memory_store") and within(target, "tools"):
             rule = "memory_store imports no part of tools"
         elif (
