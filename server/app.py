@@ -19,22 +19,26 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, Tool, ToolExecution
 
 from server import (
+    cut_out_tools,
     generate_tools,
     jobs_tools,
     judge_tools,
     locate_tools,
     memory_tools,
     models_tools,
+    outpaint_tools,
     prompts,
     protocol,
     refine_tools,
     search_tools,
     session_tools,
+    upscale_tools,
 )
 from server.context import AppContext, app_context, unload_idle_models
-from server.protocol import TASK_TOOLS, package_version
+from server.protocol import package_version
 from server.settings import Settings
 from server.stdio import serve_stdio
+from server.tasks import TASK_TOOLS, TASKS_EXTENSION, TasksExtension
 from tools.core.fetch import FetchLimits, SafeFetcher
 from tools.core.images import ImageStore
 from tools.models.cache import ModelCache
@@ -42,16 +46,19 @@ from tools.models.runner import LocalRunner, Runner, UnavailableRunner
 
 logger = logging.getLogger("limner")
 
-INSTRUCTIONS = """\
+INSTRUCTIONS = f"""\
 limner runs local image models for you; you do the planning. The loop that closes the context gap:
 1. search / fetch_page for facts and reference images the model cannot know; remember what matters.
 2. recall preferences and facts before writing the prompt.
 3. generate several candidates (n=3..4), then judge them: judge ranks them and says what to fix.
 4. refine_region the failing region of the best candidate (bit-exact outside the region), judge again.
-5. remember the outcome. Long generations return a job handle: poll it with `jobs` (a host with MCP tasks
-   can run generate, refine_region and judge as tasks instead).
+5. remember the outcome. Model work that outlasts the server's wait answers status="running" with a job
+   handle: poll it with `jobs` (action="wait"). Where the host has MCP tasks, these run as tasks instead:
+   {", ".join(TASK_TOOLS)} (2025-11-25: the host asks for a task and
+   polls tasks/get, tasks/result; 2026-07-28: a client that declares the {TASKS_EXTENSION} extension
+   gets a task where others get a job handle, and polls tasks/get); the result is the direct call's.
 The prompts close_context_gap and product_scene spell the loop out; limner://images/<id>/lineage shows how an
-image was made; limner://session/log lists this session's calls and the path of its HTML gallery.
+image was made; limner://session/log lists this session's own calls and where its HTML gallery page is.
 Results made with the tiny offline models say so: they are noise, useful only to test the plumbing."""
 
 
@@ -116,7 +123,7 @@ class LimnerServer(MCPServer):
                             "additionalProperties": False,
                         },
                         "output_schema": identified(tool.name, slim(tool.output_schema, fold_nullable=True)),
-                        # 2025-11-25 hosts may run these as tasks (server/protocol.py); later versions drop it
+                        # 2025-11-25 hosts may run these as tasks (server/tasks.py); later versions drop it
                         "execution": ToolExecution(task_support="optional")
                         if tool.name in TASK_TOOLS
                         else tool.execution,
@@ -237,7 +244,14 @@ def make_runner(settings: Settings, models: ModelCache) -> Runner:
             '`pip install "limner[ray]"`, or set LIMNER_RUNNER=local.'
         )
     options = RayOptions(
-        address=settings.ray_address, num_gpus=dict(settings.ray_num_gpus), replicas=settings.ray_replicas
+        address=settings.ray_address,
+        num_gpus=dict(settings.ray_num_gpus),
+        num_cpus=settings.ray_num_cpus,
+        replicas=settings.ray_replicas,
+        max_replicas=settings.ray_max_replicas,
+        min_replicas=settings.ray_min_replicas,
+        target_ongoing_requests=settings.ray_target_ongoing_requests,
+        lease_s=settings.ray_lease_s,
     )
     cache = CacheArgs(
         settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline
@@ -293,6 +307,7 @@ def build_server(settings: Settings) -> MCPServer:
         # the listing is fixed for the life of the process: a 2026-07-28 client may reuse it for a while
         # (the SDK's Client does) instead of asking again on every turn
         cache_hints={"tools/list": CacheHint(ttl_ms=LISTING_TTL_MS)},
+        extensions=[TasksExtension()],  # 2026-07-28 tasks (server/tasks.py)
     )
 
     @server.resource(
@@ -316,6 +331,9 @@ def build_server(settings: Settings) -> MCPServer:
         judge_tools,
         models_tools,
         locate_tools,
+        outpaint_tools,
+        cut_out_tools,
+        upscale_tools,
     ):
         wiring.register(server)
     session_tools.register(server, settings)

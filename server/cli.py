@@ -1,4 +1,5 @@
-"""The `limner` command: `serve` (stdio by default, `--http` for streamable HTTP), `call`, `demo`, `models`.
+"""The `limner` command: `serve` (stdio by default, `--http` for streamable HTTP), `call`, `demo`, `models`,
+`memory export|import FILE.jsonl`, `eval` (evaluation/cli.py).
 
 Stdout belongs to the MCP protocol in stdio mode: every log line goes to stderr.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -62,6 +64,18 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole loop over stdio and write the session's HTML gallery")
     common(demo)
 
+    memory = sub.add_parser("memory", help="export every memory to JSON Lines, or import such a file")
+    common(memory)
+    memory.add_argument("action", choices=["export", "import"])
+    memory.add_argument(
+        "file", help="FILE.jsonl (a bare name is under home/exports; an export never overwrites)"
+    )
+    memory.add_argument("--url", help="a running server's MCP URL (default: an in-process server)")
+    memory.add_argument("--token", help="bearer token to send to --url (default: LIMNER_TOKEN)")
+
+    # handled before parsing (main): evaluation/cli.py reads its own flags; listed here for --help
+    sub.add_parser("eval", help="run GenEval / GenEval++ prompts through the policies (limner eval --help)")
+
     # no --unload: this process has nothing loaded; a running server's models are unloaded with its
     # `models` tool (limner call models --url ... --arg action=unload --arg role_or_model=generator)
     models = sub.add_parser("models", help="print each role's model and every known model as JSON")
@@ -69,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-CLI_ONLY = {"command", "config", "http", "tool", "arg", "json_arguments", "url"}
+CLI_ONLY = {"command", "config", "http", "tool", "arg", "json_arguments", "url", "action", "file"}
 SERVE_FLAGS = {
     "home": "--home",
     "profile": "--profile",
@@ -91,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     # 450 ms instead of 25 ms next to a busy diffusion step); passive waiting costs nothing measurable.
     # It only takes effect before torch is imported, which the server does lazily, after this line.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # an MCP client of this server, above it in the layers: reached only from here
+        from evaluation.cli import main as eval_main
+
+        return eval_main(argv[1:])
     args = parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
     try:
@@ -119,7 +138,7 @@ def unusable_home(home: Path) -> str | None:
 
 
 def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) -> int:
-    in_process = args.command in ("serve", "demo") or (args.command == "call" and not args.url)
+    in_process = args.command in ("serve", "demo") or (args.command in ("call", "memory") and not args.url)
     if in_process and (problem := unusable_home(settings.home)) is not None:
         print(problem, file=sys.stderr)
         return 2
@@ -130,6 +149,10 @@ def _run(args: argparse.Namespace, flags: dict[str, Any], settings: Settings) ->
         from server.call import run_call
 
         return run_call(settings, args.tool, args.arg, args.json_arguments, args.url)
+    if args.command == "memory":  # the export_memory / import_memory tools, as `limner call` runs them
+        from server.call import run_call
+
+        return run_call(settings, f"{args.action}_memory", None, json.dumps({"path": args.file}), args.url)
     if args.command == "demo":
         from server.demo import run_demo
 
@@ -229,8 +252,11 @@ def http_app(server: Any, settings: Settings) -> Any:
             for origin in (f"{scheme}://{n}", f"{scheme}://{n}:*")
         ],
     )
-    app = HostCheck(server.streamable_http_app(transport_security=security, host=settings.host), security)
-    return BearerAuth(app, settings.token) if settings.token else app
+    http = server.streamable_http_app(
+        transport_security=security, host=settings.host, session_idle_timeout=settings.session_idle_s
+    )
+    app = HostCheck(http, security)
+    return BearerAuth(app, settings.token, settings.admin_token) if settings.token else app
 
 
 class HostCheck:
@@ -279,17 +305,23 @@ def canonical_origin(origin: bytes) -> bytes:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`, else 401."""
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>` (or the admin token,
+    which also sees every session: server/context.py `is_admin`), else 401."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, token: str, admin_token: str | None = None) -> None:
         self.app = app
         self.expected = token.encode()
+        self.admin = admin_token.encode() if admin_token else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scheme, _, given = dict(scope.get("headers", [])).get(b"authorization", b"").partition(b" ")
             # the scheme is case-insensitive (RFC 9110 11.1), the token compared in constant time
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
+            given = given.strip()
+            known = hmac.compare_digest(given, self.expected) | (
+                self.admin is not None and hmac.compare_digest(given, self.admin)
+            )
+            if scheme.lower() != b"bearer" or not known:
                 await send(
                     {
                         "type": "http.response.start",

@@ -20,7 +20,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from tools.models.specs import PRESETS, ModelSpec
@@ -36,6 +38,7 @@ DEFAULT_ROLES = {
     "lpips": "lpips-alex",
     "detector": "grounding-dino-tiny",
     "segmenter": "sam-vit-base",
+    "upscaler": "x4-upscaler",
 }
 
 
@@ -95,6 +98,18 @@ class Settings(BaseModel):
     max_wait_s: float = Field(
         default=45.0, ge=0, description="A call that would run longer returns a job handle instead."
     )
+    max_jobs_per_session: int = Field(
+        default=4,
+        ge=1,
+        description="Most queued or running model jobs one session may have (all sessionless HTTP clients "
+        "together count as one); a model call beyond it is refused as busy.",
+    )
+    session_idle_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="An HTTP session with no request in flight for this long ends, as a DELETE ends it: its "
+        "queued and running model jobs are cancelled.",
+    )
     max_pixels: int = Field(default=2048 * 2048, gt=0, description="Largest width*height a tool will make.")
     max_steps: int = Field(default=150, gt=0, description="Most denoising steps per call.")
     max_batch: int = Field(default=8, gt=0, description="Most candidates per generate call.")
@@ -131,10 +146,33 @@ class Settings(BaseModel):
     )
     ray_num_gpus: Annotated[dict[str, float], BeforeValidator(_role_numbers)] = Field(
         default_factory=dict,
-        description="GPUs per replica by role (generator, inpainter, editor, judge), e.g. "
-        "'generator=1,judge=0.25'; default 1 (judge 0.25) where the cluster has GPUs, 0 where it has none.",
+        description="GPUs per replica by role (generator, inpainter, editor, judge, detector), e.g. "
+        "'generator=1,judge=0.25'; default: the largest gpu_fraction of the role's model specs, else 1 "
+        "(judge and detector 0.25) where the cluster has GPUs, 0 where it has none.",
     )
-    ray_replicas: int = Field(default=1, ge=1, le=64, description="Replicas per role's deployment.")
+    ray_num_cpus: float = Field(default=0.5, ge=0, le=256, description="CPUs per replica of every role.")
+    ray_replicas: int = Field(
+        default=1, ge=1, le=64, description="Replicas per role's deployment (without ray_max_replicas)."
+    )
+    ray_max_replicas: Annotated[int | None, BeforeValidator(_off_is_none)] = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Set: each role autoscales between ray_min_replicas and this (ray_replicas is then unused).",
+    )
+    ray_min_replicas: int = Field(
+        default=1, ge=0, le=64, description="With ray_max_replicas: the fewest replicas; 0 scales to zero."
+    )
+    ray_target_ongoing_requests: float = Field(
+        default=1.0, gt=0, le=64, description="With ray_max_replicas: calls per replica autoscaling aims at."
+    )
+    ray_lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="A replica stops a job whose limner server has not renewed its lease for this long (a "
+        "server killed outright); the server renews it every quarter of this.",
+    )
     roles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
     models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(PRESETS))
     host: str = Field(default="127.0.0.1", description="HTTP transport bind address.")
@@ -143,6 +181,11 @@ class Settings(BaseModel):
         default=None,
         description="Bearer token; required when host is not loopback. Printable ASCII, not blank, no spaces at "
         "either end (HTTP strips them from the header, so nobody could send it).",
+    )
+    admin_token: str | None = Field(
+        default=None,
+        description="An operator's bearer token (LIMNER_ADMIN_TOKEN; unset by default): an HTTP client sending it "
+        "sees every session's jobs, tasks, session log and gallery. Same rules as token, and not equal to it.",
     )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
@@ -209,7 +252,23 @@ class Settings(BaseModel):
             )
         return paths[0] if isinstance(value, Path) else paths
 
-    @field_validator("token", mode="after")
+    @model_validator(mode="after")
+    def _replica_range(self) -> Settings:
+        if self.ray_max_replicas is not None and self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError(
+                f"ray_min_replicas {self.ray_min_replicas} is above ray_max_replicas {self.ray_max_replicas}; "
+                "lower it or raise ray_max_replicas"
+            )
+        return self
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _admin_token_apart(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("token"):
+            raise ValueError("equals token, so every client would see every session; set a different one")
+        return value
+
+    @field_validator("token", "admin_token", mode="after")
     @classmethod
     def _sendable_token(cls, value: str | None) -> str | None:
         # the message never shows the token: it is a secret, and this lands in a host's log
@@ -329,7 +388,8 @@ def load_settings(
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            + ("" if e["loc"][:1] == ("token",) else f" (got {e.get('input')!r})")  # a secret: never shown
+            # a secret: never shown
+            + ("" if e["loc"][:1] in (("token",), ("admin_token",)) else f" (got {e.get('input')!r})")
             for e in exc.errors()
         )
         raise SettingsError(f"invalid settings (from {where}): {problems}") from None

@@ -21,6 +21,9 @@ from tests.conftest import connect, error_text, structured
 from tools.core.images import ImageStore, Resolved
 from tools.core.jobs import Job
 from tools.core.masks import MaskReading, box_mask
+from tools.cut_out import request as cut_out_request
+from tools.cut_out import result as cut_out_result
+from tools.cut_out import work as cut_out_work
 from tools.generate import request as generate_request
 from tools.generate import result as generate_result
 from tools.generate import work as generate_work
@@ -31,9 +34,15 @@ from tools.judge import verdict as judge_verdict
 from tools.judge import work as judge_work
 from tools.models.cache import ModelCache
 from tools.models.runner import LocalRunner
+from tools.outpaint import request as outpaint_request
+from tools.outpaint import result as outpaint_result
+from tools.outpaint import work as outpaint_work
 from tools.refine_region import request as refine_request
 from tools.refine_region import result as refine_result
 from tools.refine_region import work as refine_work
+from tools.upscale import request as upscale_request
+from tools.upscale import result as upscale_result
+from tools.upscale import work as upscale_work
 
 
 def photo(side: int = 64) -> Image.Image:
@@ -150,12 +159,74 @@ def judge_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, C
     return given, judge_work.work, finish
 
 
+def cut_out_case(named: bool) -> Callable[[Settings, ModelCache], tuple[Any, Callable, Callable]]:
+    def case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+        checked = cut_out_request.check_request(
+            object="helmet" if named else None,
+            threshold=0.0 if named else None,
+            instance=None,
+            crop=True,
+            feather=2,
+            detector=None,
+            segmenter=None,
+            models=models,
+        )
+        given = cut_out_request.CutOutWork(checked, Resolved(photo(), None, "data"))
+        return given, cut_out_work.work, cut_out_result.finish
+
+    return case
+
+
+def outpaint_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+    checked = outpaint_request.check_request(
+        prompt="a wider view",
+        left=8,
+        top=None,
+        right=None,
+        bottom=8,
+        aspect=None,
+        n=1,
+        seed=3,
+        steps=1,
+        guidance=None,
+        model=None,
+        models=models,
+        max_steps=settings.max_steps,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    growth = outpaint_request.read_growth(48, 48, checked, settings.max_pixels)
+    given = outpaint_work.OutpaintWork(checked, Resolved(photo(48), None, "data"), growth)
+    return given, outpaint_work.work, outpaint_result.finish
+
+
+def upscale_case(settings: Settings, models: ModelCache) -> tuple[Any, Callable, Callable]:
+    checked = upscale_request.check_request(
+        scale=2,
+        prompt="an astronaut",
+        creativity=0.5,
+        backend="tiled",
+        seed=2,
+        steps=2,
+        guidance=None,
+        model=None,
+        models=models,
+        max_steps=settings.max_steps,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
+    given = upscale_work.UpscaleWork(checked, Resolved(photo(32), None, "data"))
+    return given, upscale_work.work, upscale_result.finish
+
+
 CASES = {
     "generate": generate_case,
     "generate-foreground": foreground_case,
     "refine_region-inpainter": refine_case("inpainter"),
     "refine_region-classical": refine_case("classical"),
     "judge": judge_case,
+    "cut_out-named": cut_out_case(named=True),
+    "cut_out-salient": cut_out_case(named=False),
+    "outpaint": outpaint_case,
+    "upscale-tiled": upscale_case,
 }
 
 

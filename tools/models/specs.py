@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Role = Literal["generator", "inpainter", "editor", "clip", "vlm", "lpips", "detector", "segmenter"]
+Role = Literal[
+    "generator", "inpainter", "editor", "clip", "vlm", "lpips", "detector", "segmenter", "upscaler"
+]
 TINY_LABEL = "tiny-random"
 
 
@@ -19,6 +21,46 @@ class LoraSpec(BaseModel):
     source: str = Field(description="Hub id or local folder/file of the LoRA weights.")
     weight_name: str | None = None
     scale: float = 1.0
+
+
+class IPAdapterSpec(BaseModel):
+    """An IP-Adapter for a generator: where `load_ip_adapter` reads its weights and CLIP vision encoder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    source: str = Field(description="Hub id or local folder; `tiny:<kind>` for a built tiny twin.")
+    subfolder: str = Field(description="Folder inside source holding weight_name, e.g. sdxl_models.")
+    weight_name: str = Field(description="The adapter's weights file, e.g. ip-adapter_sdxl.safetensors.")
+    image_encoder_folder: str = Field(
+        default="image_encoder", description="The CLIP vision encoder's folder inside subfolder."
+    )
+
+    @property
+    def tiny_kind(self) -> str | None:
+        return self.source.removeprefix("tiny:") if self.source.startswith("tiny:") else None
+
+
+# h94/IP-Adapter's SDXL adapter (ViT-bigG image encoder); generate's `references` go through it
+IP_ADAPTER_SDXL = IPAdapterSpec(
+    name="ip-adapter-sdxl",
+    source="h94/IP-Adapter",
+    subfolder="sdxl_models",
+    weight_name="ip-adapter_sdxl.safetensors",
+)
+# its tiny twin (tools/models/twins/ip_adapter.py): the same layout, sized for the tiny SDXL UNet
+TINY_IP_ADAPTER_SDXL = IP_ADAPTER_SDXL.model_copy(
+    update={"name": "tiny-ip-adapter-sdxl", "source": "tiny:ip-adapter-sdxl"}
+)
+# the SD 1.5 adapter (ViT-H image encoder), for an SD 1.x generator of your own; its tiny twin serves `tiny`
+IP_ADAPTER_SD15 = IPAdapterSpec(
+    name="ip-adapter-sd15",
+    source="h94/IP-Adapter",
+    subfolder="models",
+    weight_name="ip-adapter_sd15.safetensors",
+)
+TINY_IP_ADAPTER_SD15 = IP_ADAPTER_SD15.model_copy(
+    update={"name": "tiny-ip-adapter-sd15", "source": "tiny:ip-adapter-sd15"}
+)
 
 
 class ModelSpec(BaseModel):
@@ -40,6 +82,9 @@ class ModelSpec(BaseModel):
         default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N."
     )
     lora: tuple[LoraSpec, ...] = ()
+    ip_adapter: IPAdapterSpec | None = Field(
+        default=None, description="The IP-Adapter generate's `references` use (SD/SDXL generators)."
+    )
     focus_size: int = Field(
         default=1024, gt=0, description="Native resolution (pixels per side) of the model."
     )
@@ -47,6 +92,13 @@ class ModelSpec(BaseModel):
     default_steps: int = Field(default=4, gt=0)
     default_guidance: float = Field(default=0.0, ge=0)
     vram_gb: float | None = Field(default=None, description="Approximate GPU memory need (documentation).")
+    gpu_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=64,
+        description="runner = ray: GPUs a replica serving this model asks for (0.25: four share a GPU); "
+        "default: 1 for generator, inpainter and editor, 0.25 for the judge and detector models.",
+    )
 
     @model_validator(mode="after")
     def _focus_fits_the_factor(self) -> ModelSpec:
@@ -70,6 +122,7 @@ PRESETS: dict[str, ModelSpec] = {
             role="generator",
             source="stabilityai/sdxl-turbo",
             dtype="float16",
+            ip_adapter=IP_ADAPTER_SDXL,
             focus_size=512,
             default_steps=4,
             default_guidance=0.0,
@@ -125,6 +178,7 @@ PRESETS: dict[str, ModelSpec] = {
             name="tiny",
             role="generator",
             source="tiny:text2image",
+            ip_adapter=TINY_IP_ADAPTER_SD15,
             focus_size=64,
             default_steps=4,
             dtype="float32",
@@ -144,6 +198,7 @@ PRESETS: dict[str, ModelSpec] = {
             role="generator",
             source="tiny:sdxl",
             pipeline="StableDiffusionXLPipeline",
+            ip_adapter=TINY_IP_ADAPTER_SDXL,
             focus_size=64,
             default_steps=4,
             default_guidance=0.0,
@@ -250,6 +305,29 @@ PRESETS: dict[str, ModelSpec] = {
             default_guidance=4.0,  # as qwen-image-edit's: its negative prompt and true CFG run here too
             dtype="float32",
         ),
+        # upscale's model backend: a 4x latent upscaler; focus_size is the low-res tile side it was trained on
+        # (128 px in, 512 px out); tiny-x4-upscaler is its twin (tools/models/twins/upscale.py)
+        ModelSpec(
+            name="x4-upscaler",
+            role="upscaler",
+            source="stabilityai/stable-diffusion-x4-upscaler",
+            pipeline="StableDiffusionUpscalePipeline",
+            dtype="float16",
+            focus_size=128,
+            default_steps=20,
+            default_guidance=9.0,
+            vram_gb=6,
+        ),
+        ModelSpec(
+            name="tiny-x4-upscaler",
+            role="upscaler",
+            source="tiny:x4-upscaler",
+            pipeline="StableDiffusionUpscalePipeline",
+            focus_size=32,
+            default_steps=2,
+            default_guidance=9.0,
+            dtype="float32",
+        ),
         # judge's perceptual distance; no tiny form: random weights would give numbers that mean nothing
         ModelSpec(name="lpips-alex", role="lpips", source="lpips-alex", dtype="float32", focus_size=1024),
     )
@@ -261,6 +339,7 @@ TINY_FOR_ROLE = {
     "vlm": "tiny-vlm",
     "detector": "tiny-grounding-dino-tiny",
     "segmenter": "tiny-sam-vit-base",
+    "upscaler": "tiny-x4-upscaler",
 }
 
 
