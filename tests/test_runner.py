@@ -33,7 +33,7 @@ from tools.judge import request as judge_request
 from tools.judge import verdict as judge_verdict
 from tools.judge import work as judge_work
 from tools.models.cache import ModelCache
-from tools.models.runner import LocalRunner
+from tools.models.runner import LocalRunner, Turns
 from tools.outpaint import request as outpaint_request
 from tools.outpaint import result as outpaint_result
 from tools.outpaint import work as outpaint_work
@@ -349,3 +349,44 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames(tmp_
     gc.collect()
     assert held[0]() is None  # the frame's locals went with the traceback
     assert queued.status == "cancelled" and queued.started is None  # it never ran
+
+
+def test_turns_with_two_places_run_two_jobs_at_once_and_give_each_freed_place_to_the_least_served_session():
+    """The Ray runner's places: one per replica of a role (here two), handed out as the local runner's one."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    turns, gate, order, running, most = Turns(2, pool.submit), threading.Semaphore(0), [], [0], [0]
+    lock = threading.Lock()
+    done = threading.Event()
+    jobs = [Job(f"job_{k}", "generate", "") for k in range(6)]
+    owners = ["a", "a", "a", "a", "b", "c"]
+
+    def run(job: Job) -> Callable[[], None]:
+        def turn() -> None:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+                order.append(job.id)
+            assert gate.acquire(timeout=30)  # each job holds its place until the test lets one go
+            with lock:
+                running[0] -= 1
+                if len(order) == len(jobs) - 1 and running[0] == 0:  # all but the cancelled one
+                    done.set()
+
+        return turn
+
+    for job, who in zip(jobs, owners, strict=True):
+        job.owner = who
+        turns.add(job, run(job))
+    jobs[3].cancel()  # cancelled while it waits: dropped, never run
+    for _ in range(len(jobs)):
+        gate.release()
+    try:
+        assert done.wait(30), order
+    finally:
+        pool.shutdown(wait=False)
+    assert most[0] == 2  # never more jobs at once than places
+    # a's first two take both places; as each ends, the sessions never served (b, then c) go first, then a's
+    # next; a's fourth was cancelled while it waited
+    assert order == ["job_0", "job_1", "job_4", "job_5", "job_2"]

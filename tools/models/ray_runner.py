@@ -6,7 +6,9 @@ which holds its role's models warm in its own `ModelCache`. A call is a streamed
 and then the output (plain data: it pickles), and this process finishes it (stores the images in its own store,
 encodes previews), so a worker machine needs no access to LIMNER_HOME. Cancelling a job cancels its stream; the
 replica sets the job's flag, which the work checks at its next step (cancelling an actor task cannot stop a
-thread). Replicas run one job at a time, in order, like the local model thread.
+thread). Replicas run one job at a time, like the local model thread; this server sends a role no more jobs
+than it may have replicas, and gives those places fairly across its sessions (runner.py `Turns`); fairness
+across several servers sharing a cluster is Serve's, first come.
 
 A server killed outright cannot cancel anything: each job carries its server's lease, which the server renews
 on the board (ray_board.py) every quarter of `ray_lease_s`, and a replica stops a job whose lease is older than
@@ -46,7 +48,7 @@ from tools.models.ray_deploy import (
     unload_remote,
 )
 from tools.models.ray_replica import CacheArgs, Lease, RoleWorker
-from tools.models.runner import Finish, JobBook, Work, complete, failed, start
+from tools.models.runner import Finish, JobBook, Turns, Work, complete, failed, start
 from tools.models.specs import ModelSpec
 
 __all__ = ["CacheArgs", "Lease", "RayOptions", "RayRunner", "RoleWorker"]
@@ -69,6 +71,8 @@ class RayRunner(JobBook):
             max_workers=1, thread_name_prefix="limner-finish"
         )
         self._handles: dict[str, Any] = {}
+        self._turns: dict[str, Turns] = {}  # per role
+        self._turns_lock = threading.Lock()
         self._connect = threading.Lock()
         # this server's lease: every job carries it; renewed on the board until shutdown
         self.lease = Lease(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}", options.lease_s)
@@ -87,8 +91,17 @@ class RayRunner(JobBook):
         role: str = "",
     ) -> Job:
         job = self.new_job(tool, description)
-        self._streams.submit(self._follow, job, role, work, request, finish)
+        self._turns_for(role).add(job, lambda: self._follow(job, role, work, request, finish))
         return job
+
+    def _turns_for(self, role: str) -> Turns:
+        """The role's places: one per replica it may have (each runs one job at a time), given out fairly
+        across this server's sessions as the local runner's one place is; Serve would queue first come."""
+        with self._turns_lock:  # not _connect: submit must not wait behind a connection being made
+            if role not in self._turns:
+                slots = self.options.max_replicas or self.options.replicas
+                self._turns[role] = Turns(slots, self._streams.submit)
+            return self._turns[role]
 
     def _follow(self, job: Job, role: str, work: Work, request: Any, finish: Finish | None) -> None:
         """Send the job to its role's deployment and follow its stream to the end."""

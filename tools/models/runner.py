@@ -89,6 +89,50 @@ def start(job: Job) -> bool:
         return True
 
 
+class Turns:
+    """Jobs waiting for one of `slots` places to run, given out fairly across sessions: each place goes to the
+    waiting job of the session served least recently (a session never served first), the oldest of that
+    session's; jobs cancelled while they waited are dropped. `launch(fn)` starts a turn on a worker. The local
+    runner has one place (its model thread); the Ray runner one per replica of a role."""
+
+    def __init__(self, slots: int, launch: Callable[[Callable[[], None]], Any]) -> None:
+        self.slots = max(1, slots)
+        self._launch = launch
+        self._waiting: list[tuple[Job, Callable[[], None]]] = []  # submitted, not yet given a turn
+        self._running = 0
+        self._served: dict[str, int] = {}  # owner -> the turn it was last given
+        self._turns = itertools.count()
+        self._lock = threading.Lock()
+
+    def add(self, job: Job, run: Callable[[], None]) -> None:
+        with self._lock:
+            self._waiting.append((job, run))
+        self._give()
+
+    def _give(self) -> None:
+        picked = []
+        with self._lock:
+            self._waiting = [(job, run) for job, run in self._waiting if job.status == "queued"]
+            while self._running < self.slots and self._waiting:
+                index = min(
+                    range(len(self._waiting)),
+                    key=lambda i: (self._served.get(self._waiting[i][0].owner, -1), i),
+                )
+                picked.append(self._waiting.pop(index))
+                self._running += 1
+        for job, run in picked:
+            self._launch(lambda job=job, run=run: self._turn(job, run))
+
+    def _turn(self, job: Job, run: Callable[[], None]) -> None:
+        try:
+            run()
+        finally:  # credited after the run: a job started at once may not have had its owner yet
+            with self._lock:
+                self._served[job.owner] = next(self._turns)
+                self._running -= 1
+            self._give()
+
+
 class LocalRunner(JobBook):
     """Model work on one thread of this process, finishing on another; the jobs kept for the `jobs` tool."""
 
@@ -101,10 +145,7 @@ class LocalRunner(JobBook):
         self._finish_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="limner-finish"
         )
-        self._waiting: list[tuple[Job, Callable[[], None]]] = []  # submitted, not yet given a turn
-        self._served: dict[str, int] = {}  # owner -> the turn it was last given
-        self._turns = itertools.count()
-        self._lock = threading.Lock()
+        self._turns = Turns(1, self._model_thread.submit)
 
     def submit(
         self,
@@ -130,28 +171,8 @@ class LocalRunner(JobBook):
                 return
             self._finish_thread.submit(complete, job, finish, output)
 
-        with self._lock:
-            self._waiting.append((job, run))
-        self._model_thread.submit(self._next_turn)  # one turn per job; which job it runs is decided then
+        self._turns.add(job, run)
         return job
-
-    def _next_turn(self) -> None:
-        """Run the waiting job of the session served least recently (a session never served first), the
-        oldest of that session's; jobs cancelled while they waited are dropped."""
-        with self._lock:
-            self._waiting = [(job, run) for job, run in self._waiting if job.status == "queued"]
-            if not self._waiting:
-                return
-            index = min(
-                range(len(self._waiting)),
-                key=lambda i: (self._served.get(self._waiting[i][0].owner, -1), i),
-            )
-            job, run = self._waiting.pop(index)
-        try:
-            run()
-        finally:  # credited after the run: a job an idle thread started at once may not have had its owner yet
-            with self._lock:
-                self._served[job.owner] = next(self._turns)
 
     def shutdown(self) -> None:
         for job in self.jobs.values():
