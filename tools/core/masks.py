@@ -102,6 +102,11 @@ def _colour_mask(
 
 
 # -- regions --------------------------------------------------------------------------------------------
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A bool mask as limner stores masks: an 8-bit image, 255 inside and 0 outside (what read_mask reads)."""
+    return Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
+
+
 def tight_bbox(mask: np.ndarray) -> Box | None:
     """The smallest box holding every True pixel (exclusive end), or None for an empty mask."""
     rows = np.flatnonzero(mask.any(axis=1))

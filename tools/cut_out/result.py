@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from tools.core.checks import TINY_NOISE
 from tools.core.images import DEEP_MODES, ImageRef, ImageStore, ensure_stored
 from tools.core.jobs import JobHandle
-from tools.core.masks import Box, expand, tight_bbox
+from tools.core.masks import Box, expand, mask_image, tight_bbox
 from tools.cut_out.request import CutOutWork
 from tools.cut_out.work import CutOutOutput, model_image
 
@@ -133,7 +133,7 @@ def finish(
         "segmenter": request.segmenter,
     }
     mask_id = store.put(
-        Image.fromarray(output.mask.astype(np.uint8) * 255),
+        mask_image(output.mask),
         tool="cut_out",
         params={**params, "role": "mask"},
         parents=[source_id],

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageStore
-from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, reach
+from tools.core.masks import BLEND_BLUR, BLEND_DILATE, box_mask, dilate, mask_image, reach
 from tools.judge import expect
 from tools.judge.types import (
     ALIGNMENT_FULL,
@@ -185,7 +185,7 @@ def _expectations(
             return None
         if id(instance) not in masks:
             masks[id(instance)] = store.put(
-                Image.fromarray(instance.mask.astype(np.uint8) * 255),
+                mask_image(instance.mask),
                 tool="judge",
                 params={"mask": "expect instance", "box": list(instance.box)},
                 parents=[image_id] if image_id else [],

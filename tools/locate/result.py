@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from tools.core.checks import TINY_NOISE
 from tools.core.images import PREVIEW_MAX_SIDE, ImageStore, ensure_stored
 from tools.core.jobs import JobHandle
-from tools.core.masks import tight_bbox
+from tools.core.masks import mask_image, tight_bbox
 from tools.locate.request import LocateRequest, LocateWork
 from tools.locate.work import Instance, LocateOutput, model_image
 
@@ -96,7 +96,7 @@ def store_mask(
 ) -> str:
     """One instance's mask stored as an 8-bit PNG (white = the object), the searched image its parent."""
     return store.put(
-        Image.fromarray(inst.mask.view(np.uint8) * np.uint8(255)),
+        mask_image(inst.mask),
         tool="locate",
         params={
             "object": inst.name,

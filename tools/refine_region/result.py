@@ -14,6 +14,7 @@ from tools.core.checks import TINY_NOISE
 from tools.core.images import ImageRef, ImageStore, ensure_stored
 from tools.core.jobs import JobHandle
 from tools.core.masks import (
+    mask_image,
     reach,
 )
 from tools.models.detection import CLOSE_SCORE
@@ -209,7 +210,7 @@ def store_located(located: Located, input_id: str, store: ImageStore) -> Located
     """Store the located mask as locate stores its masks (the input its parent); what the result says of it."""
     chosen, query = located.chosen, located.query
     mask_id = store.put(
-        Image.fromarray(located.mask.view(np.uint8) * np.uint8(255)),
+        mask_image(located.mask),
         tool="locate",
         params={
             "object": query.name,
