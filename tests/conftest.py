@@ -15,11 +15,30 @@ from typing import Any
 
 import pytest
 from mcp import Client
+from PIL import Image
+from skimage import data
 
 from server.app import build_server
 from server.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def photo(name: str, width: int, height: int) -> Image.Image:
+    """A scikit-image photograph (astronaut, coffee, chelsea, ...) as RGB, resized with Lanczos."""
+    return (
+        Image.fromarray(getattr(data, name)())
+        .convert("RGB")
+        .resize((width, height), Image.Resampling.LANCZOS)
+    )
+
+
+def saved(home: Path, image: Image.Image, name: str) -> str:
+    """`image` written as a file under `home` (a path tools may read); its path."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / name
+    image.save(path)
+    return str(path)
 
 
 def server_env(home: Path, models_path: Path | None = None, **extra: str) -> dict[str, str]:

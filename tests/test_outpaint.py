@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
 
-from tests.conftest import connect, error_text, structured
+from tests.conftest import connect, error_text, photo, saved, structured
 
 pytestmark = pytest.mark.anyio
 
 BAND = 64 // 8  # the tiny inpainter's native size is 64 px: an eighth of it
 PER_PASS = 64 // 2
-
-
-def photo(name: str, width: int, height: int) -> Image.Image:
-    return (
-        Image.fromarray(getattr(data, name)())
-        .convert("RGB")
-        .resize((width, height), Image.Resampling.LANCZOS)
-    )
-
-
-def saved(home: Path, image: Image.Image, name: str) -> str:
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / name
-    image.save(path)
-    return str(path)
 
 
 def stored(ref: dict) -> np.ndarray:

@@ -4,33 +4,16 @@ scikit-image photographs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anyio
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from skimage import data
 
-from tests.conftest import connect, error_text, structured
+from tests.conftest import connect, error_text, photo, saved, structured
 from tools.upscale.tiles import Blender, boxes
 
 pytestmark = pytest.mark.anyio
-
-
-def photo(name: str, width: int, height: int) -> Image.Image:
-    return (
-        Image.fromarray(getattr(data, name)())
-        .convert("RGB")
-        .resize((width, height), Image.Resampling.LANCZOS)
-    )
-
-
-def saved(home: Path, image: Image.Image, name: str) -> str:
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / name
-    image.save(path)
-    return str(path)
 
 
 def stored(ref: dict) -> np.ndarray:
