@@ -57,6 +57,7 @@ logger = logging.getLogger("limner.ray")
 
 WATCH_S = 0.2  # how often a job's stream is checked for a local cancel
 CONNECT_TIMEOUT_S = 5.0
+RENEW_JOIN_S = 2.0  # shutdown waits this long for a lease renewal in flight (a call takes milliseconds)
 
 
 # -- the caller ----------------------------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class RayRunner(JobBook):
         self.lease = Lease(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}", options.lease_s)
         self._board: Any = None
         self._stopped = threading.Event()
+        self._renewing: threading.Thread | None = None
         # which spec a role would use (nothing loads here): for the GPUs its deployment asks for
         self._specs = ModelCache(cache.models, cache.roles, cache.profile, cache.models_dir, cache.offline)
 
@@ -210,7 +212,8 @@ class RayRunner(JobBook):
         if self._board is None:
             self._board = board()
             ray.get(self._board.renew.remote(self.lease.server), timeout=30)
-            threading.Thread(target=self._renew, name="limner-lease", daemon=True).start()
+            self._renewing = threading.Thread(target=self._renew, name="limner-lease", daemon=True)
+            self._renewing.start()
 
     def _renew(self) -> None:
         """Renew this server's lease every quarter of its timeout until shutdown (or the process dies: then the
@@ -219,7 +222,9 @@ class RayRunner(JobBook):
         while not self._stopped.wait(every) and ray.is_initialized():  # a call after ray.shutdown would
             try:  # start a new local cluster (Ray's auto-init)
                 ray.get(self._board.renew.remote(self.lease.server), timeout=every)
-            except RayError as exc:  # the board restarting, the cluster unreachable: try again next time
+            except Exception as exc:  # the board restarting, the cluster unreachable: try again next time
+                if self._stopped.is_set():  # shutdown raced the call (Ray may be going down too): done
+                    return
                 logger.warning(
                     "could not renew the lease on the Ray cluster: %s", str(exc).splitlines()[0][:200]
                 )
@@ -263,6 +268,8 @@ class RayRunner(JobBook):
         for job in self.jobs.values():
             job.cancel()
         self._stopped.set()
+        if self._renewing is not None:  # no renewal may reach Ray after this returns (the process may
+            self._renewing.join(timeout=RENEW_JOIN_S)  # shut Ray down next, and a late call would fail)
         if self._board is not None and ray.is_initialized():
             self._board.release.remote(self.lease.server)  # not waited on: the server is stopping
         self._streams.shutdown(wait=False, cancel_futures=True)
