@@ -50,7 +50,7 @@ SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 PAGE_KEY = re.compile(r"^[0-9a-f]{32}$")
 GALLERY_DEBOUNCE_S = 1.0  # the page file catches up this long after calls that touched images
 # lineage fields worth showing an agent, besides the parameters
-LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "region_mask_id", "scores")
+LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "region_mask_id")
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,8 @@ def register(server: MCPServer, settings: Settings) -> None:
         URI_PREFIX + "{image_id}/lineage",
         name="image-lineage",
         description="Where an image came from: the image and every ancestor, nearest first, each with the "
-        "tool and parameters that made it (generate prompt and seed, refine_region box and mask, inputs).",
+        "tool and parameters that made it (generate prompt and seed, refine_region box and mask, inputs) and "
+        "judge's latest verdict and scores of it (null when it was never judged).",
         mime_type="application/json",
     )
     def lineage_resource(image_id: str, ctx: Context) -> str:
@@ -262,6 +263,7 @@ def register(server: MCPServer, settings: Settings) -> None:
                     "created": meta.get("created"),
                     "size": [meta.get("width"), meta.get("height")],
                     **{k: meta[k] for k in LINEAGE_INFO if k in meta},
+                    "judge": store.notes(meta["id"]).get("judge"),  # its latest scores; null if never judged
                 }
             )
         return json.dumps({"image_id": image_id, "lineage": chain}, default=str)

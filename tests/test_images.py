@@ -216,14 +216,27 @@ async def test_bad_image_references_through_a_tool_name_the_field_and_store_noth
         assert structured(good)["judgements"][0]["width"] == photo.width
 
 
-def test_metadata_updates_from_several_threads_are_all_kept(store, photo):
+def test_notes_from_several_threads_are_all_kept_and_never_touch_the_metadata(store, photo):
     from concurrent.futures import ThreadPoolExecutor
 
     image_id = store.put(photo, tool="test").id
+    meta_file = store.root / f"{image_id}.json"
+    written = meta_file.read_bytes()
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: store.update_meta(image_id, **{f"score_{i}": i}), range(200)))
-    meta = store.meta(image_id)
-    assert all(meta[f"score_{i}"] == i for i in range(200)) and meta["tool"] == "test"
+        list(pool.map(lambda i: store.annotate(image_id, **{f"score_{i}": i}), range(200)))
+    notes = store.notes(image_id)
+    assert all(notes[f"score_{i}"] == i for i in range(200))
+    assert meta_file.read_bytes() == written  # the lineage is written once
+
+
+def test_notes_keep_the_latest_fields_and_skip_a_line_a_crash_cut_off(store, photo):
+    image_id = store.put(photo, tool="test").id
+    store.annotate(image_id, judge={"verdict": "fix"}, note="first")
+    with (store.root / f"{image_id}.notes.jsonl").open("a") as notes:
+        notes.write('{"judge": {"verd')  # cut off mid-write
+    store.annotate(image_id, judge={"verdict": "pass"})
+    assert store.notes(image_id) == {"judge": {"verdict": "pass"}, "note": "first"}
+    assert store.meta(image_id)["tool"] == "test"
 
 
 def test_masks_are_read_the_way_painting_tools_save_them_and_ambiguous_ones_are_refused():

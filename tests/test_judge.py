@@ -14,6 +14,7 @@ from PIL import Image
 from skimage import data
 
 from tests.conftest import connect, error_text, structured
+from tools.core.images import ImageStore
 
 pytestmark = pytest.mark.anyio
 
@@ -220,10 +221,13 @@ async def test_judging_generated_candidates_stores_the_scores_on_each_and_says_t
     assert out["best_id"] == ids[out["best"]]
     for judgement, image_id in zip(out["judgements"], ids, strict=True):
         assert judgement["id"] == image_id
-        stored = json.loads((settings.images_dir / f"{image_id}.json").read_text())["judge"]
+        stored = ImageStore(settings.images_dir).notes(image_id)["judge"]
         assert stored["verdict"] == judgement["verdict"] and stored["overall"] == judgement["overall"]
         assert stored["checklist"] == {a["question"]: a["p_yes"] for a in judgement["checklist"]}
         assert stored["tiny"] is True
+        async with connect(settings) as client:  # and the lineage resource shows them
+            resource = await client.read_resource(f"limner://images/{image_id}/lineage")
+        assert json.loads(resource.contents[0].text)["lineage"][0]["judge"] == stored
 
 
 async def test_a_judge_that_outlives_max_wait_returns_a_job_whose_result_jobs_returns(make_settings):

@@ -64,7 +64,7 @@ class ImageStore:
     def __init__(self, root: Path, max_pixels: int = 8192 * 8192) -> None:
         self.root = root
         self.max_pixels = max_pixels
-        self._meta_lock = threading.Lock()  # update_meta reads, changes and writes: one at a time
+        self._meta_lock = threading.Lock()  # annotate reads, changes and writes: one at a time
         root.mkdir(parents=True, exist_ok=True)
 
     # -- out -------------------------------------------------------------------------------------
@@ -113,13 +113,36 @@ class ImageStore:
             mode=meta["mode"],
         )
 
-    def update_meta(self, image_id: str, **fields: Any) -> None:
-        """Add fields (scores, notes) to an image's metadata; the pixels never change. Two judges scoring
-        the same image at once both keep their fields (within this process)."""
-        with self._meta_lock:
-            meta = self.meta(image_id)
-            meta.update(fields)
-            _atomic_write(self.root / f"{image_id}.json", json.dumps(meta, default=str).encode())
+    def annotate(self, image_id: str, **fields: Any) -> None:
+        """Add fields (judge's scores) to an image's notes, a file beside its metadata: the pixels and the
+        metadata (lineage) are written once and never rewritten. Notes are one JSON line appended per call
+        (cheap: no temporary file and rename per image judged); the latest line's fields win. Notes can be
+        made again (judge the image again), so they are not synced to disk: a crash may cut off the last line,
+        which is skipped, never the image or its lineage."""
+        self._require(image_id)
+        line = ("\n" + json.dumps(fields, default=str) + "\n").encode()  # its own line after a cut-off one
+        with self._meta_lock, open(self._notes_path(image_id), "ab") as notes:  # one whole line at a time
+            notes.write(line)
+
+    def notes(self, image_id: str) -> dict[str, Any]:
+        """The image's notes, later lines' fields over earlier ones ({} when none); a line a crash cut off is
+        skipped."""
+        merged: dict[str, Any] = {}
+        try:
+            lines = self._notes_path(image_id).read_bytes().splitlines()
+        except OSError:
+            return merged
+        for line in filter(None, lines):
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(fields, dict):
+                merged.update(fields)
+        return merged
+
+    def _notes_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.notes.jsonl"
 
     # -- in --------------------------------------------------------------------------------------
     def exists(self, image_id: str) -> bool:
@@ -432,6 +455,8 @@ def preview(image: Image.Image, max_side: int = PREVIEW_MAX_SIDE) -> ImageConten
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole or keeps what it held (a temp file renamed over it), on disk before the
+    rename, so a power cut cannot leave an empty file either."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -422,7 +422,7 @@ def finish(
     )
     for j in judgements:
         if j.id is not None:
-            store.update_meta(j.id, judge=_summary(j, result, request))
+            store.annotate(j.id, judge=_summary(j, result, request))
     return result
 
 
