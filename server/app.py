@@ -119,10 +119,12 @@ class LimnerServer(MCPServer):
                     update={
                         "description": inspect.cleandoc(tool.description or ""),
                         "input_schema": {
-                            **slim(tool.input_schema, omit_null=True),
+                            **inline_refs(slim(tool.input_schema, omit_null=True)),
                             "additionalProperties": False,
                         },
-                        "output_schema": identified(tool.name, slim(tool.output_schema, fold_nullable=True)),
+                        "output_schema": identified(
+                            tool.name, inline_refs(slim(tool.output_schema, fold_nullable=True))
+                        ),
                         # 2025-11-25 hosts may run these as tasks (server/tasks.py); later versions drop it
                         "execution": ToolExecution(task_support="optional")
                         if tool.name in TASK_TOOLS
@@ -179,6 +181,40 @@ def slim(schema: Any, *, fold_nullable: bool = False, omit_null: bool = False, n
         elif not (key == "title" and isinstance(value, str)):
             out[key] = slim(value, **flags, names=key in NAME_KEYWORDS)
     return _fold_nullable(out) if fold_nullable else out
+
+
+def inline_refs(schema: Any) -> Any:
+    """The schema with every `{"$ref": "#/$defs/X"}` replaced by X (its sibling keywords, a description, kept
+    beside it) and `$defs` dropped: self-contained, for hosts whose validators do not resolve `$ref` (several
+    IDE hosts fail a whole tools/list on one), and quicker to validate (no reference lookups; the SDK's client
+    validates every structured result). A schema with a recursive definition is returned as it is."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("$defs"), dict):
+        return schema
+    defs: dict[str, Any] = schema["$defs"]
+
+    def walk(node: Any, seen: tuple[str, ...], names: bool = False) -> Any:
+        if isinstance(node, list):
+            return [walk(value, seen) for value in node]
+        if not isinstance(node, dict):
+            return node
+        if names:  # under `properties`: every value is a schema, whatever its name
+            return {key: walk(value, seen) for key, value in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            name = ref[8:]
+            if name in seen:
+                raise RecursionError(name)
+            siblings = {key: walk(value, seen) for key, value in node.items() if key != "$ref"}
+            return {**walk(defs[name], (*seen, name)), **siblings}
+        return {
+            key: value if key in VALUE_KEYWORDS else walk(value, seen, key in NAME_KEYWORDS)
+            for key, value in node.items()
+        }
+
+    try:
+        return walk({key: value for key, value in schema.items() if key != "$defs"}, ())
+    except RecursionError:
+        return schema
 
 
 def identified(tool: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:

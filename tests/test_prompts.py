@@ -89,7 +89,7 @@ async def test_the_prompts_expect_examples_are_entries_judge_accepts(settings):
     async with connect(settings) as client:
         texts = await rendered(client)
         judge = next(t for t in (await client.list_tools()).tools if t.name == "judge")
-    entry = judge.input_schema["$defs"]["Expectation"]
+    entry = judge.input_schema["properties"]["expect"]["items"]  # an Expectation
     keys = set(entry["properties"])
     for prompt, text in texts.items():
         shown = re.findall(r'\{"object": [^{}]*\}', text)

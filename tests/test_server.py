@@ -49,7 +49,7 @@ async def test_each_output_schema_has_an_id_made_from_its_content_so_validators_
     changed["required"] = [*changed.get("required", []), "extra"]
     assert identified("jobs", changed)["$id"] != tools["jobs"]["$id"]
 
-    validator = jsonschema.Draft202012Validator(tools["judge"])  # its judgements are `$ref`s to `$defs`
+    validator = jsonschema.Draft202012Validator(tools["judge"])  # its judgements were `$ref`s, now inline
     judgement = {"index": 0, "width": 8, "height": 8, "verdict": "pass", "overall": 0.5, "items": []}
     assert validator.is_valid({"status": "done", "judgements": [judgement]})
     assert not validator.is_valid({"status": "done", "judgements": [{**judgement, "verdict": "maybe"}]})
@@ -93,11 +93,48 @@ async def test_the_listing_leaves_out_generated_titles_but_keeps_fields_named_ti
     async with connect(settings) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert sum(titles(t.input_schema) + titles(t.output_schema) for t in tools.values()) == 0
-        result_schema = tools["search"].output_schema["$defs"]["SearchHit"]
+        result_schema = tools["search"].output_schema["properties"]["results"]["items"]  # a SearchHit
         assert result_schema["properties"]["title"]["type"] == "string"
         # the arguments are still checked against the full model: a wrong type is a clear error
         bad = await client.call_tool("recall", {"query": "x", "k": "many"})
         assert bad.is_error and "k" in bad.content[0].text
+
+
+async def test_every_listed_schema_is_self_contained_with_no_ref_for_hosts_that_cannot_resolve_one(settings):
+    async with connect(settings) as client:
+        tools = (await client.list_tools()).tools
+    for tool in tools:
+        for schema in (tool.input_schema, tool.output_schema):
+            text = json.dumps(schema)
+            assert '"$ref"' not in text and '"$defs"' not in text, tool.name
+
+
+def test_inline_refs_keeps_descriptions_beside_a_definition_and_leaves_a_recursive_schema_as_it_is():
+    from server.app import inline_refs
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "box": {"$ref": "#/$defs/Box", "description": "where"},
+            "default": {"$ref": "#/$defs/Box"},  # a property named like a keyword is still a schema
+            "boxes": {"type": "array", "items": {"$ref": "#/$defs/Box"}},
+        },
+        "$defs": {"Box": {"type": "array", "items": {"type": "integer"}, "default": {"$ref": "data"}}},
+    }
+    box = {"type": "array", "items": {"type": "integer"}, "default": {"$ref": "data"}}  # data stays data
+    assert inline_refs(schema) == {
+        "type": "object",
+        "properties": {
+            "box": {**box, "description": "where"},
+            "default": box,
+            "boxes": {"type": "array", "items": box},
+        },
+    }
+    tree = {
+        "$ref": "#/$defs/Node",
+        "$defs": {"Node": {"type": "object", "properties": {"kids": {"items": {"$ref": "#/$defs/Node"}}}}},
+    }
+    assert inline_refs(tree) is tree
 
 
 def test_slim_strips_titles_and_null_defaults_only_never_data_or_property_names():
