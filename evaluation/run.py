@@ -52,6 +52,9 @@ class Outcome:
     skipped: int  # pairs finished by an earlier run
     problems: list[str] = field(default_factory=list)  # suite lines left out, by line number
     rows: list[dict[str, Any]] = field(default_factory=list)  # the summary table
+    seconds: dict[str, float] = field(
+        default_factory=dict
+    )  # start (server up), pairs, report: where time went
 
 
 # -- 1. the options, checked before anything runs ---------------------------------------------------------
@@ -261,8 +264,12 @@ async def evaluate(
             file=sys.stderr,
         )
     bar = (progress or Bar)(len(todo))
+    seconds = {"start": 0.0, "pairs": 0.0}
     if todo:
+        started = time.perf_counter()
         async with Client(build_server(settings)) as client:
+            seconds["start"] = round(time.perf_counter() - started, 4)
+            started = time.perf_counter()
             with (out / "results.jsonl").open("a", encoding="utf-8") as results:
                 for prompt, policy in todo:
                     record = await run_pair(client, prompt, policy, options, out)
@@ -270,10 +277,13 @@ async def evaluate(
                     done[(prompt.line, policy)] = record
                     verdict = "error" if record["error"] else "pass" if record["passed"] else "fail"
                     bar.step(f"line {prompt.line} {policy}: {verdict} ({record['wall_s']:.1f} s)")
+            seconds["pairs"] = round(time.perf_counter() - started, 4)
+    started = time.perf_counter()
     records = sorted(done.values(), key=lambda r: (r["line"], policies.POLICIES.index(r["policy"])))
     meta = {**made_with, "problems": list(suite.problems), "policies": list(options.policies)}
     rows = report.write(out, records, meta)
-    return Outcome(out, records, len(todo), skipped, list(suite.problems), rows)
+    seconds["report"] = round(time.perf_counter() - started, 4)
+    return Outcome(out, records, len(todo), skipped, list(suite.problems), rows, seconds)
 
 
 def run_eval(options: EvalOptions, settings: Settings) -> Outcome:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -141,13 +141,20 @@ def register(server: MCPServer) -> None:
                 expect=expect,
             )
 
-        started = time.perf_counter()
-        request = await anyio.to_thread.run_sync(prepare)
-        timings = {"resolve": round(time.perf_counter() - started, 4)}
-        # the model-free checks need no model: on a thread, not queued behind model work
-        started = time.perf_counter()
-        found = await anyio.to_thread.run_sync(model_free, request)
-        timings["model_free"] = round(time.perf_counter() - started, 4)
+        def checked() -> tuple[JudgeRequest, list[dict[str, Any]], dict[str, float]]:
+            """The request, then the model-free checks (they need no model: not queued behind model work),
+            in one trip off the event loop."""
+            started = time.perf_counter()
+            request = prepare()
+            resolved = time.perf_counter()
+            found = model_free(request)
+            timings = {
+                "resolve": round(resolved - started, 4),
+                "model_free": round(time.perf_counter() - resolved, 4),
+            }
+            return request, found, timings
+
+        request, found, timings = await anyio.to_thread.run_sync(checked)
         given = plan(request, app.models.unavailable("lpips"))
         if given is None:
             result = await anyio.to_thread.run_sync(lambda: finish(request, found, None, app.images, timings))

@@ -148,6 +148,8 @@ async def test_every_policy_runs_three_prompts_of_a_suite_on_the_tiny_twins_and_
     outcome = await evaluate(EvalOptions(suite=suite, out=out, n=2, rounds=1, limit=3), settings)
 
     assert outcome.ran == 9 and outcome.skipped == 0
+    assert set(outcome.seconds) == {"start", "pairs", "report"} and all(outcome.seconds.values())
+    assert outcome.seconds["pairs"] >= sum(r["wall_s"] for r in outcome.records)  # where the run's time went
     found = records(out)
     assert [(r["line"], r["policy"]) for r in found] == [(r["line"], r["policy"]) for r in outcome.records], (
         "one line per (prompt, policy), written in run order"
