@@ -5,6 +5,10 @@
 Times what generate(foreground=...) does around the inpainter for each candidate: reading the object's
 mask (alpha), placing it on the canvas (template), the paint mask, compositing the object back, and the
 over-extension check. The inpainter's output is stood in for by a real photograph of the canvas size.
+
+Then GrabCut, the mask of an opaque product photo without a segmenter (generate's foreground, cut_out): at
+`--side` on each photograph, cut on a copy of at most GRABCUT_SIDE px (what limner runs) and at full size
+(what it ran before), with the two masks' IoU. One run each: a full-size cut takes seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data
 
-from tools.core.masks import erode
+from tools.core.masks import GRABCUT_SIDE, erode, grabcut
 from tools.generate import foreground as fg
 
 
@@ -69,9 +73,30 @@ def main(runs: int, side: int) -> None:
         )
 
 
+def grabcut_figures(side: int) -> None:
+    for name in ("coffee", "astronaut", "chelsea"):
+        photo = getattr(data, name)()
+        h, w = photo.shape[:2]
+        big = np.asarray(Image.fromarray(photo).resize((side, round(side * h / w)), Image.Resampling.BICUBIC))
+        started = time.perf_counter()
+        scaled = grabcut(big)
+        scaled_s = time.perf_counter() - started
+        started = time.perf_counter()
+        full = grabcut(big, side=max(big.shape[:2]))
+        full_s = time.perf_counter() - started
+        iou = (scaled & full).sum() / max(1, (scaled | full).sum())
+        for label, value, unit in (
+            (f"grabcut_{name}_{side}px_at_{GRABCUT_SIDE}_s", scaled_s, "s"),
+            (f"grabcut_{name}_{side}px_full_size_s", full_s, "s"),
+            (f"grabcut_{name}_iou_with_full_size", iou, "IoU"),
+        ):
+            print(json.dumps({"name": label, "value": round(float(value), 3), "unit": unit}))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--side", type=int, default=1024)
     args = parser.parse_args()
     main(args.runs, args.side)
+    grabcut_figures(args.side)

@@ -242,6 +242,21 @@ async def test_grabcut_finds_a_product_on_a_plain_backdrop_and_keeps_it_exact(se
     assert_template_exact(out["candidates"][0], home, np.asarray(photo.convert("RGB"))[y0:y1, x0:x1])
 
 
+def test_grabcut_on_a_large_photo_cuts_a_scaled_copy_and_its_mask_fits_the_object_at_full_size():
+    """Above GRABCUT_SIDE the cut runs on a scaled copy (full size took 3-35 s at 1024 px); the mask comes
+    back at the photo's size and on a plain backdrop hugs the object as closely as the full-size cut."""
+    from tools.core.masks import GRABCUT_SIDE, grabcut
+
+    product = np.asarray(plain_background_photo().resize((1040, 1040), Image.Resampling.NEAREST))
+    cup = np.zeros((1040, 1040), bool)
+    cup[23 * 13 : 57 * 13, 20 * 13 : 60 * 13] = True  # where plain_background_photo put the cup, 13x
+    scaled = grabcut(product)
+    assert max(product.shape[:2]) > GRABCUT_SIDE and scaled.shape == cup.shape  # the scaled path ran
+    full = grabcut(product, side=1040)
+    for mask in (scaled, full):  # the cup's edges, to within a pixel or two (1.0 measured for both)
+        assert (mask & cup).sum() / (mask | cup).sum() > 0.995
+
+
 async def test_grabcut_gives_the_same_mask_every_time_and_an_edge_hugging_object_does_not_spill(
     settings, home
 ):
