@@ -499,3 +499,20 @@ def test_the_session_log_rotates_its_oldest_entries_out_of_memory_and_onto_one_o
     on_disk = [json.loads(x)["seq"] for p in (older, log.path) for x in p.read_text().splitlines()]
     assert on_disk == list(range(on_disk[0], 601))  # consecutive, newest last, nothing torn
     assert sorted(p.name for p in log.path.parent.iterdir()) == [log.path.name, older.name]
+
+
+def test_the_session_log_keeps_a_result_up_to_its_limit_and_a_note_for_a_larger_one(tmp_path):
+    import time
+
+    from tools.session.log import MAX_RESULT_CHARS, SessionLog
+
+    log = SessionLog(tmp_path)
+    fits = {"text": "x" * (MAX_RESULT_CHARS - 20)}  # its JSON: 12 characters more than the text
+    over = {"text": "x" * (MAX_RESULT_CHARS - 5)}
+    assert len(json.dumps(fits)) <= MAX_RESULT_CHARS < len(json.dumps(over))
+    kept = log.record("search", {"query": "a"}, time.time(), 0.1, result=fits)
+    noted = log.record("search", {"query": "b"}, time.time(), 0.1, result=over)
+    assert kept.result == fits
+    assert noted.result == {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
+    on_disk = [json.loads(line)["result"] for line in log.path.read_text().splitlines()]
+    assert on_disk == [fits, noted.result]

@@ -139,9 +139,6 @@ class SessionLog:
             status = "running"
         else:
             status = "ok"
-        kept = result
-        if result is not None and len(json.dumps(result, default=str)) > MAX_RESULT_CHARS:
-            kept = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
         problem = error or reason
         summary = summarise(arguments)
         with self._lock:
@@ -157,9 +154,16 @@ class SessionLog:
                 error=_clip(problem, MAX_ERROR_CHARS) if problem else None,
                 inputs=inputs,
                 outputs=outputs,
-                result=kept,
+                result=result,
             )
-            line = (entry.model_dump_json() + "\n").encode("utf-8")
+            text = entry.model_dump_json()
+            if result is not None:  # the result's share of the line (the rest, dumped without it, is small)
+                rest = entry.model_copy(update={"result": None}).model_dump_json()
+                if len(text) - len(rest) + len("null") > MAX_RESULT_CHARS:
+                    note = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
+                    entry = entry.model_copy(update={"result": note})
+                    text = entry.model_dump_json()
+            line = (text + "\n").encode("utf-8")
             self._entries.append((entry, len(line)))
             self._held += len(line)
             while self._held > self.max_bytes and len(self._entries) > 1:
