@@ -288,6 +288,7 @@ def make_runner(settings: Settings, models: ModelCache) -> Runner:
         min_replicas=settings.ray_min_replicas,
         target_ongoing_requests=settings.ray_target_ongoing_requests,
         lease_s=settings.ray_lease_s,
+        autoscaler=settings.ray_autoscaler,
     )
     cache = CacheArgs(
         settings.models, settings.roles, settings.profile, settings.models_dir, settings.offline

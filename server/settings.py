@@ -166,6 +166,12 @@ class Settings(BaseModel):
     ray_target_ongoing_requests: float = Field(
         default=1.0, gt=0, le=64, description="With ray_max_replicas: calls per replica autoscaling aims at."
     )
+    ray_autoscaler: bool = Field(
+        default=False,
+        description="The cluster starts nodes on demand (the Ray autoscaler, KubeRay with GPU workers scaled "
+        "to zero): replicas are not checked against the nodes up now, roles get GPUs by default even when no "
+        "GPU node is up, and a deployment may take 15 minutes to start.",
+    )
     ray_lease_s: float = Field(
         default=30.0,
         ge=1,

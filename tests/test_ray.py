@@ -296,6 +296,27 @@ async def test_a_role_asking_more_gpus_than_the_cluster_has_is_a_clear_error_at_
     )
 
 
+def test_on_a_cluster_that_starts_nodes_on_demand_a_gpu_role_is_not_refused_and_gets_gpus_by_default(
+    ray_head,
+):
+    """ray_autoscaler: no GPU node is up (the loopback cluster has none), yet the replica asks for its GPUs,
+    since asking is what makes the autoscaler start one; without it the same request is refused."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from tools.models.ray_deploy import RayOptions, deployment_options
+
+    if not ray.is_initialized():
+        ray.init(address=ray_head, namespace="limner", log_to_driver=False)
+    on_demand = RayOptions(address=ray_head, num_gpus={"inpainter": 1.0}, autoscaler=True)
+    assert deployment_options("inpainter", on_demand, lambda role: None)["ray_actor_options"]["num_gpus"] == 1
+    default = deployment_options("generator", on_demand, lambda role: None)["ray_actor_options"]
+    assert default["num_gpus"] == 1.0  # the table's default, though no node has a GPU now
+    up_now = RayOptions(address=ray_head, num_gpus={"inpainter": 1.0})
+    assert deployment_options("generator", up_now, lambda role: None)["ray_actor_options"]["num_gpus"] == 0
+    with pytest.raises(ToolError, match="set ray_autoscaler=true"):
+        deployment_options("inpainter", up_now, lambda role: None)
+
+
 async def test_a_limner_server_killed_outright_has_its_ray_job_stopped_once_its_lease_runs_out(
     make_settings, ray_head, tmp_path, models_path
 ):

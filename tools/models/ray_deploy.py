@@ -38,6 +38,7 @@ ROLES = tuple(DEPLOYMENT_ROLES)
 # GPUs a replica asks for where neither ray_num_gpus nor a spec's gpu_fraction says (and the cluster has GPUs)
 DEFAULT_GPUS = {"generator": 1.0, "inpainter": 1.0, "editor": 1.0, "judge": 0.25, "detector": 0.25}
 DEPLOY_TIMEOUT_S = 120.0  # a deployment not running by then cannot be placed (or keeps failing)
+AUTOSCALER_DEPLOY_TIMEOUT_S = 900.0  # with ray_autoscaler: a GPU node may take minutes to start
 UNLOAD_WAIT_S = 10.0  # how long an unload waits for every replica to answer (they tick every 0.5 s)
 
 
@@ -54,6 +55,7 @@ class RayOptions:
     min_replicas: int = 1
     target_ongoing_requests: float = 1.0
     lease_s: float = 30.0
+    autoscaler: bool = False  # the cluster starts nodes on demand: no check against the nodes up now
 
 
 def deployment_options(
@@ -62,13 +64,18 @@ def deployment_options(
     """The role's Serve deployment options; a ToolError where no node of the cluster can hold a replica.
     `spec_for(model_role)`: the spec a call would use for that role (the profile's twin, say), or None.
 
-    The check counts the nodes alive now: on a cluster whose GPU workers scale to zero, keep one up."""
+    The check counts the nodes alive now. On a cluster that starts nodes on demand (ray_autoscaler: the Ray
+    autoscaler, KubeRay with GPU workers scaled to zero) nothing is checked, and roles get GPUs by default
+    even when no GPU node is up: the autoscaler starts one for the replica's request."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    gpus, source = _gpus(role, options, spec_for, any(n.get("GPU", 0) for n in nodes))
+    has_gpus = options.autoscaler or any(n.get("GPU", 0) for n in nodes)
+    gpus, source = _gpus(role, options, spec_for, has_gpus)
     for resource, asked, how in (
         ("GPU", gpus, source),
         ("CPU", options.num_cpus, "ray_num_cpus"),
     ):
+        if options.autoscaler:
+            break
         total = sum(float(n.get(resource, 0)) for n in nodes)
         largest = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
         if asked > largest:
@@ -76,7 +83,7 @@ def deployment_options(
                 f"runner: the {role} deployment asks for {asked:g} {resource}(s) per replica ({how}) but the "
                 f"cluster at {options.address} has {total:g} (the largest node {largest:g}); a replica runs on "
                 f"one node. Add a worker with more (`ray start --address HEAD:PORT --num-gpus N` on a GPU "
-                f"machine) or lower {how}."
+                f"machine) or lower {how}; on a cluster that starts nodes on demand, set ray_autoscaler=true."
             )
     out: dict[str, Any] = {"ray_actor_options": {"num_cpus": options.num_cpus, "num_gpus": gpus}}
     if options.max_replicas is None:
@@ -111,19 +118,26 @@ def _gpus(
     return (DEFAULT_GPUS[role] if cluster_has_gpus else 0.0), "the default"
 
 
-def deploy(role: str, worker: Any, init_args: tuple, options: dict[str, Any], address: str) -> None:
+def deploy(
+    role: str,
+    worker: Any,
+    init_args: tuple,
+    options: dict[str, Any],
+    address: str,
+    timeout_s: float = DEPLOY_TIMEOUT_S,
+) -> None:
     """Deploy the role's application and wait until it runs (or cannot: a clear error, not a hang)."""
     app = APP_PREFIX + role
     deployment = worker.options(name=f"{role}-worker", **options)
     logger.info("deploying %s on %s (%s)", app, address, options)
     serve._run(deployment.bind(*init_args), name=app, route_prefix=None, _blocking=False)
-    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while (status := app_status(app)) != "RUNNING":
         if status in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
             application = serve.status().applications.get(app)
             message = "" if application is None else str(application.message)[:300]
             raise ToolError(
-                f"runner: the {role} deployment is {status or 'not running'} after {DEPLOY_TIMEOUT_S:g} s on "
+                f"runner: the {role} deployment is {status or 'not running'} after {timeout_s:g} s on "
                 f"{address} ({message or 'no message'}); check `serve status` and `ray status`: it may need "
                 "resources the cluster does not have."
             )

@@ -39,6 +39,8 @@ from tools.models.inventory import ClusterModels, FreedModel
 from tools.models.ray_board import board
 from tools.models.ray_deploy import (
     APP_PREFIX,
+    AUTOSCALER_DEPLOY_TIMEOUT_S,
+    DEPLOY_TIMEOUT_S,
     ROLES,
     RayOptions,
     app_status,
@@ -181,7 +183,8 @@ class RayRunner(JobBook):
             options = deployment_options(role, self.options, self._spec_for)
             app = APP_PREFIX + role
             if app_status(app) != "RUNNING":
-                deploy(role, RoleWorker, (self.cache, role), options, self.options.address)
+                wait = AUTOSCALER_DEPLOY_TIMEOUT_S if self.options.autoscaler else DEPLOY_TIMEOUT_S
+                deploy(role, RoleWorker, (self.cache, role), options, self.options.address, wait)
             self._handles[role] = serve.get_app_handle(app)
             return self._handles[role]
 
