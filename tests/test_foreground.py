@@ -243,7 +243,7 @@ async def test_grabcut_finds_a_product_on_a_plain_backdrop_and_keeps_it_exact(se
 
 
 def test_grabcut_on_a_large_photo_cuts_a_scaled_copy_and_its_mask_fits_the_object_at_full_size():
-    """Above GRABCUT_SIDE the cut runs on a scaled copy (full size took 3-35 s at 1024 px); the mask comes
+    """Above GRABCUT_SIDE the cut runs on a scaled copy (full size took 3-23 s at 1024 px); the mask comes
     back at the photo's size and on a plain backdrop hugs the object as closely as the full-size cut."""
     from tools.core.masks import GRABCUT_SIDE, grabcut
 

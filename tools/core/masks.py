@@ -156,7 +156,7 @@ def grabcut(
 
     An image larger than `side` is cut on a copy scaled to fit it and the mask scaled back (smooth edges, at
     most a pixel or two off the full-size cut on a plain backdrop): on a 1024 px photo the full-size cut took
-    3-35 s on this project's 2-core machine, the copy 0.6-4.8 s (bench_foreground.py)."""
+    3.1-23 s on this project's 2-core machine, the copy 0.55-3.5 s (bench_foreground.py)."""
     h, w = rgb.shape[:2]
     scale = min(1.0, side / max(h, w))
     if scale < 1.0:
