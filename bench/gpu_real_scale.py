@@ -865,7 +865,7 @@ def load_bare(spec: Any) -> Any:
     """The pipeline from the folder, with the class, dtype and device limner's loader picks for the spec."""
     import diffusers
 
-    from tools.models.cache import pick_device, pick_dtype
+    from tools.models.weights import pick_device, pick_dtype
 
     cls = getattr(diffusers, spec.pipeline or "AutoPipelineForText2Image")
     where = pick_device(spec)

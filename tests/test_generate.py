@@ -229,7 +229,7 @@ async def test_a_local_model_folder_that_is_not_a_pipeline_or_a_device_that_is_n
 ):
     """A local source gets no `hf download <path>` advice: the folder is named with what is wrong with it.
     A device this torch cannot see is named with the spec, not raised as torch's own assertion."""
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
 
     empty = tmp_path / "empty-model"
     empty.mkdir()
@@ -273,7 +273,7 @@ def save_tiny_lora(models_path: Path, dest: Path) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
 
     pipe = StableDiffusionPipeline.from_pretrained(
         ensure_tiny("text2image", models_path), local_files_only=True

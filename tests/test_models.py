@@ -15,7 +15,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from server.settings import SettingsError, load_settings
 from tests.conftest import REPO, connect, error_text, server_env, structured
-from tools.models.cache import GIB, ModelCache, weights_bytes
+from tools.models.cache import ModelCache
+from tools.models.weights import GIB, weights_bytes
 
 pytestmark = pytest.mark.anyio
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 1}

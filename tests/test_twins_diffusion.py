@@ -76,7 +76,7 @@ async def test_a_twin_makes_n_distinct_candidates_and_the_same_seed_remakes_them
 
 def test_the_sdxl_twins_have_two_text_encoders_and_the_flux_twin_a_t5_beside_clip(models_path):
     """The parts that make each architecture what it is, as saved (from_pretrained builds them from this)."""
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
 
     for model in ("tiny-sdxl-turbo", "tiny-sdxl-inpaint", "tiny-flux-schnell"):
         kind = PRESETS[model].tiny_kind
@@ -355,7 +355,7 @@ def save_twin_lora(models_path: Path, model: str, dest: Path) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
 
     spec = PRESETS[model]
     assert spec.tiny_kind is not None and spec.pipeline is not None

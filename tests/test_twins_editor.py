@@ -35,7 +35,7 @@ def data_uri(image: Image.Image) -> str:
 
 
 def saved(models_path: Path, *parts: str) -> dict:
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
 
     kind = PRESETS[EDITOR].tiny_kind
     assert kind is not None
@@ -147,7 +147,7 @@ async def test_the_editor_twin_refines_with_and_without_a_reference_and_keeps_ev
 async def test_a_lora_in_the_editor_twins_spec_loads_through_peft_and_changes_the_refined_region(
     make_settings, models_path, tmp_path, home
 ):
-    from tools.models.cache import ensure_tiny
+    from tools.models.loaders import ensure_tiny
     from tools.models.twins.qwen_edit import build_lora
 
     kind = PRESETS[EDITOR].tiny_kind

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import connect, photo, saved, structured
-from tools.models.cache import ensure_tiny
+from tools.models.loaders import ensure_tiny
 from tools.models.specs import PRESETS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # ~7 s alone: the variant is built and saved

@@ -26,9 +26,10 @@ from tools.core.images import Resolved, read_note
 from tools.generate.foreground import MIN_SIDE as MIN_FOREGROUND_SIDE
 from tools.generate.foreground import Placement
 from tools.models import references as ip
-from tools.models.cache import ModelCache, weights_present
+from tools.models.cache import ModelCache
 from tools.models.detection import SEGMENTERS
 from tools.models.specs import IPAdapterSpec, ModelSpec
+from tools.models.weights import weights_present
 
 MAX_REFERENCES = 4  # each adds 4 image tokens to every cross-attention; more blur into an average
 DEFAULT_STRENGTH = 0.6  # init_image: the share of the steps re-run (enough to vary, little enough to keep it)

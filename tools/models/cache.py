@@ -11,13 +11,10 @@ result made with them says so.
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +22,24 @@ from typing import Any
 
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tools.models import perceptual, processors
+from tools.models.loaders import LOADERS, ensure_tiny
 from tools.models.specs import TINY_FOR_ROLE, TINY_LABEL, ModelSpec, spec_label
-from tools.models.twins.builders import BUILDERS as TWINS
+from tools.models.weights import (
+    GIB,
+    at_least_gb,
+    dtype_name,
+    how_to_get,
+    local_path,
+    lpips_folder,
+    measure,
+    pick_device,
+    pick_dtype,
+    release_memory,
+    size_text,
+    weights_bytes,
+    weights_folder,
+    weights_present,
+)
 
 logger = logging.getLogger("limner.models")
 
@@ -44,9 +56,6 @@ class Loaded:
     @property
     def label(self) -> str:
         return spec_label(self.spec)
-
-
-GIB = 2**30  # model memory is counted in GiB, as torch reports device memory ("GB" in settings and listings)
 
 
 @dataclass
@@ -77,207 +86,6 @@ class _Serving:
     tool: str
     job_id: str
     held: set[str]
-
-
-# -- where weights are ------------------------------------------------------------------------------
-def lpips_folder(spec: ModelSpec, models_dir: Path) -> Path:
-    folder = Path(spec.source).expanduser()
-    return folder if folder.is_absolute() else models_dir / folder
-
-
-def lpips_files(folder: Path) -> tuple[Path, Path]:
-    """(AlexNet backbone, linear weights) in an lpips folder; they may be missing."""
-    backbones = sorted(folder.glob("alexnet*.pth"))
-    return backbones[0] if backbones else folder / "alexnet-owt-7be5be79.pth", folder / "alex.pth"
-
-
-def weights_present(spec: ModelSpec, models_dir: Path) -> bool:
-    """True when the spec's weights are on this disk (a folder, or the Hugging Face cache)."""
-    if spec.tiny_kind:
-        return True
-    if spec.role == "lpips":
-        return all(path.is_file() for path in lpips_files(lpips_folder(spec, models_dir)))
-    folder = Path(spec.source).expanduser()
-    if folder.is_dir():
-        return any((folder / f).is_file() for f in ("model_index.json", "config.json"))
-    if spec.source.count("/") != 1:
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    for marker in ("model_index.json", "config.json"):
-        if isinstance(try_to_load_from_cache(spec.source, marker), str):
-            return True
-    return False
-
-
-def local_path(source: str) -> Path | None:
-    """The path a source names when it is one (absolute, ./ ../ ~, or there on disk), else None (a hub id)."""
-    path = Path(source).expanduser()
-    explicit = path.is_absolute() or source.startswith(("./", "../", "~", ".\\"))
-    return path if explicit or path.exists() else None
-
-
-def how_to_get(spec: ModelSpec, models_dir: Path | None = None) -> str:
-    if spec.role == "lpips":
-        return _lpips_missing(spec, lpips_folder(spec, models_dir or Path(".")))
-    folder = local_path(spec.source)
-    if folder is not None:
-        marker = "model_index.json" if spec.role in ("generator", "inpainter", "editor") else "config.json"
-        if not folder.exists():
-            state = "does not exist"
-        elif not (folder / marker).is_file():
-            state = f"holds no {marker}, so it is not a saved {'pipeline' if marker == 'model_index.json' else 'model'}"
-        else:
-            state = "could not be loaded: a component's weights are missing or corrupt"
-        return (
-            f"model {spec.name!r}: its source {str(folder)!r} {state}. Point `source` at a folder written by "
-            "save_pretrained or `hf download <hub id> --local-dir <folder>` (with its config and every "
-            "component's weights), or use the tiny offline profile (LIMNER_PROFILE=tiny)."
-        )
-    return (
-        f"weights for model {spec.name!r} ({spec.source}) are not on this machine. Download them with "
-        f"`hf download {spec.source}` on a machine with network access (or point the spec's source at a "
-        "local folder in limner.toml), or use the tiny offline profile (LIMNER_PROFILE=tiny)."
-    )
-
-
-def _lpips_missing(spec: ModelSpec, folder: Path) -> str:
-    return (
-        f"LPIPS weights for {spec.name!r} are not in {folder}: put torchvision's AlexNet checkpoint "
-        "(https://download.pytorch.org/models/alexnet-owt-7be5be79.pth) and the lpips package's "
-        "lpips/weights/v0.1/alex.pth there (README: LPIPS)."
-    )
-
-
-def pick_device(spec: ModelSpec) -> str:
-    import torch
-
-    if spec.device.startswith("cuda"):
-        index = int(spec.device.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
-            raise ToolError(
-                f"model {spec.name!r}: device {spec.device!r}, but this torch ({torch.__version__}) sees {have}. "
-                'Set device = "auto" (or cpu) in its spec, or install torch\'s CUDA build (README).'
-            )
-    if spec.device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ToolError(
-            f"model {spec.name!r}: device 'mps', but Metal is not available here; set device = \"auto\" (or "
-            "cpu) in its spec."
-        )
-    if spec.device != "auto":
-        return spec.device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(spec: ModelSpec, device: str) -> Any:
-    import torch
-
-    if device == "cpu":  # half precision on CPU is slow or unsupported for many ops
-        return torch.float32
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    return names.get(spec.dtype, torch.float16)
-
-
-# -- how much memory a model takes --------------------------------------------------------------------
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-
-
-def measure(model: Any) -> int:
-    """Bytes of every parameter and buffer of a loaded model's torch modules: a diffusers pipeline's module
-    components, a transformers (model, processor) pair's model, or a module itself; shared tensors once."""
-    import torch  # lazily: only loaded models are measured, and loading imported it
-
-    parts = model if isinstance(model, tuple) else (model,)
-    modules: list[torch.nn.Module] = []
-    for part in parts:
-        if isinstance(part, torch.nn.Module):
-            modules.append(part)
-        components = getattr(part, "components", None)  # a diffusers pipeline
-        if isinstance(components, dict):
-            modules += [c for c in components.values() if isinstance(c, torch.nn.Module)]
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def _dtype_name(model: Any) -> str:
-    """The dtype the model's weights are in: a pipeline's or a module's `dtype`, "float32" etc."""
-    first = model[0] if isinstance(model, tuple) else model
-    dtype = getattr(first, "dtype", None)
-    if dtype is None:  # a plain nn.Module (LPIPS): its first parameter's
-        import torch  # lazily, as everywhere here
-
-        if isinstance(first, torch.nn.Module):
-            dtype = next((p.dtype for p in first.parameters()), None)
-    return str(dtype).removeprefix("torch.") if dtype is not None else "unknown"
-
-
-def weights_folder(spec: ModelSpec, models_dir: Path) -> Path | None:
-    """The folder a spec's weights are in on this disk (a twin's only once built), else None."""
-    if spec.tiny_kind:
-        folder = models_dir / f"tiny-{spec.tiny_kind}"
-        return folder if (folder / ".complete").is_file() else None
-    if spec.role == "lpips":
-        return lpips_folder(spec, models_dir)
-    path = local_path(spec.source)
-    if path is not None:
-        return path if path.is_dir() else None
-    if spec.source.count("/") != 1:
-        return None
-    from huggingface_hub import try_to_load_from_cache  # lazily, as in weights_present
-
-    for marker in ("model_index.json", "config.json"):
-        found = try_to_load_from_cache(spec.source, marker)
-        if isinstance(found, str):
-            return Path(found).parent  # the snapshot folder
-    return None
-
-
-def weights_bytes(folder: Path) -> int | None:
-    """The size of the weights files under `folder` that from_pretrained reads: per folder the safetensors
-    files (else the others), and of a file with an fp16 variant beside it only the plain one. None: none."""
-    by_folder: dict[Path, list[Path]] = {}
-    for path in folder.rglob("*"):
-        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            by_folder.setdefault(path.parent, []).append(path)
-    total = 0
-    for files in by_folder.values():
-        chosen = [f for f in files if f.suffix == ".safetensors"] or files
-        chosen = [f for f in chosen if ".fp16." not in f.name] or chosen
-        total += sum(f.stat().st_size for f in chosen)
-    return total or None
-
-
-def size_text(n: int) -> str:
-    return f"{n / GIB:.2f} GB" if n >= GIB // 10 else f"{n / 2**20:.1f} MB"
-
-
-def at_least_gb(n: int) -> str:
-    """A model_memory_gb value that holds `n` bytes (rounded up, so it is never just short)."""
-    digits = max(1, 2 - math.floor(math.log10(n / GIB))) if n else 1
-    return f"{math.ceil(n / GIB * 10**digits) / 10**digits:g}"
-
-
-def _release_memory() -> None:
-    """Give the memory of dropped models back: collect now, and empty CUDA's cache so other processes can
-    use it."""
-    gc.collect()
-    import torch  # lazily: only called after a model was loaded, so it is imported already
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # -- the cache -----------------------------------------------------------------------------------------
@@ -440,7 +248,7 @@ class ModelCache:
                     )
             freed = [self._drop(name, "on request") for name in names]
             if freed:
-                _release_memory()
+                release_memory()
         return freed
 
     def unload_idle(self) -> list[Freed]:
@@ -465,7 +273,7 @@ class ModelCache:
         ]
         freed = [self._drop(name, f"idle for more than {idle_s:g} s") for name in stale]
         if freed:
-            _release_memory()
+            release_memory()
         return freed
 
     def _drop(self, name: str, why: str) -> Freed:
@@ -518,9 +326,7 @@ class ModelCache:
                 self._make_room(spec, need, how)
         loaded = self._load(spec)
         now = time.time()
-        record = Record(
-            loaded, _dtype_name(loaded.model), measure(loaded.model), loaded_at=now, last_used=now
-        )
+        record = Record(loaded, dtype_name(loaded.model), measure(loaded.model), loaded_at=now, last_used=now)
         self._records[spec.name] = record
         self._measured[spec.name] = record.bytes
         if budget is not None:
@@ -529,7 +335,7 @@ class ModelCache:
             except ToolError:
                 self._drop(spec.name, "over the memory budget")
                 del record, loaded
-                _release_memory()
+                release_memory()
                 raise
         return record
 
@@ -555,7 +361,7 @@ class ModelCache:
                 used -= self._records[name].bytes
                 freed.append(self._drop(name, f"least recently used: room for {spec.name} under the budget"))
         if freed:
-            _release_memory()
+            release_memory()
         if used + need > budget:
             held = ", ".join(
                 f"{n} ({size_text(r.bytes)})" for n, r in self._records.items() if n != spec.name
@@ -584,163 +390,6 @@ class ModelCache:
         device = pick_device(spec)
         dtype = pick_dtype(spec, device)
         logger.info("loading %s from %s on %s", spec.name, source, device)
-        loader = _LOADERS[spec.role]
+        loader = LOADERS[spec.role]
         model = loader(spec, source, dtype, device, self.offline)
         return Loaded(spec=spec, model=model, device=device, tiny=spec.tiny_kind is not None)
-
-
-def _load_diffusers(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
-    import diffusers
-
-    auto = {"generator": "AutoPipelineForText2Image", "inpainter": "AutoPipelineForInpainting"}
-    cls = getattr(diffusers, spec.pipeline or auto.get(spec.role, "DiffusionPipeline"))
-    try:
-        ready = _processors_without_video(cls, source, offline)
-        # a processor built here is not the class model_index.json names, which from_pretrained checks what it is
-        # passed against: it loads the pipeline without it (None) and the processor is set after
-        pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=offline, **dict.fromkeys(ready))
-        for name, processor in ready.items():
-            setattr(pipe, name, processor)
-    except (OSError, ValueError) as exc:  # absent, partial, or a corrupt weights file
-        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
-    for i, lora in enumerate(spec.lora):
-        try:
-            pipe.load_lora_weights(
-                lora.source, weight_name=lora.weight_name, adapter_name=f"lora{i}", local_files_only=offline
-            )
-        except (OSError, ValueError) as exc:  # absent, not a LoRA, or offline without a weight_name
-            raise ToolError(
-                f"model {spec.name!r}: its LoRA {lora.source!r} could not be loaded ({exc}). Point `source` "
-                "at a folder or .safetensors file on this machine (with `weight_name` when the folder holds "
-                "several), or download it with `hf download` where there is network access."
-            ) from None
-    if spec.lora:
-        pipe.set_adapters([f"lora{i}" for i in range(len(spec.lora))], [lo.scale for lo in spec.lora])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def _processors_without_video(cls: Any, source: str, offline: bool) -> dict[str, Any]:
-    """Components to hand from_pretrained ready-made where it could not build them: without torchvision, a
-    Qwen-VL processor (QwenImageEditPlusPipeline's `processor`, a Qwen2VLProcessor) fails to load because its
-    video processor needs torchvision, although the pipeline calls it with text and images only. Such a
-    processor is assembled from the same subfolder's image processor, tokenizer and chat template
-    (tools/models/processors.py), as _load_transformers does for a VLM. Empty where torchvision loads."""
-    import transformers  # lazily, as every loader here: importing it takes seconds
-    from transformers.utils.import_utils import is_torchvision_available
-
-    if is_torchvision_available():
-        return {}
-    index = cls.load_config(source, local_files_only=offline)  # model_index.json: name -> [library, class]
-    ready: dict[str, Any] = {}
-    for name, entry in index.items():
-        if not (isinstance(entry, list) and entry[0] == "transformers"):
-            continue
-        named = getattr(transformers, str(entry[1]), None)  # the class; importing it needs no torchvision
-        if isinstance(named, type) and issubclass(named, transformers.ProcessorMixin):
-            processor = processors.load_without_video(source, local_files_only=offline, subfolder=name)
-            if processor is not None:  # not a Qwen-VL image processor: from_pretrained loads it as usual
-                ready[name] = processor
-    return ready
-
-
-def _load_transformers(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
-    import transformers
-
-    model_cls: Any  # an Auto class or the spec's own; transformers' stubs type each differently
-    if spec.role == "clip":
-        model_cls, proc_cls = transformers.AutoModel, transformers.AutoProcessor
-    else:
-        model_cls, proc_cls = transformers.AutoModelForImageTextToText, transformers.AutoProcessor
-    if spec.pipeline:
-        model_cls = getattr(transformers, spec.pipeline)
-    try:
-        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=offline).to(device).eval()
-        try:
-            processor = proc_cls.from_pretrained(source, local_files_only=offline)
-        except ImportError:
-            # Qwen-VL processors build a video processor, which needs torchvision; judge sends only images,
-            # so without torchvision the processor is assembled from the folder's image processor and
-            # tokenizer, where the image processor is Qwen-VL's kind (the rule that class follows)
-            from transformers.utils.import_utils import is_torchvision_available
-
-            if spec.role != "vlm" or is_torchvision_available():
-                raise
-            processor = processors.load_without_video(source, local_files_only=offline)
-            if processor is None:  # not a Qwen-VL image processor: the ImportError stands
-                raise
-    except OSError as exc:
-        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
-    return model, processor
-
-
-def _load_detection(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
-    """A detector or segmenter as (model, processor): the spec's class (default: the zero-shot detection Auto
-    class, or SamModel) and its processor with transformers' PIL image processor, on every machine the same
-    resizing (the torchvision one, where installed, rounds differently) and no torchvision needed."""
-    import transformers
-
-    default = "AutoModelForZeroShotObjectDetection" if spec.role == "detector" else "SamModel"
-    model_cls: Any = getattr(transformers, spec.pipeline or default)
-    try:
-        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=offline).to(device).eval()
-        processor = transformers.AutoProcessor.from_pretrained(
-            source, local_files_only=offline, backend="pil"
-        )
-    except OSError as exc:
-        raise ToolError(f"{how_to_get(spec)} ({exc})") from None
-    return model, processor
-
-
-def _load_lpips(spec: ModelSpec, source: str, dtype: Any, device: str, offline: bool) -> Any:
-    """LPIPS from the two files in its folder (tools/models/perceptual.py builds the network)."""
-    import torch
-
-    backbone, linear = lpips_files(Path(source))  # source is the resolved folder
-    if not (backbone.is_file() and linear.is_file()):
-        raise ToolError(_lpips_missing(spec, Path(source)))
-    try:
-        net = perceptual.build(
-            torch.load(backbone, map_location="cpu", weights_only=True),
-            torch.load(linear, map_location="cpu", weights_only=True),
-        )
-    except Exception as exc:  # a truncated download, another network's checkpoint
-        raise ToolError(
-            f"LPIPS weights in {Path(source)} could not be loaded ({type(exc).__name__}: {exc}); replace "
-            "alexnet-owt-7be5be79.pth and alex.pth with fresh copies (README: LPIPS)."
-        ) from None
-    return net.to(device)
-
-
-_LOADERS: dict[str, Callable[[ModelSpec, str, Any, str, bool], Any]] = {
-    "generator": _load_diffusers,
-    "inpainter": _load_diffusers,
-    "editor": _load_diffusers,
-    "clip": _load_transformers,
-    "vlm": _load_transformers,
-    "lpips": _load_lpips,
-    "detector": _load_detection,
-    "segmenter": _load_detection,
-    "upscaler": _load_diffusers,
-}
-
-
-# -- the tiny profile ---------------------------------------------------------------------------------
-def ensure_tiny(kind: str, models_dir: Path) -> Path:
-    """Build the tiny model `kind` once under models_dir (atomically) and return its folder."""
-    dest = models_dir / f"tiny-{kind}"
-    if (dest / ".complete").is_file():
-        return dest
-    builders = TWINS
-    if kind not in builders:
-        raise ToolError(f"no tiny model of kind {kind!r}; kinds: {sorted(builders)}.")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = models_dir / f".building-tiny-{kind}-{threading.get_ident()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    builders[kind](staging)
-    (staging / ".complete").write_text("built from configs with random weights\n")
-    try:
-        staging.rename(dest)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest

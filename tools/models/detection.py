@@ -10,7 +10,7 @@
 - `segment_points`: SAM prompted with each point alone, three masks a point; the caller picks one from their
   low-resolution form and gets it at the image's size (cut_out's most salient object).
 
-Both take a loaded (model, processor) pair (tools/models/cache.py loads them with transformers' PIL image
+Both take a loaded (model, processor) pair (tools/models/loaders.py loads them with transformers' PIL image
 processors) and return plain data (numbers, numpy arrays), so locate and judge share them and their work runs
 the same on a local or a remote worker.
 """

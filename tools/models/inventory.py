@@ -15,10 +15,11 @@ from typing import Literal, Protocol, runtime_checkable
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from tools.models.cache import GIB, Freed, ModelCache, Record, weights_folder, weights_present
+from tools.models.cache import Freed, ModelCache, Record
 from tools.models.specs import ModelSpec
+from tools.models.weights import GIB, weights_folder, weights_present
 
-# the class each loader in cache.py picks when a spec names none
+# the class each loader in loaders.py picks when a spec names none
 AUTO_CLASSES = {
     "generator": "AutoPipelineForText2Image",
     "inpainter": "AutoPipelineForInpainting",

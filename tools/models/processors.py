@@ -5,7 +5,7 @@ without it `AutoProcessor.from_pretrained` raises ImportError although judge sen
 made of the same folder's image processor (its PIL backend loads without torchvision), tokenizer and chat
 template, and builds the inputs Qwen2_5_VLProcessor.__call__ builds for text and images: each image's pad token
 expanded to one per merged patch, attention_mask, mm_token_type_ids (the model's 3D rope positions read them),
-pixel_values and image_grid_thw. tools/models/cache.py picks it only when AutoProcessor fails that way, and for
+pixel_values and image_grid_thw. tools/models/loaders.py picks it only when AutoProcessor fails that way, and for
 QwenImageEditPlusPipeline's `processor` (a Qwen2VLProcessor, called with text and images) where torchvision is
 missing.
 """

@@ -19,8 +19,10 @@ from typing import Any
 
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tools.models.cache import ModelCache, ensure_tiny, local_path
+from tools.models.cache import ModelCache
+from tools.models.loaders import ensure_tiny
 from tools.models.specs import IPAdapterSpec, ModelSpec
+from tools.models.weights import local_path
 
 
 @dataclass
@@ -54,7 +56,7 @@ def unavailable(adapter: IPAdapterSpec, models: ModelCache) -> str | None:
             return None
         where = f"{folder / wanted} does not exist"
     else:
-        from huggingface_hub import try_to_load_from_cache  # lazily, as cache.weights_present does
+        from huggingface_hub import try_to_load_from_cache  # lazily, as weights.weights_present does
 
         if isinstance(try_to_load_from_cache(adapter.source, wanted), str):
             return None

@@ -14,7 +14,7 @@ preprocessor_config.json, and video_preprocessor_config.json). The processor obj
 here: Qwen2VLProcessor holds a video processor, and transformers' video processors need torchvision, which does
 not load beside this CPU torch (NOTES.md). So the folder is written from the parts; where torchvision exists
 (a GPU machine) from_pretrained builds the real Qwen2VLProcessor from it, and where it does not
-tools/models/cache.py loads the image-only processor of tools/models/processors.py from the same folder.
+tools/models/loaders.py loads the image-only processor of tools/models/processors.py from the same folder.
 """
 
 from __future__ import annotations

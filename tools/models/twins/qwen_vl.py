@@ -3,7 +3,7 @@ tokenizer with Qwen2.5-VL's chat template, and the Qwen2-VL image processor (PIL
 
 No Qwen2_5_VLProcessor is saved: building one needs its video processor, which needs torchvision. The folder
 holds what the real processor is made of (tokenizer, preprocessor_config.json, chat template), so AutoProcessor
-loads it where torchvision is installed, and tools/models/cache.py assembles the same inputs where it is not.
+loads it where torchvision is installed, and tools/models/loaders.py assembles the same inputs where it is not.
 """
 
 from __future__ import annotations
