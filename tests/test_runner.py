@@ -352,38 +352,46 @@ def test_a_queued_job_is_cancelled_at_once_and_a_failed_job_keeps_no_frames(tmp_
 
 
 def test_turns_with_two_places_run_two_jobs_at_once_and_give_each_freed_place_to_the_least_served_session():
-    """The Ray runner's places: one per replica of a role (here two), handed out as the local runner's one."""
+    """The Ray runner's places: one per replica of a role (here two), handed out as the local runner's one.
+    One job ends at a time, and the next starts before another may end: two places freed together start two
+    jobs whose threads may begin in either order."""
     import concurrent.futures
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     turns, gate, order, running, most = Turns(2, pool.submit), threading.Semaphore(0), [], [0], [0]
-    lock = threading.Lock()
-    done = threading.Event()
+    changed = threading.Condition()
     jobs = [Job(f"job_{k}", "generate", "") for k in range(6)]
     owners = ["a", "a", "a", "a", "b", "c"]
 
     def run(job: Job) -> Callable[[], None]:
         def turn() -> None:
-            with lock:
+            with changed:
                 running[0] += 1
                 most[0] = max(most[0], running[0])
                 order.append(job.id)
+                changed.notify_all()
             assert gate.acquire(timeout=30)  # each job holds its place until the test lets one go
-            with lock:
+            with changed:
                 running[0] -= 1
-                if len(order) == len(jobs) - 1 and running[0] == 0:  # all but the cancelled one
-                    done.set()
+                changed.notify_all()
 
         return turn
+
+    def until(ready: Callable[[], bool]) -> None:
+        with changed:
+            assert changed.wait_for(ready, timeout=30), order
 
     for job, who in zip(jobs, owners, strict=True):
         job.owner = who
         turns.add(job, run(job))
     jobs[3].cancel()  # cancelled while it waits: dropped, never run
-    for _ in range(len(jobs)):
-        gate.release()
     try:
-        assert done.wait(30), order
+        until(lambda: len(order) == 2)
+        for started in (3, 4, 5):  # let one job end; the freed place starts the next
+            gate.release()
+            until(lambda started=started: len(order) == started)
+        gate.release(2)
+        until(lambda: running[0] == 0)
     finally:
         pool.shutdown(wait=False)
     assert most[0] == 2  # never more jobs at once than places
