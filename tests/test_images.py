@@ -229,6 +229,21 @@ def test_notes_from_several_threads_are_all_kept_and_never_touch_the_metadata(st
     assert meta_file.read_bytes() == written  # the lineage is written once
 
 
+def test_notes_of_an_image_judged_many_times_are_folded_into_one_line_with_the_latest_fields(store, photo):
+    from tools.core.images import MAX_NOTES_BYTES
+
+    image_id = store.put(photo, tool="test").id
+    store.annotate(image_id, origin="noted once, before the rest")
+    for k in range(400):  # ~270 bytes a note: past the limit about every 240
+        store.annotate(image_id, judge={"round": k, "why": "x" * 240})
+    path = store.root / f"{image_id}.notes.jsonl"
+    assert path.stat().st_size <= MAX_NOTES_BYTES
+    assert store.notes(image_id) == {
+        "origin": "noted once, before the rest",  # an early field survives the folding
+        "judge": {"round": 399, "why": "x" * 240},
+    }
+
+
 def test_notes_keep_the_latest_fields_and_skip_a_line_a_crash_cut_off(store, photo):
     image_id = store.put(photo, tool="test").id
     store.annotate(image_id, judge={"verdict": "fix"}, note="first")

@@ -58,13 +58,16 @@ class Resolved:
     source: str  # "store", "data", "path", "url"
 
 
+MAX_NOTES_BYTES = 64 * 1024  # an image's notes file is folded to its latest fields past this
+
+
 class ImageStore:
     """Content-addressed PNGs with JSON metadata. Writes are atomic: a PNG is either whole or absent."""
 
     def __init__(self, root: Path, max_pixels: int = 8192 * 8192) -> None:
         self.root = root
         self.max_pixels = max_pixels
-        self._meta_lock = threading.Lock()  # annotate reads, changes and writes: one at a time
+        self._meta_lock = threading.Lock()  # annotate writes one whole line (or compacts) at a time
         root.mkdir(parents=True, exist_ok=True)
 
     # -- out -------------------------------------------------------------------------------------
@@ -121,8 +124,13 @@ class ImageStore:
         which is skipped, never the image or its lineage."""
         self._require(image_id)
         line = ("\n" + json.dumps(fields, default=str) + "\n").encode()  # its own line after a cut-off one
-        with self._meta_lock, open(self._notes_path(image_id), "ab") as notes:  # one whole line at a time
-            notes.write(line)
+        path = self._notes_path(image_id)
+        with self._meta_lock:
+            with open(path, "ab") as notes:
+                notes.write(line)
+                size = notes.tell()
+            if size > MAX_NOTES_BYTES:  # judged many times: the lines folded into one (what notes() reads)
+                _atomic_write(path, (json.dumps(self.notes(image_id), default=str) + "\n").encode())
 
     def notes(self, image_id: str) -> dict[str, Any]:
         """The image's notes, later lines' fields over earlier ones ({} when none); a line a crash cut off is
