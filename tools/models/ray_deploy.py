@@ -70,12 +70,8 @@ def deployment_options(
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     has_gpus = options.autoscaler or any(n.get("GPU", 0) for n in nodes)
     gpus, source = _gpus(role, options, spec_for, has_gpus)
-    for resource, asked, how in (
-        ("GPU", gpus, source),
-        ("CPU", options.num_cpus, "ray_num_cpus"),
-    ):
-        if options.autoscaler:
-            break
+    asks = [("GPU", gpus, source), ("CPU", options.num_cpus, "ray_num_cpus")]
+    for resource, asked, how in [] if options.autoscaler else asks:
         total = sum(float(n.get(resource, 0)) for n in nodes)
         largest = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
         if asked > largest:
