@@ -43,6 +43,7 @@ from tools.core.fetch import FetchLimits, SafeFetcher
 from tools.core.images import ImageStore
 from tools.models.cache import ModelCache
 from tools.models.runner import LocalRunner, Runner, UnavailableRunner
+from tools.models.weights import settle
 
 logger = logging.getLogger("limner")
 
@@ -325,6 +326,7 @@ def build_server(settings: Settings) -> MCPServer:
             closers=[fetcher.close, searxng_fetcher.close],
         )
         logging.getLogger("limner").addHandler(context.client_log)  # removed by context.close()
+        settle()  # what the start imported and built lives as long as the server: out of the collector's walks
         async with anyio.create_task_group() as background:
             context.background = background
             if settings.idle_unload_s is not None:

@@ -3,10 +3,12 @@ unload and the memory budget, all through the MCP client on the tiny twins."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any
 
 import anyio
@@ -183,6 +185,17 @@ async def test_a_model_a_running_job_holds_is_neither_unloaded_on_request_nor_wh
         # the job is over: unloading is no longer refused (the idle check may have been first)
         out = structured(await client.call_tool("models", {"action": "unload", "role_or_model": "generator"}))
         assert not role(out, "generator")["loaded"] and out["used_bytes"] == 0
+
+
+def test_a_loaded_model_is_left_out_of_garbage_collections_yet_freed_when_unloaded_even_in_a_cycle(settings):
+    cache = ModelCache(settings.models, settings.roles, "tiny", settings.models_dir)
+    pipe = cache.get("generator").model
+    tracked = {id(o) for o in gc.get_objects()}  # the collector's generations; frozen objects are not in them
+    assert gc.get_freeze_count() > 0 and id(pipe) not in tracked and id(pipe.unet) not in tracked
+    pipe.cycle = pipe  # only a collection can free it now, frozen or not
+    gone = weakref.ref(pipe)
+    del pipe
+    assert cache.unload("generator") and gone() is None
 
 
 def test_a_model_a_job_holds_is_never_unloaded_to_make_room_so_the_new_model_is_refused(settings):

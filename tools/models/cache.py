@@ -35,6 +35,7 @@ from tools.models.weights import (
     pick_device,
     pick_dtype,
     release_memory,
+    settle,
     size_text,
     weights_bytes,
     weights_folder,
@@ -325,6 +326,7 @@ class ModelCache:
             if need is not None:
                 self._make_room(spec, need, how)
         loaded = self._load(spec)
+        settle()  # the model and what its load imported are long-lived: out of the collector's walks
         now = time.time()
         record = Record(loaded, dtype_name(loaded.model), measure(loaded.model), loaded_at=now, last_used=now)
         self._records[spec.name] = record

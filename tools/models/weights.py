@@ -206,10 +206,21 @@ def at_least_gb(n: int) -> str:
     return f"{math.ceil(n / GIB * 10**digits) / 10**digits:g}"
 
 
+def settle() -> None:
+    """Every object alive now (the libraries a load imported, the model itself) leaves the garbage collector's
+    generations for its permanent one (gc.freeze, O(1)), so a later collection walks only what came after.
+    A server with its models loaded holds ~580 K objects, nearly all from importing torch, transformers and
+    diffusers: each full collection walked them all, ~240 ms with every thread stopped, at whatever moment
+    of a call the allocations tripped it (2 ms once frozen; measured on the 2-core VM)."""
+    gc.freeze()
+
+
 def release_memory() -> None:
-    """Give the memory of dropped models back: collect now, and empty CUDA's cache so other processes can
-    use it."""
+    """Give the memory of dropped models back: collect now (the frozen objects too: a dropped model held in
+    a reference cycle is among them), and empty CUDA's cache so other processes can use it."""
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     import torch  # lazily: only called after a model was loaded, so it is imported already
 
     if torch.cuda.is_available():
