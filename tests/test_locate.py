@@ -32,7 +32,7 @@ from tools.judge import request as judge_request
 from tools.judge import verdict as judge_verdict
 from tools.judge import work as judge_work
 from tools.judge.expect import check_expect
-from tools.judge.types import Expectation, ModelScores
+from tools.judge.types import Expectation, JudgeRequest, ModelScores
 from tools.locate.request import LocateWork, check_request
 from tools.locate.result import finish
 from tools.locate.work import work
@@ -350,6 +350,27 @@ EXPECTED = [
 ]
 
 
+def expect_request(
+    pixels: np.ndarray, image_id: str | None, prompt: str | None, entries: list[dict]
+) -> JudgeRequest:
+    """judge's request for one image (stored, or passed as data without an id) with `entries` as its
+    expectations (the quality checks only)."""
+    return judge_request.check_request(
+        images=[Resolved(Image.fromarray(pixels), image_id, "store" if image_id else "data")],
+        prompt=prompt,
+        questions=None,
+        reference=None,
+        original=None,
+        mask=None,
+        foreground_mask=None,
+        checks=["quality"],
+        min_alignment=20.0,
+        max_questions=8,
+        max_prompt_chars=2000,
+        expect=[Expectation(**e) for e in entries],
+    )
+
+
 def test_expect_passes_two_red_squares_left_of_a_blue_circle_and_fails_them_swapped():
     entries = check_expect([Expectation(**e) for e in EXPECTED])
     as_asked = fake_detector(scene(RED, BLUE, squares_left=True), expect.names(entries))
@@ -372,20 +393,7 @@ def test_failed_expectations_become_items_whose_next_steps_carry_the_stored_mask
     store = ImageStore(tmp_path / "images")
     pixels = scene(BLUE, RED, squares_left=False)
     image_id = store.put(Image.fromarray(pixels), tool="input").id
-    request = judge_request.check_request(
-        images=[Resolved(Image.fromarray(pixels), image_id, "store")],
-        prompt="two red squares left of a blue circle",
-        questions=None,
-        reference=None,
-        original=None,
-        mask=None,
-        foreground_mask=None,
-        checks=["quality"],
-        min_alignment=20.0,
-        max_questions=8,
-        max_prompt_chars=2000,
-        expect=[Expectation(**e) for e in EXPECTED],
-    )
+    request = expect_request(pixels, image_id, "two red squares left of a blue circle", EXPECTED)
     seen = fake_detector(pixels, expect.names(request.expect))
     scores = ModelScores([None], [None], [None], {}, False, [], {}, None, [seen])
     result = judge_verdict.finish(request, judge_checks.model_free(request), scores, store, {})
@@ -407,6 +415,39 @@ def test_failed_expectations_become_items_whose_next_steps_carry_the_stored_mask
     assert position is not None and position.action == "regenerate"
     assert position.prompt == "a square left of a circle; two red squares left of a blue circle"
     assert items["expect[0]"].passed and items["expect[4]"].passed
+
+
+def test_a_crowd_is_found_whole_but_listed_as_its_best_few_with_masks_only_for_those_listed(tmp_path):
+    pixels = np.full((64, 64, 3), BACKGROUND, np.uint8)
+    for k in range(8):  # eight red squares, 8 px each, in two rows
+        x, y = 4 + (k % 4) * 15, 8 + (k // 4) * 30
+        cv2.rectangle(pixels, (x, y), (x + 7, y + 7), RED, -1)
+    two, none = check_expect(
+        [Expectation(object="square", count=2), Expectation(object="square", present=False)]
+    )
+    seen = fake_detector(pixels, expect.names([two, none]))
+    assert len(seen["square"]) == 8
+    counted = expect.evaluate(two, seen)
+    assert not counted.passed and counted.found == 8 and "found 8" in counted.detail
+    assert counted.read == seen["square"][: 2 + expect.LISTED_BEYOND]  # the two counted and the next best
+    absent = expect.evaluate(none, seen)
+    assert (
+        absent.found == 8 and absent.wrong == seen["square"] and len(absent.read) == 1 + expect.LISTED_BEYOND
+    )
+
+    store = ImageStore(tmp_path / "images")
+    image_id = store.put(Image.fromarray(pixels), tool="input").id
+    request = expect_request(pixels, image_id, "no squares", [none.model_dump()])
+    scores = ModelScores([None], [None], [None], {}, False, [], {}, None, [seen])
+    result = judge_verdict.finish(request, judge_checks.model_free(request), scores, store, {})
+    (listed,) = result.judgements[0].expectations or []
+    assert listed.found == 8 and len(listed.instances) == 3
+    assert all(i.mask_id is not None for i in listed.instances)  # each listed one can be refined away
+    step = next(it for it in result.judgements[0].items if it.check == "expect[0]").next_step
+    assert step is not None and step.mask == listed.instances[0].mask_id and "8 instances" in step.why
+    ids = [name.removesuffix(".png") for name in stored(tmp_path)]
+    masks = [m for m in ids if read(tmp_path, m)[1]["params"].get("mask") == "expect instance"]
+    assert len(masks) == 3 and "verdict" in result.timings
 
 
 def test_relative_position_reads_box_centres_with_a_margin_that_grows_with_the_objects():
@@ -470,20 +511,7 @@ async def test_bad_expect_entries_are_errors_naming_the_entry(settings, home, mo
 def test_judge_expect_work_pickles_and_finishes_into_the_same_verdicts_and_mask_ids(settings, tmp_path):
     models = ModelCache(settings.models, settings.roles, settings.profile, settings.models_dir)
     pixels = scene(RED, BLUE, squares_left=True)
-    request = judge_request.check_request(
-        images=[Resolved(Image.fromarray(pixels), None, "data")],
-        prompt=None,
-        questions=None,
-        reference=None,
-        original=None,
-        mask=None,
-        foreground_mask=None,
-        checks=["quality"],
-        min_alignment=20.0,
-        max_questions=8,
-        max_prompt_chars=2000,
-        expect=[Expectation(**e) for e in EXPECTED],
-    )
+    request = expect_request(pixels, None, None, EXPECTED)
     given = judge_work.plan(request, None)
     assert given is not None  # expect alone needs the models
     sent = pickle.loads(pickle.dumps(given))

@@ -12,6 +12,9 @@ GenEval's rules, written here from the paper and its evaluation's published sett
   offset's length, names a side when it passes 0.5 on that axis (both, diagonally). Every counted instance
   must be on that side of the best instance of `of`;
 - `present: false` (or count 0): nothing above 0.3.
+
+The evidence listed is what the rule read, best first, at most `count` (else 1) + 2 instances: a crowd of 30
+apples is "found 30" and its best few, not 30 boxes in the agent's context.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tools.judge.types import Expectation
 
 DETECT_THRESHOLD = 0.3
 COUNT_THRESHOLD = 0.9
+LISTED_BEYOND = 2  # instances listed beyond those the rule counts: the next best (an extra to paint away)
 MAX_INSTANCES = 16  # per object, as GenEval keeps
 POSITION_MARGIN = 0.1
 SIDE = 0.5  # the share of the offset along an axis that names a side
@@ -55,7 +59,7 @@ class Outcome:
     detail: str
     found: int
     threshold: float
-    read: list[Seen]  # the evidence, best first
+    read: list[Seen]  # the evidence, best first (at most `listed(e)`)
     wrong: list[Seen]  # instances to repaint (a wrong colour, an object that should not be there)
     relations: list[str] | None = None
 
@@ -162,11 +166,17 @@ def best_colour(seen: Seen) -> str | None:
     return max(seen.colours, key=lambda c: seen.colours[c]) if seen.colours else None  # type: ignore[index]
 
 
+def listed(e: Expectation) -> int:
+    """How many instances an expectation's evidence lists at most."""
+    return max(e.count or 0, 1) + LISTED_BEYOND
+
+
 def evaluate(expectation: Expectation, seen: dict[str, list[Seen]]) -> Outcome:
     """Decide one expectation from the instances found per object (above DETECT_THRESHOLD, best first)."""
     e = expectation
     name = e.object
     above = seen.get(name, [])
+    cap = listed(e)
     # 1. must not be there
     if e.present is False or e.count == 0:
         passed = not above
@@ -175,7 +185,7 @@ def evaluate(expectation: Expectation, seen: dict[str, list[Seen]]) -> Outcome:
             if passed
             else f"{len(above)} {name} found, expected none (best confidence {above[0].score:.2f})"
         )
-        return Outcome(passed, detail, len(above), DETECT_THRESHOLD, above, [] if passed else above)
+        return Outcome(passed, detail, len(above), DETECT_THRESHOLD, above[:cap], [] if passed else above)
     # 2. how many
     if e.count is not None:
         counted = [s for s in above if s.score > COUNT_THRESHOLD]
@@ -183,7 +193,7 @@ def evaluate(expectation: Expectation, seen: dict[str, list[Seen]]) -> Outcome:
         threshold = COUNT_THRESHOLD
         if len(counted) != e.count:
             detail = f"expected exactly {e.count} {name}, found {len(counted)} (confidence above {COUNT_THRESHOLD})"
-            return Outcome(False, detail, len(counted), threshold, counted, [])
+            return Outcome(False, detail, len(counted), threshold, counted[:cap], [])
         found, detail = len(counted), f"{e.count} {name} found, as expected"
     else:
         subjects, threshold = above[:1], DETECT_THRESHOLD

@@ -61,7 +61,9 @@ class ExpectationResult(BaseModel):
     found: int = Field(description="Instances of the object above the threshold.")
     threshold: float = Field(description="The detection confidence the object was counted at.")
     instances: list[ExpectedInstance] = Field(
-        default_factory=list, description="The instances the check read (the evidence), best first."
+        default_factory=list,
+        description="The instances the check read (the evidence), best first: at most `count` (else 1) + 2 of "
+        "them; `found` says how many there are.",
     )
     relations: list[str] | None = Field(
         default=None, description="For a position: where the object is relative to `of` (may be several)."

@@ -354,7 +354,9 @@ def finish(
     store: ImageStore,
     timings: dict[str, float],
 ) -> JudgeResult:
-    """Verdict per image, ranking, and the scores written onto stored inputs."""
+    """Verdict per image, ranking, and the scores written onto stored inputs. Its own seconds (the rules, the
+    instance masks stored, the notes written) are the `verdict` timing."""
+    started = time.perf_counter()
     judgements = []
     for i, img in enumerate(request.images):
         align = scores.alignment[i] if scores else None
@@ -423,6 +425,7 @@ def finish(
     for j in judgements:
         if j.id is not None:
             store.annotate(j.id, judge=_summary(j, result, request))
+    result.timings["verdict"] = round(time.perf_counter() - started, 4)
     return result
 
 
