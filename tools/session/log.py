@@ -157,7 +157,9 @@ class SessionLog:
                 result=result,
             )
             text = entry.model_dump_json()
-            if result is not None:  # the result's share of the line (the rest, dumped without it, is small)
+            if (
+                result is not None and len(text) > MAX_RESULT_CHARS
+            ):  # the result's share may be over: measure it
                 rest = entry.model_copy(update={"result": None}).model_dump_json()
                 if len(text) - len(rest) + len("null") > MAX_RESULT_CHARS:
                     note = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
