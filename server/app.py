@@ -124,7 +124,7 @@ class LimnerServer(MCPServer):
                             "additionalProperties": False,
                         },
                         "output_schema": identified(
-                            tool.name, inline_refs(slim(tool.output_schema, fold_nullable=True))
+                            tool.name, slim(inline_refs(tool.output_schema), fold_nullable=True)
                         ),
                         # 2025-11-25 hosts may run these as tasks (server/tasks.py); later versions drop it
                         "execution": ToolExecution(task_support="optional")
@@ -250,13 +250,19 @@ def _left_out(prop: Any) -> Any:
     return {**other, **rest}
 
 
+ANNOTATIONS = frozenset({"description", "title", "examples"})  # say what a value is; never reject one
+
+
 def _fold_nullable(node: dict[str, Any]) -> dict[str, Any]:
+    """An object too (a nullable model field, once inlined): a null `next_step` passes `type` at once where
+    the `anyOf` first failed it against the object's schema, an error the validator builds and throws away
+    (the SDK's client checks every result). The node's own description wins over its model's."""
     other = _non_null_branch(node)
     if (
         not isinstance(other, dict)
         or not isinstance(other.get("type"), str)
         or {"$ref", "const"} & other.keys()
-        or other.keys() & (node.keys() - {"anyOf"})
+        or other.keys() & (node.keys() - {"anyOf"} - ANNOTATIONS)
     ):
         return node
     # every other keyword constrains values of its own type only, so null passes them; enum needs null added

@@ -107,6 +107,8 @@ async def test_every_listed_schema_is_self_contained_with_no_ref_for_hosts_that_
         for schema in (tool.input_schema, tool.output_schema):
             text = json.dumps(schema)
             assert '"$ref"' not in text and '"$defs"' not in text, tool.name
+        # a nullable field, a model's too, is one schema typed [T, "null"], not an anyOf with null
+        assert '"anyOf"' not in json.dumps(tool.output_schema), tool.name
 
 
 def test_inline_refs_keeps_descriptions_beside_a_definition_and_leaves_a_recursive_schema_as_it_is():
@@ -166,6 +168,7 @@ def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
 
     from server.app import slim
 
+    R = {"properties": {"x": {"type": "integer"}}, "required": ["x"]}
     schema = {
         "type": "object",
         "properties": {
@@ -174,6 +177,10 @@ def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
             "sizes": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "null"}]},
             "ref": {"anyOf": [{"$ref": "#/$defs/R"}, {"type": "null"}]},  # left alone: a $ref
             "fixed": {"anyOf": [{"const": 3, "type": "integer"}, {"type": "null"}]},  # left alone: const
+            "model": {  # a nullable model field once inlined: its own description wins over the model's
+                "anyOf": [{"type": "object", "description": "a model", **R}, {"type": "null"}],
+                "description": "the field",
+            },
         },
         "$defs": {"R": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
     }
@@ -182,6 +189,7 @@ def test_folding_nullable_schemas_accepts_and_refuses_exactly_the_same_values():
     assert folded["properties"]["status"] == {"type": ["string", "null"], "enum": ["a", "b", None]}
     assert folded["properties"]["ref"] == schema["properties"]["ref"]
     assert folded["properties"]["fixed"] == schema["properties"]["fixed"]
+    assert folded["properties"]["model"] == {"type": ["object", "null"], **R, "description": "the field"}
     values = [None, "", "x", "xy", "a", "c", 5, 3, [], [1, 2], [1, "2"], {"x": 1}, {"y": 1}, {}, True]
     for key in schema["properties"]:
         for value in values:
