@@ -13,6 +13,7 @@ import functools
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast, get_args
@@ -321,7 +322,14 @@ async def run_work(
         token = LOG_ROUTE.set(route)  # the finish thread: a store error is the caller's to hear about too
         try:
             model, images = finish(output)
-            return model, [preview(img) for img in images]  # encoded once; the full images are in the store
+            started = time.perf_counter()
+            previews = [preview(img) for img in images]  # encoded once; the full images are in the store
+            timings = getattr(model, "timings", None)
+            if images and isinstance(
+                timings, dict
+            ):  # the answer's own pixel work: 4 of 1024 px, 59 ms on the VM
+                timings["previews"] = round(time.perf_counter() - started, 4)
+            return model, previews
         finally:
             LOG_ROUTE.reset(token)
 

@@ -35,7 +35,7 @@ async def test_three_candidates_are_distinct_with_their_own_seeds_and_valid_prev
         assert len({c["id"] for c in candidates}) == 3
         assert out["tiny"] is True and "tiny-random" in out["model"]
         previews = [c for c in result.content if c.type == "image"]
-        assert len(previews) == 3
+        assert len(previews) == 3 and out["timings"]["previews"] > 0  # their encoding is reported too
         for content in previews:
             raw = base64.b64decode(content.data)
             assert len(raw) < 1024 * 1024
