@@ -643,6 +643,11 @@ def bad_arguments(home: Path) -> list[tuple[dict, str, str]]:
         ({**ok, "bbox": [1, 1, 9, 9], "reference": image}, "reference", "editor"),
         ({**ok, "bbox": [1, 1, 9, 9], "backend": "classical", "model": "tiny-inpaint"}, "model", "classical"),
         ({**ok, "bbox": [1, 1, 9, 9], "model": "no-such-model"}, "model", "no-such-model"),
+        (
+            {**ok, "bbox": [1, 1, 9, 9], "steps": 1, "strength": 0.5},
+            "steps/strength",
+            "raise steps to at least 2",
+        ),
     ]
 
 

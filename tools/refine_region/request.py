@@ -212,7 +212,12 @@ def check_request(
             f"(default: the model's native {default_focus})."
         )
     steps = check_steps(default_steps if steps is None else steps, max_steps, default_steps)
-    if backend != "classical" and int(steps * strength) < 1:
+    if backend == "editor" and strength < 1:  # every step runs: 1 step is a valid call, not "no step"
+        notes.append(
+            f"strength {strength} is used only by an editor whose pipeline takes one; Qwen-Image-Edit's "
+            "does not: it repaints the crop fully, and the blend mask keeps every pixel outside the region"
+        )
+    elif backend == "inpainter" and int(steps * strength) < 1:
         raise ToolError(
             f"steps/strength: {steps} steps at strength {strength} leave no denoising step; raise steps to "
             f"at least {math.ceil(1 / strength)} or strength."
