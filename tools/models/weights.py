@@ -208,10 +208,13 @@ def at_least_gb(n: int) -> str:
 
 def settle() -> None:
     """Every object alive now (the libraries a load imported, the model itself) leaves the garbage collector's
-    generations for its permanent one (gc.freeze, O(1)), so a later collection walks only what came after.
+    generations for its permanent one (gc.freeze), so a later collection walks only what came after.
     A server with its models loaded holds ~580 K objects, nearly all from importing torch, transformers and
     diffusers: each full collection walked them all, ~240 ms with every thread stopped, at whatever moment
-    of a call the allocations tripped it (2 ms once frozen; measured on the 2-core VM)."""
+    of a call the allocations tripped it (2 ms once frozen; measured on the 2-core VM). Garbage is collected
+    first, so none is frozen with them (a cycle from a load's temporaries could hold a copy of weights);
+    that walks only what is not frozen yet: the new imports and model, once per load."""
+    gc.collect()
     gc.freeze()
 
 
