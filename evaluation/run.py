@@ -194,7 +194,7 @@ async def run_pair(
         record.update(passed=False, error=str(exc), image=None, expectations=[], checklist=None)
     else:
         kept = out / "images" / f"{prompt.line:04d}-{policy}.png"
-        shutil.copyfile(best.path, kept)
+        keep(Path(best.path), kept)
         record.update(
             passed=scoring.passed(best.judgement.get("expectations")),
             error=None,
@@ -214,6 +214,17 @@ async def run_pair(
         calls=trace.calls,
     )
     return record
+
+
+def keep(stored: Path, kept: Path) -> None:
+    """The best image in OUT: a hard link to the store's file where both are on one file system (stored
+    images are never rewritten, and the link outlives the store's name: a full GenEval run at 1024 px keeps
+    ~2.5 GB it would otherwise copy), else a copy. A file left by a pair that was stopped is replaced."""
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(stored, kept)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(stored, kept)
 
 
 def append(results: TextIO, record: dict[str, Any]) -> None:

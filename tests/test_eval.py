@@ -159,7 +159,11 @@ async def test_every_policy_runs_three_prompts_of_a_suite_on_the_tiny_twins_and_
         assert r["error"] is None, r["error"]
         assert isinstance(r["passed"], bool) and r["passed"] == all(e["passed"] for e in r["expectations"])
         assert len(r["expectations"]) == len(r["expect"]) >= 1
-        assert (out / r["image"]["file"]).is_file() and r["tiny"]
+        kept = out / r["image"]["file"]  # the store's file linked (one file system here), not copied
+        assert (
+            kept.is_file() and kept.read_bytes() == Path(r["image"]["store_path"]).read_bytes() and r["tiny"]
+        )
+        assert kept.stat().st_ino == Path(r["image"]["store_path"]).stat().st_ino
         assert r["model_s"] > 0 and r["wall_s"] >= r["tool_wall_s"] >= r["model_s"] + r["load_s"]
         judged = [c for c in r["calls"] if c["tool"] == "judge"]
         assert judged and all(c["result"]["judgements"] for c in judged)  # every judge answer is kept
