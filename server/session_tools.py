@@ -48,10 +48,10 @@ from tools.session.log import MAX_LOG_BYTES, SessionLog
 logger = logging.getLogger("limner.session")
 SESSION_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 PAGE_KEY = re.compile(r"^[0-9a-f]{32}$")
-GALLERY_DEBOUNCE_S = 1.0  # the page file catches up this long after calls that touched images, at least
-GALLERY_SHARE = (
-    0.02  # and at most about this share of the time goes to rewriting it (the page grows with the log)
-)
+# the page file catches up this long after calls that touched images, at least, and later as the page grows,
+# so that at most about GALLERY_SHARE of the time goes to rewriting it
+GALLERY_DEBOUNCE_S = 1.0
+GALLERY_SHARE = 0.02
 # lineage fields worth showing an agent, besides the parameters
 LINEAGE_INFO = ("seed", "model", "tiny", "region_box", "crop_box", "mask_id", "region_mask_id")
 

@@ -444,7 +444,11 @@ def test_a_crowd_is_found_whole_but_listed_as_its_best_few_with_masks_only_for_t
     assert listed.found == 8 and len(listed.instances) == 3
     assert all(i.mask_id is not None for i in listed.instances)  # each listed one can be refined away
     step = next(it for it in result.judgements[0].items if it.check == "expect[0]").next_step
-    assert step is not None and step.mask == listed.instances[0].mask_id and "8 instances" in step.why
+    assert (
+        step is not None
+        and step.mask == listed.instances[0].mask_id
+        and "8 instances: one call each, best first; the best 3 are listed with masks" in step.why
+    )
     ids = [name.removesuffix(".png") for name in stored(tmp_path)]
     masks = [m for m in ids if read(tmp_path, m)[1]["params"].get("mask") == "expect instance"]
     assert len(masks) == 3 and "verdict" in result.timings

@@ -230,11 +230,7 @@ def _expectations(
                 prompt=f"the background, no {e.object}" if absent else f"a {e.color} {e.object}",
                 why=f"{outcome.detail}: repaint "
                 + (f"the {e.object} away" if absent else f"it {e.color}")
-                + (
-                    f" ({len(outcome.wrong)} instances: one call each, best first)."
-                    if len(outcome.wrong) > 1
-                    else "."
-                ),
+                + _each(outcome),
             )
         elif not outcome.passed:
             step = NextStep(
@@ -253,6 +249,20 @@ def _expectations(
             )
         )
     return results, items
+
+
+def _each(outcome: expect.Outcome) -> str:
+    """How a step with several instances to fix goes on: one call each, and for those beyond the list, the
+    next judge call."""
+    wrong, listed = len(outcome.wrong), len(outcome.read)
+    if wrong == 1:
+        return "."
+    if wrong <= listed:
+        return f" ({wrong} instances: one call each, best first)."
+    return (
+        f" ({wrong} instances: one call each, best first; the best {listed} are listed with masks, judge "
+        "again for the rest)."
+    )
 
 
 def _preservation_step(request: JudgeRequest, image_id: str | None, redo: dict, p: Any) -> NextStep:
