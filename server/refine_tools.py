@@ -106,8 +106,14 @@ def register(server: MCPServer) -> None:
         ] = None,
         steps: Annotated[int | None, Field(description="Denoising steps; default: the model's own.")] = None,
         strength: Annotated[
-            float, Field(gt=0, le=1, description="How much of the region to repaint: 1 = fully, 0.5 = half.")
-        ] = 0.8,
+            float | None,
+            Field(
+                gt=0,
+                le=1,
+                description="How much of the region an inpainter repaints: 1 = fully, 0.5 = half; default 0.8. "
+                "An editor repaints its crop fully.",
+            ),
+        ] = None,
         guidance: Annotated[
             float | None, Field(description="Guidance scale, >= 0; default: the model's own.")
         ] = None,

@@ -111,9 +111,9 @@ async def test_the_editor_twin_refines_with_and_without_a_reference_and_keeps_ev
             )
         )
         without_ref = structured(await client.call_tool("refine_region", args))
-        # the editor takes no strength: one step at the default strength runs one step (it was refused as
-        # leaving none, as for an inpainter), and the answer says strength went unused
-        one = structured(await client.call_tool("refine_region", {**args, "steps": 1}))
+        # the editor takes no strength: one step at strength 0.5 runs one step (it was refused as leaving
+        # none, as for an inpainter), and the answer says the strength given went unused
+        one = structured(await client.call_tool("refine_region", {**args, "steps": 1, "strength": 0.5}))
         lineage, lineage_without = [
             json.loads(resource_text(await client.read_resource(f"limner://images/{image_id}/lineage")))
             for image_id in (with_ref["image"]["id"], without_ref["image"]["id"])
@@ -121,8 +121,9 @@ async def test_the_editor_twin_refines_with_and_without_a_reference_and_keeps_ev
     # one progress notification per denoising step
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert one["status"] == "done" and any(
-        "strength 0.8 is used only by an editor" in n for n in one["notes"]
+        "strength 0.5 is used only by an editor" in n for n in one["notes"]
     )
+    assert not any("strength" in n for n in with_ref["notes"] + without_ref["notes"])  # not given: no note
     outputs = []
     for out in (with_ref, without_ref):
         assert out["status"] == "done" and out["backend"] == "editor"

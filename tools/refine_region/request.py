@@ -25,6 +25,7 @@ Backend = Literal["inpainter", "editor", "classical"]
 PasteBack = Literal["mask", "bbox"]
 CLASSICAL_FOCUS_SIZE = 512  # the classical backend works on crops of about 512x512 pixels of area
 MAX_BLEND_KERNEL = 101
+DEFAULT_STRENGTH = 0.8  # an inpainter repaints this much of the region by default
 MAX_REGION_CHARS = 100  # a region named in words: a noun and what sets it apart
 MAX_INSTANCE = 25  # instances a named region is looked for among, best first
 FALLBACK_THRESHOLD = 0.3  # a detector spec naming no class (an Auto class): GenEval's detection confidence
@@ -150,7 +151,7 @@ def check_request(
     focus: bool,
     focus_size: int | None,
     steps: int | None,
-    strength: float,
+    strength: float | None,
     guidance: float | None,
     seed: int | None,
     blend_dilate: int,
@@ -173,6 +174,8 @@ def check_request(
                 f"{name}: {value} must be an odd kernel size in 1..{MAX_BLEND_KERNEL} (1 = none; defaults: "
                 "blend_dilate 7, blend_blur 11)."
             )
+    given = strength is not None  # left out on an editor: no note that it went unused
+    strength = DEFAULT_STRENGTH if strength is None else strength
     if not 0.0 < strength <= 1.0:
         raise ToolError(f"strength: {strength} is out of range; use a value in (0, 1] (1 = repaint fully).")
     notes: list[str] = []
@@ -212,7 +215,7 @@ def check_request(
             f"(default: the model's native {default_focus})."
         )
     steps = check_steps(default_steps if steps is None else steps, max_steps, default_steps)
-    if backend == "editor" and strength < 1:  # every step runs: 1 step is a valid call, not "no step"
+    if backend == "editor" and given and strength < 1:  # every step runs: 1 step is a call, not "no step"
         notes.append(
             f"strength {strength} is used only by an editor whose pipeline takes one; Qwen-Image-Edit's "
             "does not: it repaints the crop fully, and the blend mask keeps every pixel outside the region"
