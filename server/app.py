@@ -123,6 +123,7 @@ class LimnerServer(MCPServer):
                             **inline_refs(slim(tool.input_schema, omit_null=True)),
                             "additionalProperties": False,
                         },
+                        # inlined before slimming, so a nullable model field is folded like any other
                         "output_schema": identified(
                             tool.name, slim(inline_refs(tool.output_schema), fold_nullable=True)
                         ),

@@ -67,7 +67,7 @@ class ImageStore:
     def __init__(self, root: Path, max_pixels: int = 8192 * 8192) -> None:
         self.root = root
         self.max_pixels = max_pixels
-        self._meta_lock = threading.Lock()  # annotate writes one whole line (or compacts) at a time
+        self._notes_lock = threading.Lock()  # annotate writes one whole line (or compacts) at a time
         root.mkdir(parents=True, exist_ok=True)
 
     # -- out -------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class ImageStore:
         self._require(image_id)
         line = ("\n" + json.dumps(fields, default=str) + "\n").encode()  # its own line after a cut-off one
         path = self._notes_path(image_id)
-        with self._meta_lock:
+        with self._notes_lock:
             with open(path, "ab") as notes:
                 notes.write(line)
                 size = notes.tell()

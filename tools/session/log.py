@@ -157,9 +157,8 @@ class SessionLog:
                 result=result,
             )
             text = entry.model_dump_json()
-            if (
-                result is not None and len(text) > MAX_RESULT_CHARS
-            ):  # the result's share may be over: measure it
+            # a line over the limit may owe it to the result: measure the result's share
+            if result is not None and len(text) > MAX_RESULT_CHARS:
                 rest = entry.model_copy(update={"result": None}).model_dump_json()
                 if len(text) - len(rest) + len("null") > MAX_RESULT_CHARS:
                     note = {"note": f"result over {MAX_RESULT_CHARS} characters; not kept in the log"}
